@@ -1,0 +1,1 @@
+"""Engine: the only place that schedules work (batching, seeding, conditions, predictions)."""
