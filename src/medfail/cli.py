@@ -1,0 +1,196 @@
+"""The ``medfail`` command line: demo, train, run, report, list."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from medfail.errors import MedfailInputError
+
+app = typer.Typer(
+    help="medfail: failure analysis for medical imaging AI.\n\n"
+    "Quick start: `medfail demo` runs the embedded synthetic default end to end.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+TASK_HELP = "classification | segmentation | promptable"
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _check_task(task: str) -> str:
+    from medfail.models.spec import TASKS
+
+    if task not in TASKS:
+        raise MedfailInputError(None, f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    return task
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder, e.g. --out runs/demo")] = Path(
+        "runs/demo"),
+    task: Annotated[str, typer.Option(help=f"{TASK_HELP} | all. Example: --task segmentation")
+                    ] = "all",
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run the embedded default: synthetic phantoms, light baselines (trained once, cached),
+    the stress suite and a report per task.
+
+    Example: medfail demo --out runs/demo --task all
+    """
+    from medfail.demo import DEMO_TASKS, run_demo
+
+    t0 = time.perf_counter()
+    try:
+        tasks = DEMO_TASKS if task == "all" else (_check_task(task),)
+        reports = run_demo(out, tasks, progress=not quiet)
+    except MedfailInputError as exc:
+        _fail(exc)
+    for name, path in reports.items():
+        print(f"{name}: {path}")
+    print(f"demo wall-clock: {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Option(help=f"{TASK_HELP}. Example: --task classification")],
+    data: Annotated[Path, typer.Option(help="Training folder (images/, labels.csv or masks/) "
+                                       "or a MedMNIST .npz. Example: --data my_data/train")],
+    out: Annotated[Path, typer.Option(help="Model file to write, e.g. --out model.pt")],
+    arch: Annotated[str | None, typer.Option(
+        help="densenet121 (classification), unet (segmentation), prompt_unet (promptable); "
+        "default by task. Example: --arch unet")] = None,
+    size: Annotated[int, typer.Option(help="Network input size in px (classification resizes "
+                                      "to it; segmentation trains on patches of it). "
+                                      "Example: --size 64")] = 64,
+    epochs: Annotated[int, typer.Option(help="Epochs, 1-15. Example: --epochs 8")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed. Example: --seed 0")] = 0,
+    val: Annotated[Path | None, typer.Option(help="Validation folder: loss per epoch is "
+                                             "logged. Example: --val my_data/val")] = None,
+    split: Annotated[str, typer.Option(help="Split of a .npz file. Example: --split train")
+                     ] = "train",
+    device: Annotated[str, typer.Option(help="torch device. Example: --device cuda")] = "cpu",
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train a light baseline on a folder of images (≤15 epochs, CPU-friendly).
+
+    Example: medfail train --task segmentation --data my_data/train --out seg.pt --epochs 10
+    """
+    from medfail.data.datasets import open_dataset
+    from medfail.models.training import TrainConfig
+    from medfail.models.training import train as train_model
+
+    try:
+        _check_task(task)
+        config = TrainConfig(task=task, arch=arch, size=size, epochs=epochs, seed=seed,
+                             device=device)
+        dataset = open_dataset(data, task, split=split)
+        val_ds = None if val is None else open_dataset(val, task, split="val",
+                                                       target_names=dataset.target_names)
+        path = train_model(dataset, config, out, val_dataset=val_ds, progress=not quiet)
+    except (MedfailInputError, ValueError) as exc:
+        _fail(exc)
+    print(f"model written: {path}")
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Option(help="medfail model file, TorchScript (.pt), ONNX (.onnx) "
+                                       "or a Python entry point module:function. "
+                                       "Example: --model seg.pt")],
+    data: Annotated[Path, typer.Option(help="Test folder or MedMNIST .npz. "
+                                       "Example: --data my_data/test")],
+    task: Annotated[str, typer.Option(help=f"{TASK_HELP}. Example: --task segmentation")],
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<task>). "
+                                             "Example: --out runs/seg1")] = None,
+    config: Annotated[Path | None, typer.Option(help="Suite YAML selecting tests, severities, "
+                                                "bootstrap. Example: --config suite.yaml")] = None,
+    seed: Annotated[int | None, typer.Option(help="Run seed (overrides the config). "
+                                             "Example: --seed 1")] = None,
+    split: Annotated[str, typer.Option(help="Split of a .npz file. Example: --split test")
+                     ] = "test",
+    model_spec: Annotated[Path | None, typer.Option(
+        help="JSON spec for TorchScript/ONNX/callable models (task, target_names, input_size, "
+        "in_channels, normalisation, output). Example: --model-spec spec.json")] = None,
+    trust_pickle: Annotated[bool, typer.Option(
+        help="Allow loading pickled nn.Modules (runs code from the file; only for files you "
+        "trust).")] = False,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size. Example: --batch-size 32")
+                          ] = None,
+    device: Annotated[str, typer.Option(help="torch device. Example: --device cuda")] = "cpu",
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run the failure suite of a model on a dataset and write a run directory with a report.
+
+    Example: medfail run --model seg.pt --data my_data/test --task segmentation --out runs/seg
+    """
+    from medfail.data.datasets import open_dataset
+    from medfail.engine.runner import run_suite
+    from medfail.engine.suite import SuiteConfig
+    from medfail.models.loading import describe_model, load_model
+
+    try:
+        _check_task(task)
+        overrides = {"seed": seed, "batch_size": batch_size}
+        suite = SuiteConfig.from_yaml(config, **overrides) if config else SuiteConfig(
+            **{k: v for k, v in overrides.items() if v is not None})
+        adapter = load_model(model, task, spec_path=model_spec, trust_pickle=trust_pickle,
+                             device=device)
+        dataset = open_dataset(data, task, split=split,
+                               target_names=adapter.spec.target_names if task ==
+                               "classification" else None)
+        run_dir = run_suite(adapter, dataset, out or Path("runs") / task, suite,
+                            model_info=describe_model(model),
+                            command=["medfail", *sys.argv[1:]], progress=not quiet)
+    except MedfailInputError as exc:
+        _fail(exc)
+    print(f"report: {run_dir / 'report.html'}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medfail run`. "
+                                            "Example: runs/seg")],
+) -> None:
+    """Re-render the report from a run directory alone (the model is not needed).
+
+    Example: medfail report runs/demo/segmentation
+    """
+    from medfail.report.html import render_report
+
+    if not (run_dir / "metrics.parquet").exists() or not (run_dir / "run.json").exists():
+        _fail(MedfailInputError(run_dir, "not a run directory (run.json or metrics.parquet "
+                                "missing)"))
+    print(f"report: {render_report(run_dir)}")
+
+
+@app.command(name="list")
+def list_all() -> None:
+    """List stress tests (with their three severities), metrics and slices, one per line.
+
+    Example: medfail list
+    """
+    from medfail.analysis.per_sample import CLASSIFICATION_METRICS, SEGMENTATION_METRICS
+    from medfail.stress.registry import list_rows
+
+    rows = list_rows()
+    width = max(len(r["name"]) for r in rows)
+    print("stress tests (name, family, taxonomy, modalities, severities 1/2/3, unit):")
+    for r in rows:
+        print(f"  {r['name']:<{width}}  {r['family']:<12} {r['taxonomy']:<13} "
+              f"{r['modalities']:<8} {r['severities']:<28} {r['unit']}")
+    print("metrics (segmentation): " + ", ".join(SEGMENTATION_METRICS))
+    print("metrics (classification): " + ", ".join(CLASSIFICATION_METRICS))
+    print("slices: all")
+
+
+if __name__ == "__main__":
+    app()

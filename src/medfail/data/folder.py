@@ -1,0 +1,452 @@
+"""The medfail folder format.
+
+::
+
+    DIR/images/<id>.<png|jpg|jpeg|tif|tiff|dcm|nii|nii.gz|npy>
+    DIR/labels.csv      classification: ``id`` + one 0/1 column per target (multi-label)
+                        or ``id`` + ``label`` (multi-class; class names or integer indices)
+    DIR/masks/<id>.<ext>    segmentation / promptable: integer label map, 0 = background
+    DIR/metadata.csv    optional: ``id`` + free columns (site, protocol, pixel_spacing, ...)
+
+Structure, labels and metadata are checked when the dataset is opened (cheap: no pixel is read);
+:meth:`FolderDataset.validate` then decodes every image and mask once. Both raise
+:class:`~medfail.errors.MedfailInputError` naming the file and the problem. Row numbers in messages
+count the header as row 1, as a spreadsheet shows them.
+
+Spacing precedence: the image header (DICOM PixelSpacing, NIfTI zooms), else the ``pixel_spacing``
+column of metadata.csv (``0.7``, ``0.7x0.7`` or ``0.7,0.7``; ``row x col`` mm), else ``None``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from medfail.data.readers import (
+    image_id,
+    image_suffix,
+    is_supported,
+    read_image,
+    read_mask,
+    supported_list,
+)
+from medfail.data.sample import Sample
+from medfail.errors import MedfailInputError
+
+TASKS: tuple[str, ...] = ("classification", "segmentation", "promptable")
+MASK_TASKS: tuple[str, ...] = ("segmentation", "promptable")
+_TRUE = {"1", "1.0", "true"}
+_FALSE = {"0", "0.0", "false"}
+
+
+def _listing(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} (and {len(items) - limit} more)"
+
+
+def parse_spacing(value: Any) -> tuple[float, float] | None:
+    """Parse a ``pixel_spacing`` cell: ``0.7``, ``"0.7x0.7"``, ``"0.7,0.7"`` -> ``(row, col)`` mm.
+
+    Empty cells give ``None``; anything else unparsable or non-positive raises ``ValueError``.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, int | float | np.integer | np.floating):
+        parts = [float(value)]
+    else:
+        text = str(value).strip()
+        if not text or text.lower() in ("nan", "none", "na"):
+            return None
+        parts = [float(p) for p in re.split(r"\s*[x×X,;]\s*|\s+", text.strip("()[]")) if p]
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(math.isfinite(p) and p > 0 for p in parts):
+        raise ValueError(f"bad spacing {value!r}")
+    return (parts[0], parts[1])
+
+
+def _parse_int(text: str) -> int | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if math.isfinite(number) and number == int(number) else None
+
+
+class FolderDataset:
+    """A dataset in the medfail folder format (see the module docstring).
+
+    Args:
+        root: the dataset folder.
+        task: ``"classification"``, ``"segmentation"`` or ``"promptable"``.
+        target_names: the model's targets. Multi-label: columns of labels.csv to use (all must be
+            present). Multi-class: class names the ``label`` values map onto (a value matches a
+            name, else an integer value is taken as the class index). ``None``: inferred.
+        multi_label: force the label kind; ``None`` = multi-class when the only target column is
+            ``label``, multi-label (0/1 columns) otherwise.
+
+    Inferred target names: multi-label = target columns in file order; multi-class = sorted
+    unique class names, or, when every value is an integer, ``"0".."max"`` with the value as the
+    class index (so a class missing from this split does not shift the others).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        task: str,
+        target_names: Sequence[str] | None = None,
+        multi_label: bool | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if task not in TASKS:
+            raise MedfailInputError(
+                self.root, f"unknown task '{task}' (choose {', '.join(TASKS)})")
+        self.task = task
+        if not self.root.exists():
+            raise MedfailInputError(self.root, "dataset folder not found")
+        if not self.root.is_dir():
+            raise MedfailInputError(
+                self.root, "not a folder (expected a dataset folder with images/, or a .npz file)")
+        self._images = self._scan("images", "images/<id>.<ext>")
+        self.ids: list[str] = sorted(self._images)
+        self._masks: dict[str, Path] = {}
+        if task in MASK_TASKS:
+            self._masks = self._scan_masks()
+        self.target_names: list[str] = list(target_names) if target_names is not None else []
+        self.multi_label: bool = False
+        self._labels: dict[str, np.ndarray] = {}
+        if task == "classification":
+            self._read_labels(target_names, multi_label)
+        self.metadata: pd.DataFrame
+        self._meta_rows: dict[str, dict[str, Any]] = {}
+        self._spacing: dict[str, tuple[float, float]] = {}
+        self._read_metadata()
+
+    # ------------------------------------------------------------------------------ structure
+
+    def _scan(self, sub: str, pattern: str) -> dict[str, Path]:
+        folder = self.root / sub
+        if not folder.is_dir():
+            raise MedfailInputError(
+                folder, f"missing (the folder format needs DIR/{pattern}; "
+                f"supported: {supported_list()})")
+        found: dict[str, Path] = {}
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue  # .DS_Store, editor files
+            if entry.is_dir():
+                raise MedfailInputError(
+                    entry, f"unexpected folder ({sub}/ must hold one file per sample)")
+            if not is_supported(entry):
+                raise MedfailInputError(
+                    entry, f"unsupported file type '{image_suffix(entry) or entry.name}' "
+                    f"(supported: {supported_list()})")
+            sid = image_id(entry)
+            if sid in found:
+                raise MedfailInputError(
+                    folder, f"duplicate id '{sid}': {found[sid].name} and {entry.name}")
+            found[sid] = entry
+        if not found:
+            raise MedfailInputError(
+                folder, f"no {sub[:-1]} files found (supported: {supported_list()})")
+        return found
+
+    def _scan_masks(self) -> dict[str, Path]:
+        masks_dir = self.root / "masks"
+        if not masks_dir.is_dir():
+            raise MedfailInputError(
+                masks_dir, f"missing ({self.task} needs DIR/masks/<id>.<ext>: one integer label "
+                "map per image, 0 = background)")
+        masks = self._scan("masks", "masks/<id>.<ext>")
+        orphans = sorted(set(masks) - set(self._images))
+        if orphans:
+            raise MedfailInputError(
+                masks[orphans[0]], f"mask without an image (no images/{orphans[0]}.*"
+                + (f"; also {_listing(orphans[1:])}" if len(orphans) > 1 else "") + ")")
+        missing = [self.image_relpath(i) for i in self.ids if i not in masks]
+        if missing:
+            raise MedfailInputError(
+                masks_dir, f"no mask for {len(missing)} image(s): {_listing(missing)} "
+                "(expected masks/<id>.<ext>)")
+        return masks
+
+    # ------------------------------------------------------------------------------ labels.csv
+
+    def _read_labels(self, target_names: Sequence[str] | None, multi_label: bool | None) -> None:
+        path = self.root / "labels.csv"
+        if not path.is_file():
+            raise MedfailInputError(
+                path, "missing (classification needs labels.csv with an 'id' column and either "
+                "one 0/1 column per target or a single 'label' column)")
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.reader(fh)
+                header = [h.strip() for h in next(reader, [])]
+                rows = [(reader.line_num, [c.strip() for c in r]) for r in reader
+                        if any(c.strip() for c in r)]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise MedfailInputError(path, f"cannot read labels.csv ({exc})") from exc
+        if not header:
+            raise MedfailInputError(path, "empty file (expected a header row starting with 'id')")
+        if "id" not in header:
+            raise MedfailInputError(
+                path, f"no 'id' column (columns: {', '.join(header)}); the id is the image file "
+                "name without suffix")
+        if len(set(header)) != len(header):
+            dup = sorted({h for h in header if header.count(h) > 1})
+            raise MedfailInputError(path, f"duplicate column(s): {', '.join(dup)}")
+        id_col = header.index("id")
+        targets = [h for h in header if h != "id"]
+        if not targets:
+            raise MedfailInputError(
+                path, "no target columns (need one 0/1 column per target, or a 'label' column)")
+        by_id: dict[str, tuple[int, dict[str, str]]] = {}
+        for row_no, cells in rows:
+            if len(cells) != len(header):
+                raise MedfailInputError(
+                    path, f"row {row_no} has {len(cells)} fields, the header has {len(header)}")
+            sid = cells[id_col]
+            if not sid:
+                raise MedfailInputError(path, f"row {row_no}: empty id")
+            if sid in by_id:
+                raise MedfailInputError(
+                    path, f"duplicate id '{sid}' in rows {by_id[sid][0]} and {row_no}")
+            if sid not in self._images:
+                hint = (f"; ids are file names without suffix, e.g. '{image_id(sid)}'"
+                        if is_supported(sid) else "")
+                raise MedfailInputError(
+                    path, f"unknown id '{sid}' in labels.csv row {row_no} "
+                    f"(no image images/{sid}.*{hint})")
+            by_id[sid] = (row_no, dict(zip(header, cells, strict=True)))
+        unlabelled = [self.image_relpath(i) for i in self.ids if i not in by_id]
+        if unlabelled:
+            raise MedfailInputError(
+                path, f"no label for {len(unlabelled)} image(s): {_listing(unlabelled)} "
+                "(every image needs a row)")
+        if multi_label is None:
+            multi_label = targets != ["label"]
+        self.multi_label = multi_label
+        if multi_label:
+            self._multi_label_targets(path, targets, target_names, by_id)
+        else:
+            if targets == ["label"] or len(targets) == 1:
+                column = targets[0]
+            else:
+                raise MedfailInputError(
+                    path, f"multi-class labels need a single 'label' column; found "
+                    f"{', '.join(targets)}")
+            self._multi_class_targets(path, column, target_names, by_id)
+
+    def _multi_label_targets(
+        self, path: Path, targets: list[str], target_names: Sequence[str] | None,
+        by_id: dict[str, tuple[int, dict[str, str]]],
+    ) -> None:
+        if target_names is not None:
+            absent = [t for t in target_names if t not in targets]
+            if absent:
+                raise MedfailInputError(
+                    path, f"missing target column(s) {', '.join(absent)} the model predicts "
+                    f"(columns present: {', '.join(targets)})")
+            targets = list(target_names)
+        self.target_names = targets
+        for sid, (row_no, row) in by_id.items():
+            vector = np.zeros(len(targets), np.float32)
+            for k, column in enumerate(targets):
+                value = row[column].lower()
+                if value in _TRUE:
+                    vector[k] = 1.0
+                elif value not in _FALSE:
+                    raise MedfailInputError(
+                        path, f"row {row_no} column '{column}': value '{row[column]}' is not 0/1 "
+                        "(multi-label columns hold 0 or 1; use a single 'label' column for "
+                        "multi-class)")
+            self._labels[sid] = vector
+
+    def _multi_class_targets(
+        self, path: Path, column: str, target_names: Sequence[str] | None,
+        by_id: dict[str, tuple[int, dict[str, str]]],
+    ) -> None:
+        for row_no, row in by_id.values():
+            if not row[column]:
+                raise MedfailInputError(path, f"row {row_no} column '{column}': empty label")
+        if target_names is None:
+            ints = {v: _parse_int(v) for v in {row[column] for _, row in by_id.values()}}
+            if all(i is not None for i in ints.values()):
+                negative = sorted(v for v, i in ints.items() if i is not None and i < 0)
+                if negative:
+                    row_no = next(n for n, r in by_id.values() if r[column] == negative[0])
+                    raise MedfailInputError(
+                        path, f"row {row_no}: negative class index {negative[0]}")
+                n_classes = max(i for i in ints.values() if i is not None) + 1
+                self.target_names = [str(i) for i in range(n_classes)]
+                index = {v: i for v, i in ints.items() if i is not None}
+            else:
+                self.target_names = sorted(ints)
+                index = {name: k for k, name in enumerate(self.target_names)}
+        else:
+            self.target_names = list(target_names)
+            index = {name: k for k, name in enumerate(self.target_names)}
+        for sid, (row_no, row) in by_id.items():
+            value = row[column]
+            k = index.get(value)
+            if k is None:
+                as_int = _parse_int(value)
+                if as_int is not None and 0 <= as_int < len(self.target_names):
+                    k = as_int
+            if k is None:
+                raise MedfailInputError(
+                    path, f"row {row_no}: unknown class '{value}' in column '{column}' "
+                    f"(known classes: {_listing(self.target_names, 10)})")
+            self._labels[sid] = np.array(k, dtype=np.int64)
+
+    # ------------------------------------------------------------------------------ metadata.csv
+
+    def _read_metadata(self) -> None:
+        path = self.root / "metadata.csv"
+        index = pd.Index(self.ids, name="id")
+        if not path.is_file():
+            self.metadata = pd.DataFrame(index=index)
+            return
+        try:
+            header = [str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns]
+            id_col = next((c for c in header if c.strip() == "id"), None)
+            if id_col is None:
+                raise MedfailInputError(path, f"no 'id' column (columns: {', '.join(header)})")
+            # only empty cells / "nan" are missing: a site called "NA" stays a string
+            frame = pd.read_csv(path, dtype={id_col: str}, encoding="utf-8-sig",
+                                keep_default_na=False, na_values=["", "nan", "NaN"])
+        except MedfailInputError:
+            raise
+        except Exception as exc:
+            raise MedfailInputError(path, f"cannot read metadata.csv ({exc})") from exc
+        frame.columns = [str(c).strip() for c in frame.columns]
+        frame["id"] = frame["id"].astype(str).str.strip()
+        seen: dict[str, int] = {}
+        for pos, sid in enumerate(frame["id"]):
+            row_no = pos + 2
+            if sid in seen:
+                raise MedfailInputError(
+                    path, f"duplicate id '{sid}' in rows {seen[sid]} and {row_no}")
+            if sid not in self._images:
+                raise MedfailInputError(
+                    path, f"unknown id '{sid}' in metadata.csv row {row_no} "
+                    f"(no image images/{sid}.*)")
+            seen[sid] = row_no
+        frame = frame.set_index("id").reindex(index)
+        if "pixel_spacing" in frame.columns:
+            for sid, value in frame["pixel_spacing"].items():
+                try:
+                    spacing = parse_spacing(value)
+                except ValueError:
+                    raise MedfailInputError(
+                        path, f"row {seen.get(str(sid), '?')}: cannot parse pixel_spacing "
+                        f"'{value}' (use 0.7, 0.7x0.7 or 0.7,0.7 in mm)") from None
+                if spacing is not None:
+                    self._spacing[str(sid)] = spacing
+        self.metadata = frame
+        for sid, row in frame.to_dict("index").items():
+            self._meta_rows[str(sid)] = {str(k): _plain(v) for k, v in row.items()}
+
+    # ------------------------------------------------------------------------------ access
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for sid in self.ids:
+            yield self.load(sid)
+
+    def batches(self, batch_size: int) -> Iterator[list[Sample]]:
+        """Samples in id order, ``batch_size`` at a time (only one batch is held in memory)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for start in range(0, len(self.ids), batch_size):
+            yield [self.load(sid) for sid in self.ids[start : start + batch_size]]
+
+    def image_relpath(self, id: str) -> str:
+        """Path of the image file relative to :attr:`root` (posix), e.g. ``images/a.png``."""
+        return self._path(self._images, id).relative_to(self.root).as_posix()
+
+    def mask_relpath(self, id: str) -> str:
+        """Path of the mask file relative to :attr:`root`; ``ValueError`` without masks."""
+        if not self._masks:
+            raise ValueError(f"a {self.task} dataset has no masks")
+        return self._path(self._masks, id).relative_to(self.root).as_posix()
+
+    @staticmethod
+    def _path(files: dict[str, Path], id: str) -> Path:
+        try:
+            return files[id]
+        except KeyError:
+            raise KeyError(f"unknown sample id {id!r}") from None
+
+    def load(self, id: str) -> Sample:
+        """Decode one sample (image, label or mask, spacing, metadata)."""
+        image = read_image(self._path(self._images, id))
+        mask = None
+        if self._masks:
+            mask_path = self._masks[id]
+            mask = read_mask(mask_path)
+            if mask.shape != image.array.shape[1:]:
+                raise MedfailInputError(
+                    mask_path, f"mask shape {mask.shape} does not match image shape "
+                    f"{tuple(image.array.shape[1:])} ({self.image_relpath(id)})")
+        spacing = image.spacing if image.spacing is not None else self._spacing.get(id)
+        return Sample(
+            id=id,
+            image=image.array,
+            value_range=image.value_range,
+            integer=image.integer,
+            label=self._labels[id].copy() if id in self._labels else None,
+            mask=mask,
+            spacing=spacing,
+            modality=image.modality,
+            metadata=dict(self._meta_rows.get(id, {})),
+        )
+
+    def validate(self, progress: bool = True) -> None:
+        """Decode every image (and mask) once; raise on the first unreadable or mismatched file."""
+        for sid in tqdm(self.ids, desc=f"checking {self.root.name}", unit="image",
+                        disable=not progress):
+            image = read_image(self._images[sid])
+            if self._masks:
+                mask = read_mask(self._masks[sid])
+                if mask.shape != image.array.shape[1:]:
+                    raise MedfailInputError(
+                        self._masks[sid], f"mask shape {mask.shape} does not match image shape "
+                        f"{tuple(image.array.shape[1:])} ({self.image_relpath(sid)})")
+
+    def content_hash(self) -> str:
+        """sha256 over (relative path, bytes) of every file this dataset reads, sorted by path."""
+        files = list(self._images.values()) + list(self._masks.values())
+        for name in ("labels.csv", "metadata.csv"):
+            if (self.root / name).is_file() and (name != "labels.csv" or self._labels):
+                files.append(self.root / name)
+        digest = hashlib.sha256()
+        for rel, path in sorted((p.relative_to(self.root).as_posix(), p) for p in files):
+            digest.update(rel.encode() + b"\0")
+            digest.update(path.stat().st_size.to_bytes(8, "little"))
+            with path.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python values, NaN -> None (for Sample.metadata)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value

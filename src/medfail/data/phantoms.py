@@ -1,0 +1,248 @@
+"""Embedded default data: deterministic SYNTHETIC chest-like 2D phantoms with ground truth.
+
+These images are synthetic. They are not patient data and carry no clinical meaning; they exist so
+that ``medfail demo`` can show every analysis offline with effects that are known to be real.
+
+Each image is a 2D "chest slice": a body ellipse, two dark lungs with smooth texture, a bright
+spine and up to three findings, which are the multi-label classification targets:
+
+* ``nodule`` - a solid bright disc inside a lung (small: radius 1.5-2.5 px, large: 4-7 px);
+* ``cavity`` - a hollow lesion: a bright ring with an air-filled centre (outer radius 4-8 px);
+* ``effusion`` - a bright fluid layer filling the base of one lung (not segmented).
+
+The segmentation mask (class 1, ``lesion``) covers nodules and the *wall* of cavities, so
+hollow lesions have ring-shaped masks. ``metadata.csv`` holds what the slices need: site,
+protocol, pixel spacing, lesion area (px), size class, location (central/peripheral) and shape
+(solid/hollow/mixed).
+
+Planted effects (true by construction, for later analysis to find):
+
+* site ``B`` (``low_dose``) is much noisier and is rare in training (15 %) but common in test;
+* site ``C`` (``low_res``) is blurred by a 2x down/up-sampling and has lower contrast;
+* small nodules are a few pixels wide, so blur, noise and down-sampling erase them first;
+* hollow lesions have thin ring masks, so boundary errors cost them more Dice.
+
+Everything is drawn from ``numpy.random.default_rng`` seeded by (seed, split, index): the same
+arguments always give the same bytes on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+
+from medfail.engine.seeding import derive_seed
+
+FINDINGS: tuple[str, ...] = ("nodule", "cavity", "effusion")
+MASK_CLASSES: tuple[str, ...] = ("lesion",)
+
+
+@dataclass(frozen=True)
+class Site:
+    """An acquisition site: its protocol changes noise, contrast and resolution."""
+
+    protocol: str
+    noise_sd: float  # additive gaussian noise, fraction of the [0, 1] intensity scale
+    contrast: float  # scale around the body mean
+    downsample: int  # 2 = resolution halved then restored (blur of fine detail)
+    pixel_spacing: float  # mm
+
+
+SITES: dict[str, Site] = {
+    "A": Site("standard", noise_sd=0.02, contrast=1.00, downsample=1, pixel_spacing=0.7),
+    "B": Site("low_dose", noise_sd=0.10, contrast=0.95, downsample=1, pixel_spacing=0.7),
+    "C": Site("low_res", noise_sd=0.03, contrast=0.75, downsample=2, pixel_spacing=1.4),
+}
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """What the phantom generator draws; the defaults are the demo's."""
+
+    size: int = 128
+    n_train: int = 320
+    n_calibration: int = 96
+    n_test: int = 128
+    seed: int = 0
+    prevalence: tuple[float, float, float] = (0.5, 0.35, 0.35)  # nodule, cavity, effusion
+    site_mix_train: dict[str, float] = field(
+        default_factory=lambda: {"A": 0.6, "B": 0.15, "C": 0.25}
+    )
+    site_mix_test: dict[str, float] = field(
+        default_factory=lambda: {"A": 0.4, "B": 0.3, "C": 0.3}
+    )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class Phantom:
+    """One generated image with its ground truth."""
+
+    image: np.ndarray  # float in [0, 1], (H, W)
+    mask: np.ndarray  # uint8 (H, W), 1 = lesion
+    labels: dict[str, int]
+    metadata: dict[str, object]
+
+
+def _ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+
+
+def _lesion_centre(
+    rng: np.random.Generator, lung: tuple[float, float, float, float], central: bool, radius: float
+) -> tuple[float, float]:
+    """A point inside a lung ellipse: central = near the lung centre, peripheral = near its edge."""
+    cy, cx, ry, rx = lung
+    lo, hi = (0.0, 0.4) if central else (0.62, 0.8)
+    rho = rng.uniform(lo, hi)
+    theta = rng.uniform(0, 2 * np.pi)
+    # keep the whole lesion inside the lung
+    shrink_y = max(ry - radius - 1, 1) / ry
+    shrink_x = max(rx - radius - 1, 1) / rx
+    return cy + rho * ry * shrink_y * np.sin(theta), cx + rho * rx * shrink_x * np.cos(theta)
+
+
+def generate_phantom(rng: np.random.Generator, size: int, site_name: str,
+                     prevalence: Sequence[float]) -> Phantom:
+    """Draw one synthetic chest-like slice at ``site_name`` (see the module docstring)."""
+    site = SITES[site_name]
+    shape = (size, size)
+    s = size / 128.0
+    c = size / 2
+    body = _ellipse(shape, c + 2 * s, c, 58 * s, 54 * s) <= 1
+    image = np.where(body, 0.45, 0.02)
+    lungs = []
+    for side in (-1, 1):
+        lung = (c - 4 * s + rng.uniform(-2, 2) * s, c + side * 24 * s,
+                rng.uniform(34, 38) * s, rng.uniform(17, 20) * s)
+        lungs.append(lung)
+        image = np.where(_ellipse(shape, *lung) <= 1, 0.12, image)
+    lung_mask = np.zeros(shape, bool)
+    for lung in lungs:
+        lung_mask |= _ellipse(shape, *lung) <= 1
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0 * s)
+    image = image + np.where(lung_mask, 0.05 * texture / (texture.std() + 1e-8), 0.0)
+    spine = _ellipse(shape, c + 40 * s, c, 8 * s, 8 * s) <= 1
+    image = np.where(spine, 0.85, image)
+    mediastinum = (_ellipse(shape, c + 5 * s, c, 30 * s, 6 * s) <= 1) & ~lung_mask
+    image = np.where(mediastinum, 0.55, image)
+
+    labels = {name: int(rng.random() < p) for name, p in zip(FINDINGS, prevalence, strict=True)}
+    mask = np.zeros(shape, np.uint8)
+    sizes, locations, shapes = [], [], []
+    yy, xx = np.mgrid[:size, :size]
+    lung_order = rng.permutation(2)
+    if labels["nodule"]:
+        small = rng.random() < 0.5
+        radius = (rng.uniform(1.5, 2.5) if small else rng.uniform(4.0, 7.0)) * s
+        central = bool(rng.random() < 0.5)
+        cy, cx = _lesion_centre(rng, lungs[lung_order[0]], central, radius)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+        image = np.where(disc, rng.uniform(0.55, 0.7), image)
+        mask[disc] = 1
+        sizes.append("small" if small else "large")
+        locations.append("central" if central else "peripheral")
+        shapes.append("solid")
+    if labels["cavity"]:
+        outer = rng.uniform(4.0, 8.0) * s
+        inner = outer * rng.uniform(0.45, 0.6)
+        central = bool(rng.random() < 0.5)
+        cy, cx = _lesion_centre(rng, lungs[lung_order[1]], central, outer)
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        ring = (r2 <= outer**2) & (r2 > inner**2)
+        image = np.where(ring, rng.uniform(0.55, 0.7), image)
+        image = np.where(r2 <= inner**2, 0.08, image)
+        mask[ring] = 1
+        sizes.append("large" if outer >= 4.0 * s else "small")
+        locations.append("central" if central else "peripheral")
+        shapes.append("hollow")
+    if labels["effusion"]:
+        cy, cx, ry, rx = lungs[int(rng.integers(2))]
+        level = cy + ry * rng.uniform(0.35, 0.6)
+        meniscus = level - 3 * s * np.cos((xx - cx) / rx * np.pi / 2)
+        fluid = (_ellipse(shape, cy, cx, ry, rx) <= 1) & (yy >= meniscus) & (mask == 0)
+        image = np.where(fluid, 0.42, image)
+
+    mean = image[body].mean()
+    image = mean + (image - mean) * site.contrast
+    if site.downsample > 1:
+        k = site.downsample
+        small_img = image.reshape(size // k, k, size // k, k).mean(axis=(1, 3))
+        image = ndimage.zoom(small_img, k, order=1)
+    image = image + rng.standard_normal(shape) * site.noise_sd
+    image = np.clip(image, 0.0, 1.0)
+
+    area = int(mask.sum())
+    metadata: dict[str, object] = {
+        "site": site_name,
+        "protocol": site.protocol,
+        "pixel_spacing": site.pixel_spacing,
+        "lesion_area_px": area,
+        "lesion_size": "none" if not sizes else ("small" if "small" in sizes else "large"),
+        "location": "none" if not locations else (
+            locations[0] if len(set(locations)) == 1 else "mixed"),
+        "shape": "none" if not shapes else (shapes[0] if len(set(shapes)) == 1 else "mixed"),
+        "n_lesions": len(shapes),
+    }
+    return Phantom(image=image, mask=mask, labels=labels, metadata=metadata)
+
+
+def _sites_for(n: int, mix: dict[str, float], rng: np.random.Generator) -> list[str]:
+    names = sorted(mix)
+    counts = np.floor(np.array([mix[k] for k in names]) * n).astype(int)
+    counts[0] += n - counts.sum()
+    sites = [name for name, k in zip(names, counts, strict=True) for _ in range(k)]
+    return [sites[i] for i in rng.permutation(n)]
+
+
+def write_split(out_dir: Path, split: str, n: int, config: PhantomConfig) -> Path:
+    """Write one split in the folder format: images/, masks/, labels.csv, metadata.csv."""
+    root = Path(out_dir) / split
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    mix = config.site_mix_train if split == "train" else config.site_mix_test
+    sites = _sites_for(n, mix, np.random.default_rng(derive_seed(config.seed, split, "sites")))
+    label_rows, meta_rows = [], []
+    for i, site in enumerate(sites):
+        rng = np.random.default_rng(derive_seed(config.seed, split, str(i)))
+        ph = generate_phantom(rng, config.size, site, config.prevalence)
+        sid = f"{split}_{i:04d}"
+        Image.fromarray(np.round(ph.image * 255).astype(np.uint8)).save(
+            root / "images" / f"{sid}.png")
+        Image.fromarray(ph.mask).save(root / "masks" / f"{sid}.png")
+        label_rows.append({"id": sid, **ph.labels})
+        meta_rows.append({"id": sid, **ph.metadata})
+    pd.DataFrame(label_rows).to_csv(root / "labels.csv", index=False)
+    pd.DataFrame(meta_rows).to_csv(root / "metadata.csv", index=False)
+    return root
+
+
+def write_phantom_splits(out_dir: Path, config: PhantomConfig | None = None) -> dict[str, Path]:
+    """Write train/calibration/test splits under ``out_dir`` (skipped when already written).
+
+    A ``phantoms.json`` file records the config; a folder written with another config is rewritten.
+    """
+    config = config or PhantomConfig()
+    out_dir = Path(out_dir)
+    stamp = out_dir / "phantoms.json"
+    splits = {"train": config.n_train, "calibration": config.n_calibration, "test": config.n_test}
+    paths = {name: out_dir / name for name in splits}
+    if stamp.exists() and stamp.read_text() == config.to_json():
+        return paths
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, n in splits.items():
+        write_split(out_dir, name, n, config)
+    (out_dir / "README.txt").write_text(
+        "SYNTHETIC phantom images generated by medfail.data.phantoms - not patient data.\n")
+    stamp.write_text(config.to_json())
+    return paths

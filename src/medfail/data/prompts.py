@@ -1,0 +1,50 @@
+"""Prompts for promptable segmenters, derived from ground-truth masks.
+
+Convention (the one segment-anything uses): coordinates are ``(x, y)`` = (column, row) in pixels of
+the native image; a box is ``(x0, y0, x1, y1)`` with inclusive corners; point label 1 = foreground,
+0 = background. One prompt per ground-truth object (8-connected component of ``mask > 0``); its
+positive point is the object pixel farthest from the object's border (so hollow rings get a point
+on the ring, not in the hole).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A box and/or points for one object."""
+
+    box: tuple[float, float, float, float] | None
+    points: tuple[tuple[float, float], ...] = ()
+    point_labels: tuple[int, ...] = ()
+
+
+def objects(mask: np.ndarray) -> list[np.ndarray]:
+    """Boolean masks of the 8-connected components of ``mask > 0``, largest first."""
+    labelled, n = ndimage.label(mask > 0, structure=EIGHT_CONNECTED)
+    comps = [labelled == i for i in range(1, n + 1)]
+    return sorted(comps, key=lambda c: -int(c.sum()))
+
+
+def prompt_for_object(obj: np.ndarray) -> Prompt:
+    """The exact box and interior point of one object (no perturbation)."""
+    rows, cols = np.nonzero(obj)
+    box = (float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max()))
+    dist = ndimage.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return Prompt(box=box, points=((float(c), float(r)),), point_labels=(1,))
+
+
+def prompts_from_mask(mask: np.ndarray, max_objects: int | None = None) -> list[Prompt]:
+    """One prompt per object of ``mask`` (largest first), at most ``max_objects``."""
+    objs = objects(mask)
+    if max_objects is not None:
+        objs = objs[:max_objects]
+    return [prompt_for_object(o) for o in objs]

@@ -1,0 +1,75 @@
+"""The embedded default: phantoms -> light baselines (cached) -> the suite for each task.
+
+``medfail demo --out runs/demo`` writes ``runs/demo/data/`` (synthetic phantoms in the folder
+format), ``runs/demo/models/`` (baselines, reused when their training key matches) and one run
+directory per task: ``runs/demo/{classification,segmentation,promptable}/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from medfail.data.datasets import open_dataset
+from medfail.data.phantoms import PhantomConfig, write_phantom_splits
+from medfail.engine.runner import run_suite
+from medfail.engine.suite import SuiteConfig
+from medfail.models.bundle import read_training_log
+from medfail.models.loading import describe_model, load_model
+from medfail.models.training import TrainConfig, train
+
+DEMO_TASKS: tuple[str, ...] = ("classification", "segmentation", "promptable")
+MODEL_FILES = {"classification": "classifier.pt", "segmentation": "segmenter.pt",
+               "promptable": "promptable.pt"}
+TRAINING = {
+    "classification": TrainConfig(task="classification", size=64, epochs=8, seed=0),
+    "segmentation": TrainConfig(task="segmentation", size=64, epochs=12, seed=0,
+                                patches_per_image=2),
+    "promptable": TrainConfig(task="promptable", size=64, epochs=12, seed=0),
+}
+
+
+def _baseline(task: str, data: dict[str, Path], models_dir: Path, phantoms: PhantomConfig,
+              progress: bool) -> tuple[Path, bool]:
+    """Train the task's baseline unless a model with the same training key exists."""
+    path = models_dir / MODEL_FILES[task]
+    config = TRAINING[task]
+    key = json.dumps({"phantoms": json.loads(phantoms.to_json()), "train": asdict(config)},
+                     sort_keys=True)
+    key_file = path.with_name(path.name + ".key")
+    if path.exists() and key_file.exists() and key_file.read_text() == key:
+        return path, True
+    train(open_dataset(data["train"], task), config, path,
+          val_dataset=open_dataset(data["calibration"], task), progress=progress)
+    key_file.write_text(key)
+    return path, False
+
+
+def run_demo(out: str | Path = "runs/demo", tasks: tuple[str, ...] = DEMO_TASKS,
+             phantoms: PhantomConfig | None = None, suite: SuiteConfig | None = None,
+             progress: bool = True) -> dict[str, Path]:
+    """Run the embedded default end to end; returns the report path per task."""
+    out = Path(out)
+    phantoms = phantoms or PhantomConfig()
+    suite = suite or SuiteConfig()
+    data = write_phantom_splits(out / "data", phantoms)
+    reports: dict[str, Path] = {}
+    for task in tasks:
+        t0 = time.perf_counter()
+        model_path, cached = _baseline(task, data, out / "models", phantoms, progress)
+        t_train = time.perf_counter() - t0
+        adapter = load_model(model_path, task)
+        dataset = open_dataset(data["test"], task, target_names=adapter.spec.target_names)
+        log = read_training_log(model_path)
+        run_dir = run_suite(
+            adapter, dataset, out / task, suite,
+            model_info={**describe_model(model_path), "training_wall_clock_s": log.get("wall_clock_s"),
+                        "training_cached": cached, "training_log": log},
+            command=["medfail", "demo", "--out", str(out), "--task", task], progress=progress)
+        reports[task] = run_dir / "report.html"
+        if progress:
+            status = "cached" if cached else f"trained in {t_train:.0f}s"
+            print(f"[{task}] baseline {status}; report: {reports[task]}")
+    return reports

@@ -1,0 +1,278 @@
+"""Percentile bootstrap confidence intervals with a shared, reusable resample index matrix.
+
+Draw the index matrix once with ``bootstrap_indices(n, B, seed)`` and pass the same matrix to
+every metric and every condition: intervals are then reproducible, and differences between
+conditions (Δ intervals) are paired -- each resample compares the same samples.
+
+Convention: the percentile interval ``(q_{α/2}, q_{1−α/2})`` of the resampled statistic
+(numpy's default linear interpolation between order statistics). Resamples whose statistic
+is NaN (e.g. AUROC of a resample with a single class) are dropped; if all are NaN the
+interval is ``(nan, nan)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+__all__ = [
+    "auroc_bootstrap",
+    "bootstrap_indices",
+    "bootstrap_statistic",
+    "mean_ci",
+    "paired_delta_ci",
+    "paired_statistic_delta_ci",
+    "percentile_ci",
+    "statistic_ci",
+]
+
+# Resamples are processed in row blocks of about this many elements to bound memory.
+_BLOCK_ELEMS = 1 << 22
+
+
+def _row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
+    step = max(1, _BLOCK_ELEMS // max(1, n_cols))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def _check_alpha(alpha: float) -> float:
+    a = float(alpha)
+    if not 0.0 < a < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    return a
+
+
+def _check_indices(indices: np.ndarray, n: int) -> np.ndarray:
+    idx = np.asarray(indices)
+    if idx.ndim != 2:
+        raise ValueError(f"indices must be a 2-D (n_resamples, n) array, got shape {idx.shape}")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
+    if idx.shape[1] != n:
+        raise ValueError(
+            f"indices were drawn for {idx.shape[1]} samples (shape {idx.shape}) but the data "
+            f"has {n} samples"
+        )
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"indices must lie in [0, {n}), got values in [{idx.min()}, {idx.max()}]")
+    return idx
+
+
+def _check_1d(name: str, arr: np.ndarray) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    return a
+
+
+def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Resample index matrix: row b holds the n sample indices (with replacement) of resample b.
+
+    Drawn as ``np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))``; int32.
+
+    Raises:
+        ValueError: n or n_resamples < 1, or n too large for int32.
+    """
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1, got {n!r}")
+    if int(n_resamples) < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples!r}")
+    if int(n) > np.iinfo(np.int32).max:
+        raise ValueError(f"n must fit in int32, got {n!r}")
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, int(n), size=(int(n_resamples), int(n)), dtype=np.int32)
+
+
+def percentile_ci(stats: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval ``(q_{α/2}, q_{1−α/2})`` of resampled statistics, ignoring NaNs.
+
+    Edge cases: all NaN (or empty) -> ``(nan, nan)``.
+
+    Raises:
+        ValueError: stats not 1-D, or alpha outside (0, 1).
+    """
+    a = _check_alpha(alpha)
+    s = _check_1d("stats", stats).astype(np.float64)
+    s = s[~np.isnan(s)]
+    if s.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(s, [100.0 * a / 2.0, 100.0 * (1.0 - a / 2.0)])
+    return float(lo), float(hi)
+
+
+def _resampled_nanmean(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per-resample NaN-ignoring mean of values[idx]; NaN for a resample with no finite value."""
+    out = np.empty(idx.shape[0], dtype=np.float64)
+    for rows in _row_blocks(*idx.shape):
+        v = values[idx[rows]]
+        valid = ~np.isnan(v)
+        sums = np.where(valid, v, 0.0).sum(axis=1)
+        counts = valid.sum(axis=1)
+        block = np.full(sums.shape, np.nan)
+        np.divide(sums, counts, out=block, where=counts > 0)
+        out[rows] = block
+    return out
+
+
+def mean_ci(values: np.ndarray, indices: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of the mean of per-sample values (e.g. per-image Dice).
+
+    Per resample b: ``nanmean(values[indices[b]])`` (NaN values are ignored); then
+    ``percentile_ci``.
+
+    Raises:
+        ValueError: values not 1-D, indices not (B, len(values)) in range, or bad alpha.
+    """
+    v = _check_1d("values", values).astype(np.float64)
+    idx = _check_indices(indices, v.size)
+    return percentile_ci(_resampled_nanmean(v, idx), alpha)
+
+
+def paired_delta_ci(
+    values_a: np.ndarray, values_b: np.ndarray, indices: np.ndarray, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Percentile CI of the mean paired difference ``b − a`` of per-sample values.
+
+    ``values_a[i]`` and ``values_b[i]`` belong to the same sample i (e.g. Dice of image i before
+    and after a perturbation). Per resample: ``nanmean((values_b − values_a)[indices[b]])``;
+    a sample where either value is NaN is dropped from that mean.
+
+    Raises:
+        ValueError: arrays not 1-D or of different lengths, bad indices, or bad alpha.
+    """
+    a = _check_1d("values_a", values_a).astype(np.float64)
+    b = _check_1d("values_b", values_b).astype(np.float64)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"values_a and values_b must have the same length, got {a.shape} and {b.shape}"
+        )
+    idx = _check_indices(indices, a.size)
+    return percentile_ci(_resampled_nanmean(b - a, idx), alpha)
+
+
+def _check_arrays(arrays: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
+    if isinstance(arrays, np.ndarray) or len(arrays) == 0:
+        raise ValueError(f"{name} must be a non-empty tuple of arrays")
+    arrs = [np.asarray(x) for x in arrays]
+    lengths = [len(x) if x.ndim else -1 for x in arrs]
+    if len(set(lengths)) != 1 or lengths[0] < 0:
+        shapes = [x.shape for x in arrs]
+        raise ValueError(f"{name} must share the same first-axis length, got shapes {shapes}")
+    return arrs
+
+
+def bootstrap_statistic(
+    statistic: Callable[..., float], arrays: Sequence[np.ndarray], indices: np.ndarray
+) -> np.ndarray:
+    """Resampled statistic: ``statistic(*[a[indices[b]] for a in arrays])`` for each b, (B,).
+
+    Arrays are indexed along their first axis (jointly, so rows stay aligned).
+
+    Raises:
+        ValueError: arrays of different lengths or indices not (B, n) in range.
+    """
+    arrs = _check_arrays(arrays, "arrays")
+    idx = _check_indices(indices, len(arrs[0]))
+    return np.array([float(statistic(*[a[row] for a in arrs])) for row in idx], dtype=np.float64)
+
+
+def statistic_ci(
+    statistic: Callable[..., float],
+    arrays: Sequence[np.ndarray],
+    indices: np.ndarray,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile CI of any set-level statistic, e.g. ``statistic_ci(auroc, (y, s), idx)``.
+
+    NaN statistics (undefined on a resample) are ignored by ``percentile_ci``.
+    """
+    a = _check_alpha(alpha)
+    return percentile_ci(bootstrap_statistic(statistic, arrays, indices), a)
+
+
+def paired_statistic_delta_ci(
+    statistic: Callable[..., float],
+    arrays_a: Sequence[np.ndarray],
+    arrays_b: Sequence[np.ndarray],
+    indices: np.ndarray,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile CI of ``statistic(*arrays_b) − statistic(*arrays_a)`` over paired resamples.
+
+    For set-level metrics such as AUROC under two conditions on the same samples: both are
+    evaluated on the same resample rows, so the interval accounts for the pairing.
+
+    Raises:
+        ValueError: arrays of different lengths (within or across a/b), bad indices or alpha.
+    """
+    a = _check_alpha(alpha)
+    arrs_a = _check_arrays(arrays_a, "arrays_a")
+    arrs_b = _check_arrays(arrays_b, "arrays_b")
+    if len(arrs_a[0]) != len(arrs_b[0]):
+        raise ValueError(
+            "arrays_a and arrays_b must describe the same samples, got lengths "
+            f"{len(arrs_a[0])} and {len(arrs_b[0])}"
+        )
+    stats_a = bootstrap_statistic(statistic, arrs_a, indices)
+    stats_b = bootstrap_statistic(statistic, arrs_b, indices)
+    return percentile_ci(stats_b - stats_a, a)
+
+
+def auroc_bootstrap(y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """AUROC of every resample at once, shape (B,); no Python loop over resamples.
+
+    Scores are sorted once and grouped into tied-score groups g (ascending). The index matrix
+    is turned into per-resample multiplicities, summed per group and class into pos_g and
+    neg_g, and ``AUC_b = Σ_g pos_g · (Σ_{h<g} neg_h + ½ neg_g) / (P_b · N_b)`` (ties count
+    ½), computed in exact integer arithmetic until the final division. Equals
+    ``roc_auc_score`` on each resample.
+
+    Edge cases: a resample with only one class -> NaN.
+
+    Raises:
+        ValueError: not 1-D, lengths differ, y_true not 0/1, NaN scores, or bad indices.
+    """
+    t = _check_1d("y_true", y_true)
+    s = _check_1d("y_score", y_score)
+    if t.shape != s.shape:
+        raise ValueError(
+            f"y_true and y_score must have the same length, got y_true {t.shape} "
+            f"and y_score {s.shape}"
+        )
+    if t.dtype != np.bool_ and np.any((t != 0) & (t != 1)):
+        raise ValueError("y_true must contain only 0 and 1")
+    s = s.astype(np.float64)
+    if np.isnan(s).any():
+        raise ValueError(f"y_score contains {int(np.isnan(s).sum())} NaN value(s)")
+    t = t.astype(np.int64)
+    n = t.size
+    idx = _check_indices(indices, n)
+
+    order = np.argsort(s, kind="mergesort")
+    s_sorted = s[order]
+    starts = np.r_[0, np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1]
+    n_groups = starts.size
+    group_sorted = np.zeros(n, dtype=np.int64)
+    group_sorted[starts[1:]] = 1
+    group = np.empty(n, dtype=np.int64)
+    group[order] = np.cumsum(group_sorted)
+    # key = 2·group + class: one bincount per block gives (B, G, 2) multiplicities
+    key = 2 * group + t
+
+    out = np.empty(idx.shape[0], dtype=np.float64)
+    width = 2 * n_groups
+    for rows in _row_blocks(*idx.shape):
+        n_rows = rows.stop - rows.start
+        flat = key[idx[rows]] + width * np.arange(n_rows, dtype=np.int64)[:, None]
+        counts = np.bincount(flat.ravel(), minlength=n_rows * width).reshape(n_rows, n_groups, 2)
+        neg, pos = counts[..., 0], counts[..., 1]
+        neg_before = np.cumsum(neg, axis=1) - neg
+        twice_u = np.sum(pos * (2 * neg_before + neg), axis=1)
+        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+        denom = 2 * n_pos * n_neg
+        block = np.full(n_rows, np.nan)
+        np.divide(twice_u, denom, out=block, where=denom > 0)
+        out[rows] = block
+    return out

@@ -1,0 +1,276 @@
+"""Per-image segmentation metrics on binary masks.
+
+Every function takes ``y_true`` (ground truth) and ``y_pred`` (prediction), boolean or 0/1
+arrays shaped ``(N, *spatial)`` with 2-D or 3-D spatial axes, and returns a float64 array of
+shape ``(N,)``: one value per image.
+
+Empty-mask convention (shared by all metrics here):
+
+* ground truth empty and prediction empty -> 1.0 (a correct "nothing there");
+* exactly one of them empty -> 0.0.
+
+Boundary convention (``boundary_f1``, ``nsd``): the boundary of a mask is
+``mask XOR binary_erosion(mask)`` with scipy's default cross-shaped (face-connectivity)
+structuring element and zero border, i.e. a foreground pixel is on the boundary when one of
+its face neighbours is background or outside the image. This is what
+``monai.metrics.utils.get_mask_edges`` computes (its cropping to the foreground bounding box
+with a 1-pixel zero margin does not change the edges). Distances are exact Euclidean
+distances between boundary-pixel centres, scaled by ``spacing`` when given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["boundary_f1", "dice", "jaccard", "nsd"]
+
+# Distances within this relative slack of the tolerance count as "within tolerance", so that
+# exact ties (e.g. a distance of exactly 2 pixels at tolerance 2.0) are not lost to rounding.
+_TIE_RTOL = 1e-9
+
+
+def _check_masks(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate two mask batches and return them as bool arrays of shape (N, *spatial)."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            f"y_true and y_pred must have the same shape, got y_true {y_true.shape} "
+            f"and y_pred {y_pred.shape}"
+        )
+    if y_true.ndim not in (3, 4):
+        raise ValueError(
+            "masks must be shaped (N, H, W) or (N, D, H, W) (a batch of 2-D or 3-D masks), "
+            f"got shape {y_true.shape} with {y_true.ndim} dimension(s)"
+        )
+    out = []
+    for name, arr in (("y_true", y_true), ("y_pred", y_pred)):
+        if arr.dtype != np.bool_:
+            if not np.issubdtype(arr.dtype, np.number):
+                raise ValueError(f"{name} must be boolean or numeric 0/1, got dtype {arr.dtype}")
+            bad = (arr != 0) & (arr != 1)
+            if bad.any():
+                example = arr[bad].flat[0]
+                raise ValueError(
+                    f"{name} must be binary (bool or 0/1), found {int(bad.sum())} value(s) "
+                    f"other than 0 and 1 (e.g. {example!r})"
+                )
+            arr = arr.astype(bool)
+        out.append(arr)
+    return out[0], out[1]
+
+
+def _check_tolerance(tolerance: float) -> float:
+    tol = float(tolerance)
+    if not np.isfinite(tol) or tol < 0:
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    return tol
+
+
+def _check_spacing(spacing: float | Sequence[float] | None, n_spatial: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * n_spatial
+    sp = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    if sp.ndim != 1 or sp.size not in (1, n_spatial):
+        raise ValueError(
+            f"spacing must be a number or a sequence of {n_spatial} numbers (one per spatial "
+            f"axis), got {spacing!r}"
+        )
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ValueError(f"spacing values must be finite and > 0, got {spacing!r}")
+    if sp.size == 1:
+        sp = np.repeat(sp, n_spatial)
+    return tuple(float(s) for s in sp)
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of a batch of bool masks shaped (N, *spatial).
+
+    ``mask XOR binary_erosion(mask)``, eroding each image independently with scipy's default
+    cross (face-connectivity) element and ``border_value=0`` (pixels on the image border are
+    boundary pixels). Identical to ``monai.metrics.utils.get_mask_edges`` per image.
+    """
+    n_spatial = mask.ndim - 1
+    # A structuring element of extent 1 along the batch axis erodes images independently.
+    structure = ndimage.generate_binary_structure(n_spatial, 1)[None]
+    return mask ^ ndimage.binary_erosion(mask, structure=structure)
+
+
+def _surface_counts(
+    y_true: np.ndarray, y_pred: np.ndarray, tolerance: float, spacing: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: (#pred boundary within tol of GT boundary, #pred boundary,
+    #GT boundary within tol of pred boundary, #GT boundary), as int64 arrays of shape (N,).
+
+    Images where either boundary is empty get zero "within" counts.
+    """
+    b_true = _boundary(y_true)
+    b_pred = _boundary(y_pred)
+    axes = tuple(range(1, y_true.ndim))
+    n_true = b_true.sum(axis=axes, dtype=np.int64)
+    n_pred = b_pred.sum(axis=axes, dtype=np.int64)
+    ok_pred = np.zeros(len(y_true), dtype=np.int64)
+    ok_true = np.zeros(len(y_true), dtype=np.int64)
+    limit = tolerance * (1.0 + _TIE_RTOL)
+    for i in np.flatnonzero((n_true > 0) & (n_pred > 0)):
+        bt, bp = b_true[i], b_pred[i]
+        # Crop to the bounding box of both boundaries: every boundary pixel (source and
+        # target of the distances) lies inside it, so the EDT is unchanged and cheaper.
+        coords = np.nonzero(bt | bp)
+        box = tuple(slice(c.min(), c.max() + 1) for c in coords)
+        bt, bp = bt[box], bp[box]
+        dist_to_true = ndimage.distance_transform_edt(~bt, sampling=spacing)
+        dist_to_pred = ndimage.distance_transform_edt(~bp, sampling=spacing)
+        ok_pred[i] = np.count_nonzero(dist_to_true[bp] <= limit)
+        ok_true[i] = np.count_nonzero(dist_to_pred[bt] <= limit)
+    return ok_pred, n_pred, ok_true, n_true
+
+
+def dice(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Dice similarity coefficient per image.
+
+    ``dice = 2 |A ∩ B| / (|A| + |B|)`` with A the ground-truth and B the predicted foreground.
+
+    Edge cases: both masks empty -> 1.0; exactly one empty -> 0.0. Equals
+    ``monai.metrics.compute_dice(y_pred, y, include_background=True, ignore_empty=False)`` on
+    one-channel inputs.
+
+    Args:
+        y_true: ground-truth masks, bool or 0/1, shape (N, *spatial).
+        y_pred: predicted masks, same shape.
+
+    Returns:
+        float64 array of shape (N,).
+
+    Raises:
+        ValueError: shapes differ, not (N, H, W) / (N, D, H, W), or values other than 0/1.
+    """
+    t, p = _check_masks(y_true, y_pred)
+    axes = tuple(range(1, t.ndim))
+    inter = np.logical_and(t, p).sum(axis=axes, dtype=np.int64)
+    denom = t.sum(axis=axes, dtype=np.int64) + p.sum(axis=axes, dtype=np.int64)
+    out = np.ones(len(t), dtype=np.float64)
+    np.divide(2.0 * inter, denom, out=out, where=denom > 0)
+    return out
+
+
+def jaccard(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Jaccard index (intersection over union) per image.
+
+    ``jaccard = |A ∩ B| / |A ∪ B|`` with A the ground-truth and B the predicted foreground
+    (``jaccard = dice / (2 - dice)``).
+
+    Edge cases: both masks empty -> 1.0; exactly one empty -> 0.0. Equals
+    ``monai.metrics.compute_iou(y_pred, y, include_background=True, ignore_empty=False)``.
+
+    Args:
+        y_true: ground-truth masks, bool or 0/1, shape (N, *spatial).
+        y_pred: predicted masks, same shape.
+
+    Returns:
+        float64 array of shape (N,).
+
+    Raises:
+        ValueError: shapes differ, not (N, H, W) / (N, D, H, W), or values other than 0/1.
+    """
+    t, p = _check_masks(y_true, y_pred)
+    axes = tuple(range(1, t.ndim))
+    inter = np.logical_and(t, p).sum(axis=axes, dtype=np.int64)
+    union = np.logical_or(t, p).sum(axis=axes, dtype=np.int64)
+    out = np.ones(len(t), dtype=np.float64)
+    np.divide(inter, union, out=out, where=union > 0)
+    return out
+
+
+def boundary_f1(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    tolerance: float = 2.0,
+    spacing: float | Sequence[float] | None = None,
+) -> np.ndarray:
+    """Boundary F1 score per image.
+
+    With boundaries as in the module docstring and ``d(x, S)`` the Euclidean distance from
+    pixel x to the nearest pixel of boundary S:
+
+    * precision ``P = #{x in ∂pred : d(x, ∂true) <= tol} / #∂pred``;
+    * recall ``R = #{x in ∂true : d(x, ∂pred) <= tol} / #∂true``;
+    * ``BF1 = 2 P R / (P + R)``, and 0.0 when ``P + R = 0``.
+
+    ``tolerance`` is in pixels, or in physical units (e.g. mm) when ``spacing`` is given.
+    Distances equal to the tolerance (up to a 1e-9 relative slack for rounding) count as within.
+
+    Edge cases: both masks empty -> 1.0; exactly one empty -> 0.0.
+
+    Args:
+        y_true: ground-truth masks, bool or 0/1, shape (N, *spatial).
+        y_pred: predicted masks, same shape.
+        tolerance: maximum accepted boundary deviation, >= 0.
+        spacing: pixel/voxel size per spatial axis (a number means isotropic); None = 1.
+
+    Returns:
+        float64 array of shape (N,).
+
+    Raises:
+        ValueError: bad masks (see ``dice``), negative/non-finite tolerance, or spacing that is
+            not positive or does not have one value per spatial axis.
+    """
+    t, p = _check_masks(y_true, y_pred)
+    tol = _check_tolerance(tolerance)
+    sp = _check_spacing(spacing, t.ndim - 1)
+    ok_pred, n_pred, ok_true, n_true = _surface_counts(t, p, tol, sp)
+    out = np.zeros(len(t), dtype=np.float64)
+    both = (n_pred > 0) & (n_true > 0)
+    prec = ok_pred[both] / n_pred[both]
+    rec = ok_true[both] / n_true[both]
+    s = prec + rec
+    f1 = np.zeros_like(s)
+    np.divide(2.0 * prec * rec, s, out=f1, where=s > 0)
+    out[both] = f1
+    out[(n_pred == 0) & (n_true == 0)] = 1.0
+    return out
+
+
+def nsd(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    tolerance: float = 2.0,
+    spacing: float | Sequence[float] | None = None,
+) -> np.ndarray:
+    """Normalised surface distance (surface Dice) per image.
+
+    ``NSD = (#{x in ∂pred : d(x, ∂true) <= tol} + #{x in ∂true : d(x, ∂pred) <= tol})
+    / (#∂pred + #∂true)`` with boundaries and distances as in ``boundary_f1``; boundary size
+    is the number of boundary pixels (no sub-voxel areas).
+
+    Equals ``monai.metrics.compute_surface_dice(y_pred, y, class_thresholds=[tol],
+    include_background=True, spacing=spacing, use_subvoxels=False)`` whenever at least one
+    mask is non-empty.
+
+    Edge cases: both masks empty -> 1.0 (MONAI returns NaN here; we follow the Dice
+    convention); exactly one empty -> 0.0 (as MONAI).
+
+    Args:
+        y_true: ground-truth masks, bool or 0/1, shape (N, *spatial).
+        y_pred: predicted masks, same shape.
+        tolerance: maximum accepted boundary deviation, >= 0, in pixels or in the units of
+            ``spacing``.
+        spacing: pixel/voxel size per spatial axis (a number means isotropic); None = 1.
+
+    Returns:
+        float64 array of shape (N,).
+
+    Raises:
+        ValueError: as ``boundary_f1``.
+    """
+    t, p = _check_masks(y_true, y_pred)
+    tol = _check_tolerance(tolerance)
+    sp = _check_spacing(spacing, t.ndim - 1)
+    ok_pred, n_pred, ok_true, n_true = _surface_counts(t, p, tol, sp)
+    total = n_pred + n_true
+    out = np.ones(len(t), dtype=np.float64)
+    np.divide(ok_pred + ok_true, total, out=out, where=total > 0)
+    return out

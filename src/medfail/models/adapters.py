@@ -1,0 +1,138 @@
+"""Model adapters: one protocol per task, whatever the model format.
+
+A *forward* maps a preprocessed (N, C, H, W) float tensor to a raw (N, K) or (N, K, H, W) output
+(logits or probabilities, as the spec says). Adapters add preprocessing and output activation:
+
+* :class:`Classifier` -> ``predict_proba(images) -> (N, K)`` probabilities;
+* :class:`Segmenter` -> ``predict_proba(images) -> [(C, H, W)]`` per-pixel class probabilities at
+  each image's native size (class 0 = background), sliding window of ``input_size``;
+* :class:`PromptableSegmenter` -> ``predict_proba(images, prompts)``: one forward per prompt, and
+  the image's foreground probability is the pixel-wise maximum over its prompts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from medfail.data.prompts import Prompt
+from medfail.models.preprocess import prompt_channels, to_tensor
+from medfail.models.spec import ModelSpec
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+SLIDING_WINDOW_OVERLAP = 0.25
+
+
+def _groups_by_shape(images: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, im in enumerate(images):
+        groups[tuple(im.shape)].append(i)
+    return groups
+
+
+class ModelAdapter:
+    """Shared parts: the spec, the forward, the device and output activation."""
+
+    task = ""
+
+    def __init__(self, spec: ModelSpec, forward: Forward, device: str = "cpu",
+                 batch_size: int = 32, name: str = "model") -> None:
+        if spec.task != self.task:
+            raise ValueError(f"{type(self).__name__} needs a {self.task} spec, got {spec.task}")
+        self.spec = spec
+        self.forward = forward
+        self.device = device
+        self.batch_size = batch_size
+        self.name = name
+
+    def activate(self, out: torch.Tensor) -> torch.Tensor:
+        """Raw output -> probabilities (sigmoid for multi-label, softmax over dim 1 otherwise)."""
+        out = out.float()
+        if self.spec.output == "probabilities":
+            return out
+        if self.spec.task == "classification" and self.spec.multi_label:
+            return torch.sigmoid(out)
+        return torch.softmax(out, dim=1)
+
+    @torch.no_grad()
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.forward(x))
+
+
+class Classifier(ModelAdapter):
+    task = "classification"
+
+    def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Probabilities (N, K) for native (C, H, W) images (resized by the documented rule)."""
+        out = np.zeros((len(images), self.spec.n_classes), np.float32)
+        for idx in _groups_by_shape(images).values():
+            for s in range(0, len(idx), self.batch_size):
+                chunk = idx[s:s + self.batch_size]
+                x = to_tensor([images[i] for i in chunk], self.spec, self.device, resize=True)
+                out[chunk] = self._probs(x).cpu().numpy()
+        return out
+
+
+class Segmenter(ModelAdapter):
+    task = "segmentation"
+
+    def _window(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.input_size is None:
+            return self._probs(x)
+        return sliding_window_inference(
+            x, roi_size=self.spec.input_size, sw_batch_size=self.batch_size,
+            predictor=self._probs, overlap=SLIDING_WINDOW_OVERLAP, mode="gaussian")
+
+    def predict_proba(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per-pixel class probabilities (C, H, W) at each image's native size."""
+        out: list[np.ndarray] = [np.empty(0)] * len(images)
+        for idx in _groups_by_shape(images).values():
+            for s in range(0, len(idx), self.batch_size):
+                chunk = idx[s:s + self.batch_size]
+                x = to_tensor([images[i] for i in chunk], self.spec, self.device)
+                probs = self._window(x).cpu().numpy()
+                for j, i in enumerate(chunk):
+                    out[i] = probs[j]
+        return out
+
+
+class PromptableSegmenter(Segmenter):
+    task = "promptable"
+
+    def predict_proba(self, images: Sequence[np.ndarray],  # type: ignore[override]
+                      prompts: Sequence[Sequence[Prompt]]) -> list[np.ndarray]:
+        """Per-pixel (C, H, W) probabilities given each image's prompts (max over prompts)."""
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompt lists")
+        inputs, owner = [], []
+        for i, (im, plist) in enumerate(zip(images, prompts, strict=True)):
+            norm = to_tensor([im], self.spec)[0].numpy()
+            for p in plist:
+                inputs.append(np.concatenate([norm, prompt_channels(p, im.shape[1:])]))
+                owner.append(i)
+        out = []
+        for im in images:
+            empty = np.zeros((self.spec.n_classes, *im.shape[1:]), np.float32)
+            empty[0] = 1.0
+            out.append(empty)
+        for idx in _groups_by_shape(inputs).values():
+            for s in range(0, len(idx), self.batch_size):
+                chunk = idx[s:s + self.batch_size]
+                x = torch.from_numpy(np.stack([inputs[k] for k in chunk])).to(self.device)
+                probs = self._window(x).cpu().numpy()
+                for j, k in enumerate(chunk):
+                    i = owner[k]
+                    fg = np.maximum(out[i][1:], probs[j][1:])
+                    out[i] = np.concatenate([1.0 - fg.sum(0, keepdims=True), fg])
+        return out
+
+
+ADAPTERS: dict[str, type[ModelAdapter]] = {
+    "classification": Classifier,
+    "segmentation": Segmenter,
+    "promptable": PromptableSegmenter,
+}

@@ -1,0 +1,191 @@
+"""Load any supported model into a task adapter.
+
+Accepted references:
+
+* a medfail model file (``medfail train`` output, ``.pt``) - carries its own spec;
+* a TorchScript archive (``torch.jit.save``) - spec from an ``_extra_files`` entry
+  ``medfail_spec.json`` or a sidecar JSON;
+* an ONNX file - spec from the model's ``metadata_props["medfail_spec"]`` or a sidecar JSON;
+* ``package.module:function`` - the function returns an ``nn.Module`` or a callable mapping a
+  (N, C, H, W) tensor to outputs; spec from ``--model-spec`` or a ``medfail_spec`` attribute;
+* a pickled ``nn.Module`` - refused unless ``trust_pickle=True``.
+
+The sidecar JSON is ``--model-spec FILE`` or ``<model file>.json`` beside the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medfail.errors import MedfailInputError
+from medfail.models.adapters import ADAPTERS, Forward, ModelAdapter
+from medfail.models.bundle import is_bundle, module_from_bundle
+from medfail.models.spec import ModelSpec
+
+
+def _torch_forward(module: nn.Module, device: str) -> Forward:
+    module = module.to(device).eval()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return module(x.to(device))
+
+    return forward
+
+
+def _callable_forward(fn: Any, device: str) -> Forward:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = fn(x.to(device))
+        return out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+
+    return forward
+
+
+def _onnx_forward(path: Path) -> tuple[Forward, dict[str, str]]:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several private types
+        raise MedfailInputError(path, f"cannot load ONNX model ({exc})") from exc
+    input_name = session.get_inputs()[0].name
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
+        return torch.from_numpy(np.asarray(out))
+
+    return forward, meta
+
+
+def _read_spec(path: Path | None, spec_path: str | Path | None, embedded: str | None,
+               attribute: Any = None, display: str = "") -> ModelSpec:
+    sources: list[tuple[str, Any]] = []
+    if spec_path is not None:
+        sources.append((str(spec_path), Path(spec_path)))
+    if attribute is not None:
+        sources.append(("medfail_spec attribute", attribute))
+    if embedded:
+        sources.append(("embedded medfail_spec", embedded))
+    sidecar = None if path is None else path.with_name(path.name + ".json")
+    if sidecar is not None and sidecar.exists():
+        sources.append((str(sidecar), sidecar))
+    if not sources:
+        where = f" or put it in {sidecar.name} beside the model" if sidecar else ""
+        raise MedfailInputError(
+            display or path, "no model spec: pass --model-spec FILE.json (task, target_names, "
+            "input_size, in_channels, normalisation, output)" + where)
+    where, src = sources[0]
+    try:
+        if isinstance(src, Path):
+            data = json.loads(src.read_text())
+        elif isinstance(src, str):
+            data = json.loads(src)
+        else:
+            data = dict(src)
+        return ModelSpec.from_dict(data)
+    except (OSError, ValueError, TypeError) as exc:
+        raise MedfailInputError(where, f"invalid model spec ({exc})") from exc
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def load_model(ref: str | Path, task: str | None = None, *, spec_path: str | Path | None = None,
+               trust_pickle: bool = False, device: str = "cpu",
+               batch_size: int = 32) -> ModelAdapter:
+    """Load ``ref`` and wrap it in the adapter of its task; checks ``task`` matches the model."""
+    ref_s = str(ref)
+    path = Path(ref_s)
+    if not path.exists() and ":" in ref_s and not ref_s.endswith((".pt", ".pth", ".onnx")):
+        spec, forward = _load_entry_point(ref_s, spec_path, device)
+        name = ref_s
+    elif not path.exists():
+        raise MedfailInputError(path, "model file not found")
+    elif path.suffix == ".onnx":
+        forward, meta = _onnx_forward(path)
+        spec = _read_spec(path, spec_path, meta.get("medfail_spec"))
+        name = path.name
+    elif _is_torchscript(path):
+        extra = {"medfail_spec.json": ""}
+        try:
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        except Exception as exc:
+            raise MedfailInputError(path, f"cannot load TorchScript model ({exc})") from exc
+        spec = _read_spec(path, spec_path, extra["medfail_spec.json"] or None)
+        forward, name = _torch_forward(module, device), path.name
+    else:
+        spec, forward = _load_torch_file(path, spec_path, trust_pickle, device)
+        name = path.name
+    if task is not None and spec.task != task:
+        raise MedfailInputError(
+            ref_s, f"this is a {spec.task} model, but --task {task} was requested")
+    return ADAPTERS[spec.task](spec, forward, device=device, batch_size=batch_size, name=name)
+
+
+def _load_torch_file(path: Path, spec_path: str | Path | None, trust_pickle: bool,
+                     device: str) -> tuple[ModelSpec, Forward]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise MedfailInputError(
+                path, "contains pickled Python objects, which can run arbitrary code when "
+                "loaded; refusing (pass --trust-pickle only if you trust its source)") from exc
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise MedfailInputError(path, f"cannot read model file ({exc})") from exc
+    if is_bundle(payload):
+        spec, module = module_from_bundle(payload, path)
+        return spec, _torch_forward(module, device)
+    if isinstance(payload, nn.Module):
+        spec = _read_spec(path, spec_path, None, getattr(payload, "medfail_spec", None))
+        return spec, _torch_forward(payload, device)
+    if isinstance(payload, dict):
+        raise MedfailInputError(
+            path, "a bare state_dict has no architecture; train with `medfail train`, or export "
+            "TorchScript/ONNX, or load it with a `module:function` entry point")
+    raise MedfailInputError(path, f"unsupported content ({type(payload).__name__})")
+
+
+def _load_entry_point(ref: str, spec_path: str | Path | None,
+                      device: str) -> tuple[ModelSpec, Forward]:
+    mod_name, _, fn_name = ref.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise MedfailInputError(ref, f"cannot import entry point ({exc})") from exc
+    obj = factory()
+    spec = _read_spec(None, spec_path, None, getattr(obj, "medfail_spec", None)
+                      or getattr(factory, "medfail_spec", None), display=ref)
+    if isinstance(obj, nn.Module):
+        return spec, _torch_forward(obj, device)
+    if callable(obj):
+        return spec, _callable_forward(obj, device)
+    raise MedfailInputError(ref, f"entry point returned {type(obj).__name__}, not a callable")
+
+
+def describe_model(ref: str | Path) -> dict[str, Any]:
+    """Name (file name, never the full path) and sha256 of a model reference, for run.json."""
+    path = Path(str(ref))
+    if not path.is_file():
+        return {"name": str(ref), "sha256": None}
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"name": path.name, "sha256": h.hexdigest()}

@@ -1,0 +1,372 @@
+"""Image corruptions with three fixed severities each.
+
+Every corruption works on images normalised to ``[0, 1]`` by their ``value_range`` ``(lo, hi)``,
+so the same severity means the same thing on 8-bit, 16-bit and Hounsfield-unit images; results
+are mapped back to native units and clipped to ``[lo, hi]``. Severity 0 is the identity.
+
+==============  ===========  ===========  ===========  ===========================================
+name            severity 1   severity 2   severity 3   parameter
+==============  ===========  ===========  ===========  ===========================================
+gaussian_noise  0.04         0.08         0.12         additive N(0, σ²), σ as a fraction of hi−lo
+gaussian_blur   1.0          2.0          3.0          gaussian σ in pixels (radius ceil(3σ))
+jpeg            30           15           8            JPEG quality (Pillow), on 8-bit quantisation
+brightness      0.1          0.2          0.3          additive shift as a fraction of hi−lo
+contrast        0.7          0.5          0.3          scale factor around the per-image mean
+==============  ===========  ===========  ===========  ===========================================
+
+``jpeg`` quantises the normalised image to 8 bits before encoding, exactly like a real 8-bit JPEG
+export: detail finer than 1/255 of ``(hi − lo)`` (fine 16-bit or HU gradations) is lost too.
+
+All randomness comes from one numpy generator per image (noise is drawn per image and stacked),
+and every operation is per image, so a sample's result never depends on batch size or order.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medfail.data.sample import Sample
+from medfail.engine.seeding import sample_rng
+from medfail.errors import MedfailInputError
+from medfail.stress.registry import StressTest, condition_name, get, parse_condition, register
+
+if TYPE_CHECKING:
+    from medfail.stress.registry import ApplyFn
+
+__all__ = [
+    "CORRUPTIONS",
+    "apply_corruption",
+    "corrupt",
+    "perturb_samples",
+]
+
+#: A corruption kernel: ``(x in [0, 1], params, rngs) -> corrupted x`` (clipped afterwards).
+Kernel = Callable[[torch.Tensor, Mapping[str, Any], Sequence[np.random.Generator]], torch.Tensor]
+
+
+def _normalised(kernel: Kernel) -> ApplyFn:
+    """Wrap a ``[0, 1]``-space kernel into a native-unit batched ``apply`` function."""
+
+    def apply(
+        images: torch.Tensor,
+        value_range: torch.Tensor,
+        params: Mapping[str, Any],
+        rngs: Sequence[np.random.Generator],
+    ) -> torch.Tensor:
+        shape = (-1,) + (1,) * (images.ndim - 1)
+        lo = value_range[:, 0].reshape(shape)
+        hi = value_range[:, 1].reshape(shape)
+        span = hi - lo
+        span = torch.where(span > 0, span, torch.ones_like(span))
+        x01 = (images - lo) / span
+        y01 = kernel(x01, params, rngs).clamp_(0.0, 1.0)
+        out = y01 * span + lo
+        return torch.minimum(torch.maximum(out, lo), hi)
+
+    apply.__name__ = getattr(kernel, "__name__", "apply")
+    apply.__doc__ = kernel.__doc__
+    return apply
+
+
+# ----------------------------------------------------------------------------- kernels ([0, 1])
+
+
+def _gaussian_noise(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """Additive gaussian noise, σ = ``params["sigma"]`` (fraction of the range)."""
+    shape = tuple(x.shape[1:])
+    noise = np.stack([rng.standard_normal(shape).astype(np.float32) for rng in rngs])
+    return x + float(params["sigma"]) * torch.from_numpy(noise).to(device=x.device, dtype=x.dtype)
+
+
+def _reflect_index(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices of a reflect-padded axis (numpy ``"reflect"``), valid for any ``radius`` vs ``n``."""
+    idx = torch.arange(-radius, n + radius, device=device)
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (n - 1)
+    m = idx.remainder(period)
+    return torch.where(m >= n, period - m, m)
+
+
+def _blur_axis(x: torch.Tensor, weights: torch.Tensor, dim: int) -> torch.Tensor:
+    """1D convolution along ``dim`` with reflect padding, as a sum of shifted slices."""
+    radius = (weights.numel() - 1) // 2
+    n = x.shape[dim]
+    padded = x.index_select(dim, _reflect_index(n, radius, x.device))
+    out = torch.zeros_like(x)
+    for k in range(weights.numel()):
+        out += weights[k] * padded.narrow(dim, k, n)
+    return out
+
+
+def _gaussian_blur(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """Separable gaussian blur, σ = ``params["sigma_px"]`` pixels, radius ceil(3σ), reflect pad."""
+    sigma = float(params["sigma_px"])
+    radius = max(1, math.ceil(3 * sigma))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (t / sigma) ** 2)
+    weights = torch.from_numpy((w / w.sum()).astype(np.float32)).to(x.device, x.dtype)
+    return _blur_axis(_blur_axis(x, weights, -1), weights, -2)
+
+
+def _jpeg_roundtrip(img: np.ndarray, mode: str, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return np.asarray(decoded.convert(mode), dtype=np.uint8)
+
+
+def _jpeg(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """JPEG encode/decode (Pillow) at quality ``params["quality"]`` of the 8-bit quantisation.
+
+    One channel is encoded as ``"L"``, three as ``"RGB"``, any other count channel by channel.
+    """
+    quality = int(params["quality"])
+    q8 = np.clip(np.rint(x.detach().cpu().numpy() * 255.0), 0, 255).astype(np.uint8)
+    out = np.empty_like(q8)
+    for i, img in enumerate(q8):
+        if img.shape[0] == 3:
+            rgb = np.ascontiguousarray(img.transpose(1, 2, 0))
+            out[i] = _jpeg_roundtrip(rgb, "RGB", quality).transpose(2, 0, 1)
+        else:
+            for c in range(img.shape[0]):
+                out[i, c] = _jpeg_roundtrip(np.ascontiguousarray(img[c]), "L", quality)
+    return torch.from_numpy(out.astype(np.float32) / 255.0).to(device=x.device, dtype=x.dtype)
+
+
+def _brightness(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """Additive shift of ``params["shift"]`` (fraction of the range)."""
+    return x + float(params["shift"])
+
+
+def _contrast(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """Scale by ``params["factor"]`` around each image's mean (over channels and pixels)."""
+    dims = tuple(range(1, x.ndim))
+    # float64 mean: per-image, and insensitive to the reduction order of the batch.
+    mean = x.double().mean(dim=dims, keepdim=True).to(x.dtype)
+    return mean + float(params["factor"]) * (x - mean)
+
+
+# ------------------------------------------------------------------------------ registration
+
+_ANY = ("any",)
+
+CORRUPTIONS: tuple[StressTest, ...] = (
+    StressTest(
+        name="gaussian_noise",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"sigma": 0.04}, {"sigma": 0.08}, {"sigma": 0.12}),
+        description="Additive gaussian noise (acquisition noise, low dose).",
+        unit="sigma: noise std as a fraction of the intensity range (hi - lo)",
+        apply=_normalised(_gaussian_noise),
+    ),
+    StressTest(
+        name="gaussian_blur",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"sigma_px": 1.0}, {"sigma_px": 2.0}, {"sigma_px": 3.0}),
+        description="Gaussian blur (defocus, motion, lower resolution).",
+        unit="sigma_px: gaussian std in pixels (kernel radius ceil(3 sigma), reflect padding)",
+        apply=_normalised(_gaussian_blur),
+    ),
+    StressTest(
+        name="jpeg",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"quality": 30}, {"quality": 15}, {"quality": 8}),
+        description="Lossy 8-bit JPEG export (PACS/teleradiology compression).",
+        unit="quality: Pillow JPEG quality of the 8-bit quantised image",
+        apply=_normalised(_jpeg),
+    ),
+    StressTest(
+        name="brightness",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"shift": 0.1}, {"shift": 0.2}, {"shift": 0.3}),
+        description="Global brightness increase (exposure, calibration offset).",
+        unit="shift: additive offset as a fraction of the intensity range (hi - lo)",
+        apply=_normalised(_brightness),
+    ),
+    StressTest(
+        name="contrast",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"factor": 0.7}, {"factor": 0.5}, {"factor": 0.3}),
+        description="Reduced contrast around the image mean (windowing, exposure).",
+        unit="factor: scale of deviations from the per-image mean",
+        apply=_normalised(_contrast),
+    ),
+)
+
+for _test in CORRUPTIONS:
+    register(_test)
+
+
+# ---------------------------------------------------------------------------------- public API
+
+
+def apply_corruption(
+    images: torch.Tensor,
+    value_range: torch.Tensor,
+    name: str,
+    severity: int,
+    rngs: Sequence[np.random.Generator],
+) -> torch.Tensor:
+    """Apply a registered stress test to a batch, on the batch's device.
+
+    Args:
+        images: ``(N, C, H, W)`` float tensor in native units.
+        value_range: ``(N, 2)`` per-image ``(lo, hi)`` (a ``(2,)`` tensor is broadcast).
+        name: registered test name (see :data:`~medfail.stress.registry.REGISTRY`).
+        severity: 0 (identity, returns a copy) to 3.
+        rngs: one numpy generator per image; the only source of randomness.
+
+    Returns:
+        A new float32 ``(N, C, H, W)`` tensor in native units, clipped to each ``[lo, hi]``.
+    """
+    test = get(name)
+    params = test.params(severity)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    images = images.to(torch.float32)
+    n = images.shape[0]
+    vr = torch.as_tensor(value_range, dtype=torch.float32, device=images.device)
+    if vr.shape == (2,):
+        vr = vr.expand(n, 2)
+    if vr.shape != (n, 2):
+        raise ValueError(f"value_range must be ({n}, 2), got shape {tuple(vr.shape)}")
+    if len(rngs) != n:
+        raise ValueError(f"need one generator per image: {n} images, {len(rngs)} generators")
+    if severity == 0:
+        return images.clone()
+    return test.apply(images, vr, params, rngs)
+
+
+def corrupt(
+    image: np.ndarray,
+    name: str,
+    severity: int,
+    seed: int = 0,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Corrupt one image (``imagecorruptions``-style helper).
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)`` array of any integer or float dtype.
+        name: corruption name, e.g. ``"gaussian_noise"``.
+        severity: 0 (identity) to 3.
+        seed: seed of the numpy generator used for any randomness.
+        value_range: intensity range ``(lo, hi)``; default ``(0, 255)`` for uint8, otherwise the
+            image's own ``(min, max)`` (``hi = lo + 1`` for a constant image).
+
+    Returns:
+        An array with the same shape and dtype; integer outputs are rounded and clipped to the
+        dtype's range.
+    """
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {arr.shape}")
+    is_int = np.issubdtype(arr.dtype, np.integer)
+    if not (is_int or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"image dtype must be integer or float, got {arr.dtype}")
+    get(name).params(severity)  # validate before any work
+    if severity == 0:
+        return arr.copy()
+
+    if value_range is None:
+        if arr.dtype == np.uint8:
+            lo, hi = 0.0, 255.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            if hi <= lo:
+                hi = lo + 1.0
+    else:
+        lo, hi = float(value_range[0]), float(value_range[1])
+
+    chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    x = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[None]
+    vr = torch.tensor([[lo, hi]], dtype=torch.float32)
+    y = apply_corruption(x, vr, name, severity, [np.random.default_rng(seed)])[0].numpy()
+    out = y[0] if arr.ndim == 2 else y.transpose(1, 2, 0)
+    if is_int:
+        info = np.iinfo(arr.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return np.ascontiguousarray(out.astype(arr.dtype))
+
+
+def perturb_samples(
+    samples: Sequence[Sample],
+    condition: str,
+    run_seed: int,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> list[np.ndarray]:
+    """Perturbed copies of the samples' images under ``condition`` (engine helper).
+
+    Same-shape images are batched together (at most ``batch_size`` per batch, on ``device``);
+    sample ``s`` draws from ``sample_rng(run_seed, condition, s.id)``, so results do not depend on
+    batching or order. Images of ``integer`` samples are rounded (and kept in range).
+
+    Returns:
+        New float32 ``(C, H, W)`` arrays, in the order of ``samples``.
+    """
+    test_name, severity = parse_condition(condition)
+    if severity == 0:
+        return [np.array(s.image, dtype=np.float32, copy=True) for s in samples]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    canonical = condition_name(test_name, severity)
+
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        if s.image.ndim != 3:
+            raise MedfailInputError(
+                None, f"sample {s.id}: stress tests need a (C, H, W) image, got {s.image.shape}"
+            )
+        groups[tuple(s.image.shape)].append(i)
+
+    results: list[np.ndarray | None] = [None] * len(samples)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            batch = [samples[i] for i in chunk]
+            x = torch.from_numpy(np.stack([np.asarray(s.image, dtype=np.float32) for s in batch]))
+            vr = torch.tensor([s.value_range for s in batch], dtype=torch.float32)
+            rngs = [sample_rng(run_seed, canonical, s.id) for s in batch]
+            y = apply_corruption(x.to(device), vr.to(device), test_name, severity, rngs)
+            y_np = y.cpu().numpy()
+            for j, (i, s) in enumerate(zip(chunk, batch, strict=True)):
+                img = y_np[j]
+                if s.integer:
+                    img = np.rint(img)
+                    lo, hi = math.ceil(s.value_range[0]), math.floor(s.value_range[1])
+                    if lo <= hi:
+                        img = np.clip(img, lo, hi)
+                results[i] = np.ascontiguousarray(img, dtype=np.float32)
+    return [r for r in results if r is not None]

@@ -1,0 +1,275 @@
+"""Segmentation metrics vs MONAI / scikit-learn references, random blobs and edge cases."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from monai.metrics import compute_dice, compute_iou, compute_surface_dice
+from monai.metrics.utils import get_mask_edges, get_surface_distance
+from scipy import ndimage
+from sklearn.metrics import jaccard_score
+
+from medfail.metrics.segmentation import _boundary, boundary_f1, dice, jaccard, nsd
+
+
+def blobs(rng: np.random.Generator, shape: tuple[int, ...], sigma: float, frac: float):
+    """A batch of random blobs: thresholded gaussian-smoothed noise, shape (N, *spatial)."""
+    noise = rng.normal(size=shape)
+    smooth = ndimage.gaussian_filter(noise, sigma=(0,) + (sigma,) * (len(shape) - 1))
+    thr = np.quantile(smooth.reshape(shape[0], -1), 1 - frac, axis=1)
+    return smooth > thr.reshape((-1,) + (1,) * (len(shape) - 1))
+
+
+def pair(rng: np.random.Generator, shape: tuple[int, ...], sigma: float = 3.0):
+    """(y_true, y_pred) with partial overlap: prediction = smoothed GT field + smoothed noise."""
+    axes_sigma = (0,) + (sigma,) * (len(shape) - 1)
+    field = ndimage.gaussian_filter(rng.normal(size=shape), axes_sigma)
+    field /= field.std()
+    noise = ndimage.gaussian_filter(rng.normal(size=shape), axes_sigma)
+    noise /= noise.std()
+    frac = rng.uniform(0.1, 0.5)
+    y_true = field > np.quantile(field, 1 - frac)
+    pred_field = field + rng.uniform(0.2, 0.8) * noise
+    y_pred = pred_field > np.quantile(pred_field, 1 - frac * rng.uniform(0.7, 1.3))
+    return y_true, y_pred
+
+
+def onehot(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(x[:, None].astype(np.float32))
+
+
+def edge_cases_2d() -> tuple[np.ndarray, np.ndarray]:
+    """Batch: both empty, GT only, pred only, identical, disjoint, border-touching, full."""
+    shape = (7, 12, 12)
+    t = np.zeros(shape, bool)
+    p = np.zeros(shape, bool)
+    t[1, 3:6, 3:6] = True  # GT only
+    p[2, 3:6, 3:6] = True  # pred only
+    t[3, 2:8, 4:9] = p[3, 2:8, 4:9] = True  # identical
+    t[4, 0:3, 0:3] = True  # disjoint, far apart
+    p[4, 9:12, 9:12] = True
+    t[5, 0:5, :] = True  # touches three image borders
+    p[5, 0:6, 2:] = True
+    t[6] = True  # full image vs border strip
+    p[6, :, :3] = True
+    return t, p
+
+
+def monai_bf1(t: np.ndarray, p: np.ndarray, tol: float, spacing=None) -> float:
+    """Independent boundary-F1 reference from MONAI edges and KD-tree surface distances."""
+    if not t.any() and not p.any():
+        return 1.0
+    if not t.any() or not p.any():
+        return 0.0
+    e_pred, e_true = get_mask_edges(p, t, crop=True)
+    d_pt = np.asarray(get_surface_distance(e_pred, e_true, spacing=spacing))
+    d_tp = np.asarray(get_surface_distance(e_true, e_pred, spacing=spacing))
+    prec = np.mean(d_pt <= tol)
+    rec = np.mean(d_tp <= tol)
+    return 0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec)
+
+
+def monai_nsd(t: np.ndarray, p: np.ndarray, tol: float, spacing=None) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = compute_surface_dice(
+            onehot(p),
+            onehot(t),
+            class_thresholds=[tol],
+            include_background=True,
+            spacing=spacing,
+            use_subvoxels=False,
+        )
+    return out[:, 0].numpy().astype(np.float64)
+
+
+# ---------------------------------------------------------------- dice / jaccard
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_dice_jaccard_match_monai_random(seed):
+    rng = np.random.default_rng(seed)
+    shape = (12, 32, 32) if seed % 2 == 0 else (4, 12, 14, 10)
+    t, p = pair(rng, shape, sigma=2.0)
+    d, j = dice(t, p), jaccard(t, p)
+    assert d.shape == j.shape == (shape[0],)
+    assert d.dtype == j.dtype == np.float64
+    ref_d = compute_dice(onehot(p), onehot(t), include_background=True, ignore_empty=False)
+    ref_j = compute_iou(onehot(p), onehot(t), include_background=True, ignore_empty=False)
+    np.testing.assert_allclose(d, ref_d[:, 0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(j, ref_j[:, 0].numpy(), rtol=1e-6)
+    assert np.all((d > 0) & (d < 1))  # the random pairs overlap partially
+    np.testing.assert_allclose(j, d / (2 - d), rtol=1e-12)
+    for i in range(shape[0]):
+        assert j[i] == pytest.approx(jaccard_score(t[i].ravel(), p[i].ravel()), rel=1e-12)
+
+
+def test_dice_jaccard_edge_cases_match_monai():
+    t, p = edge_cases_2d()
+    d, j = dice(t, p), jaccard(t, p)
+    np.testing.assert_array_equal(d[:5], [1.0, 0.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(j[:5], [1.0, 0.0, 0.0, 1.0, 0.0])
+    ref_d = compute_dice(onehot(p), onehot(t), include_background=True, ignore_empty=False)
+    ref_j = compute_iou(onehot(p), onehot(t), include_background=True, ignore_empty=False)
+    np.testing.assert_allclose(d, ref_d[:, 0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(j, ref_j[:, 0].numpy(), rtol=1e-6)
+
+
+def test_dice_hand_computed_and_int_input():
+    t = np.zeros((1, 4, 4), dtype=np.uint8)
+    p = np.zeros((1, 4, 4), dtype=np.int64)
+    t[0, :2, :2] = 1  # 4 pixels
+    p[0, :2, :3] = 1  # 6 pixels, 4 shared
+    assert dice(t, p)[0] == pytest.approx(8 / 10)
+    assert jaccard(t, p)[0] == pytest.approx(4 / 6)
+    assert dice(t, p)[0] == dice(p, t)[0]
+
+
+# ---------------------------------------------------------------- boundaries
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_boundary_matches_monai_get_mask_edges(seed):
+    rng = np.random.default_rng(seed)
+    t, p = pair(rng, (6, 24, 20), sigma=2.0)
+    t2, p2 = edge_cases_2d()
+    for a, b in ((t, p), (t2, p2)):
+        bt, bp = _boundary(a), _boundary(b)
+        for i in range(len(a)):
+            # crop=False: same frame; MONAI's crop only pads/crops zeros around the union box
+            e_pred, e_true = get_mask_edges(b[i], a[i], crop=False)
+            np.testing.assert_array_equal(bt[i], e_true)
+            np.testing.assert_array_equal(bp[i], e_pred)
+            if a[i].any() or b[i].any():
+                c_pred, c_true = get_mask_edges(b[i], a[i], crop=True)
+                assert c_pred.sum() == bp[i].sum() and c_true.sum() == bt[i].sum()
+
+
+def test_boundary_of_full_and_square_masks():
+    m = np.zeros((2, 5, 5), bool)
+    m[0, 1:4, 1:4] = True
+    m[1] = True
+    b = _boundary(m)
+    assert b[0].sum() == 8 and not b[0, 2, 2]  # ring around the centre pixel
+    assert b[1].sum() == 16  # full image: the image border is the boundary
+    # images are eroded independently (no leakage along the batch axis)
+    np.testing.assert_array_equal(_boundary(m[:1])[0], b[0])
+
+
+# ---------------------------------------------------------------- boundary F1 / NSD
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("spacing", [None, (1.0, 0.6)])
+def test_boundary_f1_and_nsd_match_monai_2d(seed, spacing):
+    rng = np.random.default_rng(seed)
+    t, p = pair(rng, (6, 64, 64), sigma=3.0)
+    for tol in (1.0, 2.0, 3.5):
+        bf = boundary_f1(t, p, tolerance=tol, spacing=spacing)
+        ref_bf = [monai_bf1(t[i], p[i], tol, spacing) for i in range(len(t))]
+        np.testing.assert_allclose(bf, ref_bf, rtol=1e-12, atol=0)
+        ns = nsd(t, p, tolerance=tol, spacing=spacing)
+        np.testing.assert_allclose(ns, monai_nsd(t, p, tol, spacing), rtol=1e-6)
+        assert np.all((bf > 0) & (bf < 1))  # non-trivial values
+    assert bf.shape == ns.shape == (6,) and bf.dtype == np.float64
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("spacing", [None, (2.5, 0.8, 1.0)])
+def test_boundary_f1_and_nsd_match_monai_3d(seed, spacing):
+    rng = np.random.default_rng(seed)
+    t, p = pair(rng, (3, 16, 16, 16), sigma=2.0)
+    for tol in (1.0, 2.0):
+        bf = boundary_f1(t, p, tolerance=tol, spacing=spacing)
+        ref_bf = [monai_bf1(t[i], p[i], tol, spacing) for i in range(len(t))]
+        np.testing.assert_allclose(bf, ref_bf, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(
+            nsd(t, p, tolerance=tol, spacing=spacing), monai_nsd(t, p, tol, spacing), rtol=1e-6
+        )
+
+
+def test_blobs_helper_gives_nonempty_masks():
+    m = blobs(np.random.default_rng(0), (3, 32, 32), sigma=3.0, frac=0.2)
+    assert m.shape == (3, 32, 32) and np.all(m.reshape(3, -1).mean(1) > 0.15)
+
+
+def test_boundary_metrics_on_independent_blobs_match_monai():
+    rng = np.random.default_rng(7)
+    t = blobs(rng, (5, 48, 48), sigma=3.0, frac=0.3)
+    p = blobs(rng, (5, 48, 48), sigma=3.0, frac=0.3)
+    bf = boundary_f1(t, p, tolerance=2.0)
+    np.testing.assert_allclose(bf, [monai_bf1(t[i], p[i], 2.0) for i in range(5)], rtol=1e-12)
+    np.testing.assert_allclose(nsd(t, p, 2.0), monai_nsd(t, p, 2.0), rtol=1e-6)
+
+
+def test_boundary_metrics_edge_cases():
+    t, p = edge_cases_2d()
+    bf = boundary_f1(t, p, tolerance=2.0)
+    ns = nsd(t, p, tolerance=2.0)
+    # both empty, GT only, pred only, identical, disjoint far apart
+    np.testing.assert_array_equal(bf[:5], [1.0, 0.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(ns[:5], [1.0, 0.0, 0.0, 1.0, 0.0])
+    ref_bf = [monai_bf1(t[i], p[i], 2.0) for i in range(len(t))]
+    np.testing.assert_allclose(bf, ref_bf, rtol=1e-12)
+    ref_ns = monai_nsd(t, p, 2.0)
+    assert np.isnan(ref_ns[0])  # MONAI: both empty -> NaN; we return 1.0 (documented)
+    np.testing.assert_allclose(ns[1:], ref_ns[1:], rtol=1e-6)
+
+
+def test_boundary_f1_hand_computed():
+    t = np.zeros((1, 9, 9), bool)
+    p = np.zeros((1, 9, 9), bool)
+    t[0, 2:5, 2:5] = True  # ring of 8 pixels, all rows 2..4 / cols 2..4
+    p[0, 2:5, 4:7] = True  # shifted by 2 columns
+    # pred ring cols 4..6: col 4 (3 px) at distance 0; col 5 (2 px) at 1; col 6 (3 px) at 2
+    assert boundary_f1(t, p, tolerance=1.0)[0] == pytest.approx(5 / 8)
+    assert nsd(t, p, tolerance=1.0)[0] == pytest.approx(10 / 16)
+    assert boundary_f1(t, p, tolerance=2.0)[0] == 1.0  # distance exactly = tolerance counts
+    assert boundary_f1(t, p, tolerance=0.0)[0] == pytest.approx(3 / 8)
+    # 1 px apart horizontally at spacing 0.5 mm -> column 6 is 1.0 mm away
+    assert boundary_f1(t, p, tolerance=1.0, spacing=(1.0, 0.5))[0] == 1.0
+    assert boundary_f1(t, p, tolerance=1.0, spacing=0.5)[0] == 1.0
+
+
+def test_boundary_metrics_properties():
+    rng = np.random.default_rng(3)
+    t, p = pair(rng, (4, 40, 40), sigma=3.0)
+    np.testing.assert_allclose(boundary_f1(t, p), boundary_f1(p, t), rtol=1e-12)
+    np.testing.assert_allclose(nsd(t, p), nsd(p, t), rtol=1e-12)
+    prev = np.zeros(4)
+    for tol in (0.0, 1.0, 2.0, 4.0, 8.0):
+        cur = nsd(t, p, tolerance=tol)
+        assert np.all(cur >= prev)
+        prev = cur
+    np.testing.assert_array_equal(nsd(t, p, tolerance=100.0), 1.0)
+    np.testing.assert_array_equal(boundary_f1(t, t, tolerance=0.0), 1.0)
+    # a scalar spacing s with tolerance s·k equals unit spacing with tolerance k
+    np.testing.assert_allclose(boundary_f1(t, p, 1.5, spacing=2.0), boundary_f1(t, p, 0.75))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_validation_errors():
+    a = np.zeros((2, 8, 8), bool)
+    with pytest.raises(ValueError, match=r"y_true \(2, 8, 8\) and y_pred \(2, 8, 7\)"):
+        dice(a, np.zeros((2, 8, 7), bool))
+    with pytest.raises(ValueError, match=r"\(N, H, W\) or \(N, D, H, W\).*\(8, 8\)"):
+        jaccard(a[0], a[0])
+    with pytest.raises(ValueError, match=r"y_pred must be binary.*1 value\(s\)"):
+        bad = a.astype(float)
+        bad[0, 0, 0] = 0.5
+        dice(a, bad)
+    with pytest.raises(ValueError, match=r"y_true must be binary"):
+        nan = a.astype(float)
+        nan[1, 2, 2] = np.nan
+        nsd(nan, a)
+    with pytest.raises(ValueError, match=r"tolerance must be a finite number >= 0"):
+        boundary_f1(a, a, tolerance=-1.0)
+    with pytest.raises(ValueError, match=r"spacing must be a number or a sequence of 2"):
+        boundary_f1(a, a, spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"spacing values must be finite and > 0"):
+        nsd(a, a, spacing=(1.0, 0.0))
