@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from medfail.errors import MedfailInputError
 
@@ -16,12 +15,11 @@ app = typer.Typer(
     help="medfail: failure analysis for medical imaging AI.\n\n"
     "Quick start: `medfail demo` runs the embedded synthetic default end to end.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console(stderr=True)
 TASK_HELP = "classification | segmentation | promptable"
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(code=2)
 
 
@@ -31,6 +29,15 @@ def _check_task(task: str) -> str:
     if task not in TASKS:
         raise MedfailInputError(None, f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     return task
+
+
+def _npz_split(data: Path, split: str | None, default: str) -> str | None:
+    """Splits apply to MedMNIST .npz files only; a folder is one split."""
+    if data.suffix.lower() == ".npz":
+        return split or default
+    if split is not None:
+        raise MedfailInputError(data, "--split applies to .npz files only")
+    return None
 
 
 @app.command()
@@ -75,8 +82,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed. Example: --seed 0")] = 0,
     val: Annotated[Path | None, typer.Option(help="Validation folder: loss per epoch is "
                                              "logged. Example: --val my_data/val")] = None,
-    split: Annotated[str, typer.Option(help="Split of a .npz file. Example: --split train")
-                     ] = "train",
+    split: Annotated[str | None, typer.Option(
+        help="Split of a MedMNIST .npz file (default train). Example: --split train")] = None,
     device: Annotated[str, typer.Option(help="torch device. Example: --device cuda")] = "cpu",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -92,9 +99,10 @@ def train(
         _check_task(task)
         config = TrainConfig(task=task, arch=arch, size=size, epochs=epochs, seed=seed,
                              device=device)
-        dataset = open_dataset(data, task, split=split)
-        val_ds = None if val is None else open_dataset(val, task, split="val",
-                                                       target_names=dataset.target_names)
+        dataset = open_dataset(data, task, split=_npz_split(data, split, "train"))
+        val_ds = None if val is None else open_dataset(
+            val, task, split=_npz_split(val, None, "val"),
+            target_names=dataset.target_names or None)
         path = train_model(dataset, config, out, val_dataset=val_ds, progress=not quiet)
     except (MedfailInputError, ValueError) as exc:
         _fail(exc)
@@ -115,8 +123,8 @@ def run(
                                                 "bootstrap. Example: --config suite.yaml")] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed (overrides the config). "
                                              "Example: --seed 1")] = None,
-    split: Annotated[str, typer.Option(help="Split of a .npz file. Example: --split test")
-                     ] = "test",
+    split: Annotated[str | None, typer.Option(
+        help="Split of a MedMNIST .npz file (default test). Example: --split test")] = None,
     model_spec: Annotated[Path | None, typer.Option(
         help="JSON spec for TorchScript/ONNX/callable models (task, target_names, input_size, "
         "in_channels, normalisation, output). Example: --model-spec spec.json")] = None,
@@ -144,7 +152,7 @@ def run(
             **{k: v for k, v in overrides.items() if v is not None})
         adapter = load_model(model, task, spec_path=model_spec, trust_pickle=trust_pickle,
                              device=device)
-        dataset = open_dataset(data, task, split=split,
+        dataset = open_dataset(data, task, split=_npz_split(data, split, "test"),
                                target_names=adapter.spec.target_names if task ==
                                "classification" else None)
         run_dir = run_suite(adapter, dataset, out or Path("runs") / task, suite,

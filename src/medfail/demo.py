@@ -65,8 +65,8 @@ def run_demo(out: str | Path = "runs/demo", tasks: tuple[str, ...] = DEMO_TASKS,
         log = read_training_log(model_path)
         run_dir = run_suite(
             adapter, dataset, out / task, suite,
-            model_info={**describe_model(model_path), "training_wall_clock_s": log.get("wall_clock_s"),
-                        "training_cached": cached, "training_log": log},
+            model_info={**describe_model(model_path), "training_cached": cached,
+                        "training_wall_clock_s": log.get("wall_clock_s"), "training_log": log},
             command=["medfail", "demo", "--out", str(out), "--task", task], progress=progress)
         reports[task] = run_dir / "report.html"
         if progress:

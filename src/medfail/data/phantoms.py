@@ -222,6 +222,7 @@ def write_split(out_dir: Path, split: str, n: int, config: PhantomConfig) -> Pat
         Image.fromarray(ph.mask).save(root / "masks" / f"{sid}.png")
         label_rows.append({"id": sid, **ph.labels})
         meta_rows.append({"id": sid, **ph.metadata})
+    (root / "classes.txt").write_text("\n".join(MASK_CLASSES) + "\n")
     pd.DataFrame(label_rows).to_csv(root / "labels.csv", index=False)
     pd.DataFrame(meta_rows).to_csv(root / "metadata.csv", index=False)
     return root

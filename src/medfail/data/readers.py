@@ -164,9 +164,9 @@ def _read_raw(path: Path, mask: bool) -> _Raw:
         elif suffix == ".dcm":
             raw = _read_dicom(path, mask)
         elif suffix == ".npy":
-            raw = _read_npy(path)
+            raw = _read_npy(path, what)
         else:
-            raw = _read_nifti(path)
+            raw = _read_nifti(path, what)
     except MedfailInputError:
         raise
     except Exception as exc:
@@ -251,7 +251,8 @@ def _read_dicom(path: Path, mask: bool) -> _Raw:
 
     ds = pydicom.dcmread(path, force=True)
     if "PixelData" not in ds:
-        raise MedfailInputError(path, "cannot read image (DICOM file has no pixel data)")
+        what = "mask" if mask else "image"
+        raise MedfailInputError(path, f"cannot read {what} (DICOM file has no pixel data)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if frames > 1:
@@ -280,12 +281,12 @@ def _read_dicom(path: Path, mask: bool) -> _Raw:
     return _Raw(_channels_first(pixels), spacing=spacing, modality=modality, integer=integer)
 
 
-def _read_npy(path: Path) -> _Raw:
+def _read_npy(path: Path, what: str) -> _Raw:
     arr = np.load(path, allow_pickle=False)
     if not isinstance(arr, np.ndarray):
-        raise MedfailInputError(path, "cannot read image (.npy file does not hold one array)")
+        raise MedfailInputError(path, f"cannot read {what} (.npy file does not hold one array)")
     if arr.dtype.kind not in "buif":
-        raise MedfailInputError(path, f"cannot read image (unsupported dtype {arr.dtype})")
+        raise MedfailInputError(path, f"cannot read {what} (unsupported dtype {arr.dtype})")
     if arr.ndim == 2:
         return _Raw(arr[None])
     if arr.ndim == 3:
@@ -298,18 +299,20 @@ def _read_npy(path: Path) -> _Raw:
         "(H, W, C) or (C, H, W) with C <= 4")
 
 
-def _read_nifti(path: Path) -> _Raw:
+def _read_nifti(path: Path, what: str) -> _Raw:
     import nibabel as nib
 
     img = nib.load(str(path))
     shape = tuple(int(n) for n in img.shape)
-    if len(shape) < 2 or any(n != 1 for n in shape[2:]):
+    if len(shape) < 2:
+        raise MedfailInputError(path, f"cannot read {what} (NIfTI shape {shape} is not 2D)")
+    if any(n != 1 for n in shape[2:]):
         raise MedfailInputError(
             path, f"3D NIfTI volume not supported yet (shape {shape}); medfail reads 2D images "
             "stored as (X, Y) or (X, Y, 1)")
     data = np.asanyarray(img.dataobj)
     if data.dtype.names is not None:
-        raise MedfailInputError(path, "cannot read image (RGB NIfTI not supported)")
+        raise MedfailInputError(path, f"cannot read {what} (RGB NIfTI not supported)")
     data = data.reshape(shape[:2]).T  # (X, Y) -> (rows, cols)
     header = img.header
     zooms = [float(z) for z in header.get_zooms()[:2]]

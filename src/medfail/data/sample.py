@@ -21,8 +21,9 @@ class Sample:
     Attributes:
         id: sample id (file stem), unique within a dataset.
         image: float32 ``(C, *spatial)`` in native intensity units.
-        value_range: ``(lo, hi)`` of the intensity scale the image lives on (e.g. ``(0, 255)`` for
-            8-bit files, the stored range for 16-bit/float/HU data). Stress tests work relative to it.
+        value_range: ``(lo, hi)`` of the intensity scale the image lives on (e.g. ``(0, 255)``
+            for 8-bit files, the stored range for 16-bit/float/HU data). Stress tests work
+            relative to it.
         integer: the source pixels were integers, so perturbed images are rounded back.
         label: classification target vector (0/1 per target for multi-label, or a single class
             index for multi-class), or ``None``.

@@ -66,7 +66,7 @@ def _onnx_forward(path: Path) -> tuple[Forward, dict[str, str]]:
     return forward, meta
 
 
-def _read_spec(path: Path | None, spec_path: str | Path | None, embedded: str | None,
+def _read_spec(path: Path | None, spec_path: str | Path | None, embedded: str | bytes | None,
                attribute: Any = None, display: str = "") -> ModelSpec:
     sources: list[tuple[str, Any]] = []
     if spec_path is not None:
@@ -87,7 +87,7 @@ def _read_spec(path: Path | None, spec_path: str | Path | None, embedded: str | 
     try:
         if isinstance(src, Path):
             data = json.loads(src.read_text())
-        elif isinstance(src, str):
+        elif isinstance(src, str | bytes):
             data = json.loads(src)
         else:
             data = dict(src)

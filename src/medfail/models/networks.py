@@ -20,7 +20,7 @@ DEFAULT_ARCH: dict[str, str] = {
 
 
 def build_network(arch: str, in_channels: int, out_channels: int, **kwargs: Any) -> nn.Module:
-    """Build ``arch`` with ``in_channels`` inputs (prompt channels included) and ``out_channels``."""
+    """Build ``arch`` with ``in_channels`` inputs (prompt channels included)."""
     if arch == "densenet121":
         return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
                            **kwargs)

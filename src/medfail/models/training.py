@@ -75,6 +75,18 @@ def _normalisation(samples: list[Sample], in_channels: int) -> dict[str, list[fl
     return {"mean": mean.tolist(), "std": std.tolist()}
 
 
+def segmentation_classes(dataset: Dataset, samples: list[Sample]) -> list[str]:
+    """Foreground class names: ``DIR/classes.txt`` (one per line, label 1 first) when present,
+    else ``class_1 .. class_K`` for the largest label K found in the training masks."""
+    names_file = Path(str(getattr(dataset, "root", ""))) / "classes.txt"
+    if names_file.is_file():
+        names = [ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()]
+        if names:
+            return names
+    k = max((int(s.mask.max()) for s in samples if s.mask is not None), default=1)
+    return [f"class_{i}" for i in range(1, max(k, 1) + 1)]
+
+
 def _pad_to(arr: np.ndarray, size: int) -> np.ndarray:
     """Zero-pad the last two axes up to ``size`` (normalised images: 0 = the training mean)."""
     ph, pw = max(size - arr.shape[-2], 0), max(size - arr.shape[-1], 0)
@@ -89,8 +101,9 @@ def _window(rng: np.random.Generator, shape: tuple[int, int], size: int,
     h, w = shape
     if centre is None:
         return int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    top = int(np.clip(centre[0] - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, h - size))
-    left = int(np.clip(centre[1] - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, w - size))
+    jitter = rng.integers(-size // 4, size // 4 + 1, size=2)
+    top = int(np.clip(centre[0] - size // 2 + jitter[0], 0, h - size))
+    left = int(np.clip(centre[1] - size // 2 + jitter[1], 0, w - size))
     return top, left
 
 
@@ -195,7 +208,8 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
     samples = list(dataset)
     in_channels = 3 if any(s.channels >= 3 for s in samples) else 1
     extra = ["box", "point"] if config.task == "promptable" else []
-    targets = list(dataset.target_names)
+    targets = list(dataset.target_names) if config.task == "classification" else \
+        segmentation_classes(dataset, samples)
     spec = ModelSpec(
         task=config.task, target_names=targets, multi_label=bool(dataset.multi_label),
         input_size=(config.size, config.size), in_channels=in_channels,
@@ -224,7 +238,7 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
             loss = loss_fn(module(xb), yb)
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         entry = {"epoch": epoch, "loss": total / len(x), "seconds": time.perf_counter() - t0}
         if val is not None:
             entry["val_loss"] = _mean_loss(module, loss_fn, *val, config.batch_size, config.device)
@@ -239,7 +253,7 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
         "n_examples_per_epoch": len(x),
         "wall_clock_s": time.perf_counter() - t_start,
         "medfail_version": medfail.__version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
     }

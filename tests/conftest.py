@@ -1,0 +1,61 @@
+"""Shared test helpers: tiny folders in the medfail format, written by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+
+def write_png_folder(root: Path, task: str, n: int = 16, size: int = 32, seed: int = 0,
+                     multi_class: bool = False) -> Path:
+    """A folder of 8-bit PNGs with a learnable signal (bright discs), in the folder format.
+
+    classification: targets ``disc`` (a bright disc is present) and ``bar`` (a bright bar);
+    segmentation/promptable: masks of the discs (label 1).
+    """
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    if task != "classification":
+        (root / "masks").mkdir(exist_ok=True)
+    yy, xx = np.mgrid[:size, :size]
+    labels, meta = [], []
+    for i in range(n):
+        img = rng.normal(60, 8, (size, size))
+        mask = np.zeros((size, size), np.uint8)
+        disc = bool(i % 2 == 0) if task == "classification" else True
+        bar = bool(rng.random() < 0.5)
+        if disc:
+            cy, cx = rng.integers(8, size - 8, 2)
+            r = rng.uniform(3, 6)
+            d = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+            img[d] = 200
+            mask[d] = 1
+        if bar and task == "classification":
+            img[2:5, 4:size - 4] = 180
+        sid = f"case{i:03d}"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"{sid}.png")
+        if task != "classification":
+            Image.fromarray(mask).save(root / "masks" / f"{sid}.png")
+        if multi_class:
+            labels.append({"id": sid, "label": "disc" if disc else "none"})
+        else:
+            labels.append({"id": sid, "disc": int(disc), "bar": int(bar)})
+        meta.append({"id": sid, "site": "s1" if i % 3 else "s2"})
+    if task == "classification":
+        pd.DataFrame(labels).to_csv(root / "labels.csv", index=False)
+    pd.DataFrame(meta).to_csv(root / "metadata.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def cls_folder(tmp_path: Path) -> Path:
+    return write_png_folder(tmp_path / "cls", "classification")
+
+
+@pytest.fixture
+def seg_folder(tmp_path: Path) -> Path:
+    return write_png_folder(tmp_path / "seg", "segmentation")

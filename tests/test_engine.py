@@ -1,0 +1,149 @@
+"""The runner and the run directory contract, with cheap deterministic models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from medfail.analysis.aggregate import COLUMNS
+from medfail.data.datasets import open_dataset
+from medfail.engine.predictions import label_map
+from medfail.engine.runner import run_suite
+from medfail.engine.suite import SuiteConfig
+from medfail.errors import MedfailInputError
+from medfail.metrics.segmentation import dice
+from medfail.models.adapters import Classifier, Segmenter
+from medfail.models.spec import ModelSpec
+
+METRIC_NAMES = {"dice", "jaccard", "boundary_f1", "hd95", "nsd", "lesion_f1", "auroc", "auprc",
+                "sens_at_95spec", "f1", "ece", "brier", "nll", "aurc", "eaurc"}
+FAST = {"n_bootstrap": 50}
+
+
+def threshold_segmenter() -> Segmenter:
+    """Foreground probability = sigmoid((x - 130) / 10): bright pixels are lesion."""
+    spec = ModelSpec(task="segmentation", target_names=["lesion"], output="probabilities")
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        fg = torch.sigmoid((x[:, :1] - 130.0) / 10.0)
+        return torch.cat([1 - fg, fg], dim=1)
+
+    return Segmenter(spec, forward)
+
+
+def brightness_classifier() -> Classifier:
+    """disc score from the image maximum, bar score from the top rows."""
+    spec = ModelSpec(task="classification", target_names=["disc", "bar"], multi_label=True,
+                     input_size=(32, 32), output="probabilities")
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        disc = torch.sigmoid((x.amax(dim=(1, 2, 3)) - 190.0) / 10.0)
+        bar = torch.sigmoid((x[:, :, 2:5].mean(dim=(1, 2, 3)) - 120.0) / 20.0)
+        return torch.stack([disc, bar], dim=1)
+
+    return Classifier(spec, forward)
+
+
+def test_segmentation_run_directory_contract(seg_folder: Path, tmp_path: Path) -> None:
+    ds = open_dataset(seg_folder, "segmentation")
+    run = run_suite(threshold_segmenter(), ds, tmp_path / "run", SuiteConfig(**FAST),
+                    progress=False)
+    for name in ("run.json", "per_sample.parquet", "metrics.parquet", "report.html",
+                 "predictions/index.parquet", "predictions/clean.npz", "figures"):
+        assert (run / name).exists(), name
+    metrics = pd.read_parquet(run / "metrics.parquet")
+    assert list(metrics.columns) == COLUMNS
+    assert set(metrics["metric"]) == {"dice", "jaccard", "boundary_f1"} <= METRIC_NAMES
+    assert set(metrics["slice"]) == {"all"}
+    assert metrics["condition"].nunique() == 16  # clean + 5 tests x 3 severities
+    per_sample = pd.read_parquet(run / "per_sample.parquet")
+    assert len(per_sample) == 16 * len(ds) * 3
+    # delta vs clean is value - clean value
+    dice_m = metrics[metrics["metric"] == "dice"].set_index("condition")
+    np.testing.assert_allclose(dice_m["delta_vs_clean"], dice_m["value"] - dice_m.loc["clean",
+                                                                                       "value"])
+    # the noisiest condition must hurt a threshold model; the CI brackets the value
+    assert dice_m.loc["gaussian_noise@3", "delta_vs_clean"] < 0
+    assert (metrics["ci_low"] <= metrics["value"] + 1e-12).all()
+    assert (metrics["value"] <= metrics["ci_high"] + 1e-12).all()
+    run_info = json.loads((run / "run.json").read_text())
+    assert {"config", "command", "seed", "packages", "hardware", "wall_clock_s"} <= set(run_info)
+    assert str(seg_folder.parent) not in (run / "run.json").read_text()  # no absolute data path
+
+
+def test_metrics_recompute_from_stored_predictions(seg_folder: Path, tmp_path: Path) -> None:
+    ds = open_dataset(seg_folder, "segmentation")
+    run = run_suite(threshold_segmenter(), ds, tmp_path / "run",
+                    SuiteConfig(tests=["gaussian_blur"], severities=[2], **FAST), progress=False)
+    index = pd.read_parquet(run / "predictions" / "index.parquet")
+    stored = np.load(run / "predictions" / "gaussian_blur@2.npz")
+    per_sample = pd.read_parquet(run / "per_sample.parquet")
+    sel = per_sample[(per_sample["condition"] == "gaussian_blur@2")
+                     & (per_sample["metric"] == "dice")].set_index("id")
+    for row in index.itertuples():
+        mask = np.array(Image.open(seg_folder / row.mask)) > 0
+        pred = label_map(stored[row.id]) == 1
+        assert stored[row.id].dtype == np.float16
+        assert dice(mask[None], pred[None])[0] == pytest.approx(sel.loc[row.id, "value"])
+
+
+def test_results_do_not_depend_on_batch_size(cls_folder: Path, tmp_path: Path) -> None:
+    ds = open_dataset(cls_folder, "classification", target_names=["disc", "bar"])
+    tables = []
+    for bs in (3, 16):
+        run = run_suite(brightness_classifier(), ds, tmp_path / f"bs{bs}",
+                        SuiteConfig(batch_size=bs, **FAST), progress=False, render=False)
+        tables.append(pd.read_parquet(run / "metrics.parquet"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    macro = tables[0][(tables[0]["target"] == "macro") & (tables[0]["metric"] == "auroc")]
+    assert macro.set_index("condition").loc["clean", "value"] > 0.9
+
+
+def test_rerun_with_added_test_computes_only_that_test(seg_folder: Path, tmp_path: Path) -> None:
+    ds = open_dataset(seg_folder, "segmentation")
+    first = SuiteConfig(tests=["jpeg"], severities=[1], **FAST)
+    run_suite(threshold_segmenter(), ds, tmp_path / "run", first, progress=False, render=False)
+    before = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    second = SuiteConfig(tests=["jpeg", "contrast"], severities=[1], **FAST)
+    run_suite(threshold_segmenter(), ds, tmp_path / "run", second, progress=False, render=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert sorted(info["cached_conditions"]) == ["clean", "jpeg@1"]
+    assert list(info["wall_clock_s"]["per_condition"]) == ["contrast@1"]
+    after = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    keep = after[after["condition"].isin(["clean", "jpeg@1"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(keep, before)
+
+
+def test_bad_data_stops_before_the_model_runs(seg_folder: Path, tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(seg_folder / "masks" / "case003.png")
+    spec = ModelSpec(task="segmentation", target_names=["lesion"], output="probabilities")
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the model ran")
+
+    with pytest.raises(MedfailInputError, match=r"case003\.png.*\(20, 20\)"):
+        run_suite(Segmenter(spec, forward), open_dataset(seg_folder, "segmentation"),
+                  tmp_path / "run", SuiteConfig(**FAST), progress=False)
+    assert not (tmp_path / "run" / "predictions").exists()
+
+
+def test_unknown_test_name_lists_valid_ones() -> None:
+    with pytest.raises(MedfailInputError, match="gaussian_noise"):
+        SuiteConfig(tests=["gausian_noise"])
+
+
+def test_suite_yaml(tmp_path: Path) -> None:
+    cfg = tmp_path / "suite.yaml"
+    cfg.write_text("tests: [jpeg]\nseverities: [2, 3]\nn_bootstrap: 200\n")
+    suite = SuiteConfig.from_yaml(cfg, seed=7)
+    assert [c.name for c in suite.conditions()] == ["clean", "jpeg@2", "jpeg@3"]
+    assert suite.seed == 7
+    cfg.write_text("tests: [jpeg]\nseveritys: [2]\n")
+    with pytest.raises(MedfailInputError, match=r"suite\.yaml: unknown option\(s\) severitys"):
+        SuiteConfig.from_yaml(cfg)
