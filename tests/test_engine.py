@@ -108,16 +108,24 @@ def test_results_do_not_depend_on_batch_size(cls_folder: Path, tmp_path: Path) -
 def test_rerun_with_added_test_computes_only_that_test(seg_folder: Path, tmp_path: Path) -> None:
     ds = open_dataset(seg_folder, "segmentation")
     first = SuiteConfig(tests=["jpeg"], severities=[1], **FAST)
-    run_suite(threshold_segmenter(), ds, tmp_path / "run", first, progress=False, render=False)
+    model = {"name": "threshold", "sha256": "0" * 64}
+    run_suite(threshold_segmenter(), ds, tmp_path / "run", first, model_info=model,
+              progress=False, render=False)
     before = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
     second = SuiteConfig(tests=["jpeg", "contrast"], severities=[1], **FAST)
-    run_suite(threshold_segmenter(), ds, tmp_path / "run", second, progress=False, render=False)
+    run_suite(threshold_segmenter(), ds, tmp_path / "run", second, model_info=model,
+              progress=False, render=False)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert sorted(info["cached_conditions"]) == ["clean", "jpeg@1"]
     assert list(info["wall_clock_s"]["per_condition"]) == ["contrast@1"]
     after = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
     keep = after[after["condition"].isin(["clean", "jpeg@1"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(keep, before)
+    # another model (other hash) invalidates everything
+    run_suite(threshold_segmenter(), ds, tmp_path / "run", second,
+              model_info={"name": "threshold", "sha256": "1" * 64}, progress=False, render=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["cached_conditions"] == []
 
 
 def test_bad_data_stops_before_the_model_runs(seg_folder: Path, tmp_path: Path) -> None:

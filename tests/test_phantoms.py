@@ -65,7 +65,7 @@ def test_planted_effects_are_real() -> None:
     hollow_has_hole = []
     for _ in range(60):
         ph = generate_phantom(rng, 128, "A", (1.0, 1.0, 0.0))
-        comps, n = ndimage.label(ph.mask)
+        _, n = ndimage.label(ph.mask)
         assert n >= 1
         if ph.metadata["lesion_size"] in areas and ph.metadata["n_lesions"] == 2:
             areas[str(ph.metadata["lesion_size"])].append(int(ph.mask.sum()))

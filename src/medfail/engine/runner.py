@@ -66,10 +66,14 @@ def hardware() -> dict[str, Any]:
 
 def _cache_key(model_info: dict[str, Any], data_hash: str, task: str,
                config: SuiteConfig) -> str:
+    """Identity of what finished conditions depend on; without a model hash nothing is reused
+    (a model known only by name may have changed since)."""
+    if not model_info.get("sha256"):
+        return "uncacheable-" + os.urandom(8).hex()
     cfg = config.to_dict()
     cfg.pop("tests")
     cfg.pop("severities")
-    blob = json.dumps({"model": model_info.get("sha256") or model_info.get("name"),
+    blob = json.dumps({"model": model_info["sha256"],
                        "data": data_hash, "task": task, "config": cfg,
                        "medfail": medfail.__version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -8,7 +8,8 @@
 * promptable: the same U-Net with box and point channels; one example per object with a jittered
   box (±10 % of its size) and a random interior point, target = that object only.
 
-Optimiser Adam (lr 1e-3). Everything random is drawn from generators seeded by ``seed``.
+Optimiser Adam: lr 1e-3 for DenseNet121, 1e-2 for the U-Nets (at 1e-3 the U-Net needs far more
+than 15 epochs to separate 1 %-of-pixel lesions from background). Everything random is drawn from generators seeded by ``seed``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class TrainConfig:
     epochs: int = 8
     seed: int = 0
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float | None = None  # default: 1e-3 for DenseNet121, 1e-2 for the U-Nets
     patches_per_image: int = 2
     device: str = "cpu"
 
@@ -58,6 +59,7 @@ class TrainConfig:
         if self.size < 16:
             raise ValueError(f"size must be at least 16 px, got {self.size}")
         self.arch = self.arch or DEFAULT_ARCH[self.task]
+        self.lr = self.lr or (1e-3 if self.task == "classification" else 1e-2)
 
 
 def _normalisation(samples: list[Sample], in_channels: int) -> dict[str, list[float]]:
@@ -182,7 +184,7 @@ def _loss_fn(spec: ModelSpec) -> Any:
         if spec.multi_label:
             return lambda out, y: F.binary_cross_entropy_with_logits(out, y.float())
         return lambda out, y: F.cross_entropy(out, y.long().view(-1))
-    return DiceCELoss(to_onehot_y=True, softmax=True)
+    return DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
 
 
 def _mean_loss(module: torch.nn.Module, loss_fn: Any, x: torch.Tensor, y: torch.Tensor,
