@@ -72,6 +72,12 @@ def test_segmentation_run_directory_contract(seg_folder: Path, tmp_path: Path) -
     assert dice_m.loc["gaussian_noise@3", "delta_vs_clean"] < 0
     assert (metrics["ci_low"] <= metrics["value"] + 1e-12).all()
     assert (metrics["value"] <= metrics["ci_high"] + 1e-12).all()
+    html = (run / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 3  # one degradation plot per metric
+    for metric in ("dice", "jaccard", "boundary_f1"):
+        assert (run / "figures" / f"degradation_{metric}.png").exists()
+        assert f"<h3>{metric} &mdash; lesion</h3>" in html
+    assert "gaussian_noise@3" in html and "It drops most under" in html
     run_info = json.loads((run / "run.json").read_text())
     assert {"config", "command", "seed", "packages", "hardware", "wall_clock_s"} <= set(run_info)
     assert str(seg_folder.parent) not in (run / "run.json").read_text()  # no absolute data path
@@ -117,7 +123,9 @@ def test_rerun_with_added_test_computes_only_that_test(seg_folder: Path, tmp_pat
               progress=False, render=False)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert sorted(info["cached_conditions"]) == ["clean", "jpeg@1"]
-    assert list(info["wall_clock_s"]["per_condition"]) == ["contrast@1"]
+    assert list(info["wall_clock_s"]["per_condition"]) == ["clean", "jpeg@1", "contrast@1"]
+    assert info["wall_clock_s"]["stages"]["predict"] == pytest.approx(
+        info["wall_clock_s"]["per_condition"]["contrast@1"])
     after = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
     keep = after[after["condition"].isin(["clean", "jpeg@1"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(keep, before)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from medfail.engine.seeding import derive_seed
 from medfail.metrics.bootstrap import (
@@ -129,7 +130,7 @@ def _nan_safe(fn: Callable[..., float]) -> Callable[..., float]:
 
 def aggregate_classification(predictions: pd.DataFrame, conditions: pd.DataFrame,
                              multi_label: bool, threshold: float, n_bootstrap: int,
-                             seed: int) -> pd.DataFrame:
+                             seed: int, progress: bool = False) -> pd.DataFrame:
     """Set-level classification metrics per target and macro, with CIs and paired Δ vs clean.
 
     Decisions for ``f1``: ``prob >= threshold`` per target (multi-label) or the argmax class
@@ -140,7 +141,9 @@ def aggregate_classification(predictions: pd.DataFrame, conditions: pd.DataFrame
     idx = bootstrap_indices(len(ids), n_bootstrap, derive_seed(seed, "bootstrap"))
     counts = _resample_counts(idx, len(ids))
     per_cond: dict[str, dict[str, dict[str, tuple[float, np.ndarray]]]] = {}
-    for cond, grp in predictions.groupby("condition", sort=False):
+    groups = predictions.groupby("condition", sort=False)
+    for cond, grp in tqdm(groups, total=groups.ngroups, desc="bootstrap CIs", unit="condition",
+                          leave=False, disable=not progress):
         probs = grp.pivot(index="id", columns="target", values="prob").reindex(ids)[targets]
         labels = grp.pivot(index="id", columns="target", values="label").reindex(ids)[targets]
         p_all, y_all = probs.to_numpy(np.float64), labels.to_numpy(np.float64)

@@ -23,7 +23,7 @@ import csv
 import hashlib
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from medfail.data.base import SampleStream
 from medfail.data.readers import (
     image_id,
     image_suffix,
@@ -82,7 +83,7 @@ def _parse_int(text: str) -> int | None:
     return int(number) if math.isfinite(number) and number == int(number) else None
 
 
-class FolderDataset:
+class FolderDataset(SampleStream):
     """A dataset in the medfail folder format (see the module docstring).
 
     Args:
@@ -357,20 +358,6 @@ class FolderDataset:
             self._meta_rows[str(sid)] = {str(k): _plain(v) for k, v in row.items()}
 
     # ------------------------------------------------------------------------------ access
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __iter__(self) -> Iterator[Sample]:
-        for sid in self.ids:
-            yield self.load(sid)
-
-    def batches(self, batch_size: int) -> Iterator[list[Sample]]:
-        """Samples in id order, ``batch_size`` at a time (only one batch is held in memory)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        for start in range(0, len(self.ids), batch_size):
-            yield [self.load(sid) for sid in self.ids[start : start + batch_size]]
 
     def image_relpath(self, id: str) -> str:
         """Path of the image file relative to :attr:`root` (posix), e.g. ``images/a.png``."""

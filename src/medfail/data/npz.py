@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import struct
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from medfail.data.base import SampleStream
 from medfail.data.readers import intensity_range
 from medfail.data.sample import Sample
 from medfail.errors import MedfailInputError
@@ -51,7 +52,7 @@ def _member_header(path: Path, zf: zipfile.ZipFile, key: str) -> tuple[tuple[int
     return tuple(int(n) for n in shape), dtype, bool(fortran), offset
 
 
-class NpzDataset:
+class NpzDataset(SampleStream):
     """One split of a MedMNIST ``.npz`` file, with the same interface as ``FolderDataset``.
 
     Args:
@@ -206,20 +207,6 @@ class NpzDataset:
             raise KeyError(f"unknown sample id {id!r}") from None
 
     # ------------------------------------------------------------------------------ access
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __iter__(self) -> Iterator[Sample]:
-        for sid in self.ids:
-            yield self.load(sid)
-
-    def batches(self, batch_size: int) -> Iterator[list[Sample]]:
-        """Samples in id order, ``batch_size`` at a time."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        for start in range(0, len(self.ids), batch_size):
-            yield [self.load(sid) for sid in self.ids[start : start + batch_size]]
 
     def load(self, id: str) -> Sample:
         """One image with its label (no mask, spacing or metadata in MedMNIST)."""

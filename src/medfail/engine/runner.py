@@ -227,13 +227,16 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     bar = tqdm(conditions, desc=f"{task} suite", unit="condition", disable=not progress)
     for cond in bar:
         part = parts / f"{cond.name}.parquet"
+        seconds = part.with_suffix(".seconds")
         if part.exists() and condition_path(run_dir, cond.name, task).exists():
             cached.append(cond.name)
+            per_condition_s[cond.name] = float(seconds.read_text()) if seconds.exists() else 0.0
             continue
         t = time.perf_counter()
         write_table(predictor.run(cond, progress), part)
         per_condition_s[cond.name] = time.perf_counter() - t
-    stages["predict"] = sum(per_condition_s.values())
+        seconds.write_text(repr(per_condition_s[cond.name]))
+    stages["predict"] = sum(v for k, v in per_condition_s.items() if k not in cached)
 
     t = time.perf_counter()
     names = [c.name for c in conditions]
@@ -248,7 +251,8 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         preds = pd.concat([pd.read_parquet(condition_path(run_dir, n, task)) for n in names],
                           ignore_index=True)
         metrics = aggregate_classification(preds, cond_table, adapter.spec.multi_label,
-                                           config.threshold, config.n_bootstrap, config.seed)
+                                           config.threshold, config.n_bootstrap, config.seed,
+                                           progress=progress)
     else:
         metrics = aggregate_per_image(per_sample, cond_table, config.n_bootstrap, config.seed)
     write_table(metrics, run_dir / "metrics.parquet")

@@ -9,7 +9,8 @@
   box (±10 % of its size) and a random interior point, target = that object only.
 
 Optimiser Adam: lr 1e-3 for DenseNet121, 1e-2 for the U-Nets (at 1e-3 the U-Net needs far more
-than 15 epochs to separate 1 %-of-pixel lesions from background). Everything random is drawn from generators seeded by ``seed``.
+than 15 epochs to separate 1 %-of-pixel lesions from background). Everything random is drawn
+from generators seeded by ``seed``.
 """
 
 from __future__ import annotations
