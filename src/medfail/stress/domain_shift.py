@@ -1,0 +1,1 @@
+"""Domain-shift stress tests (CT windowing, H&E stain, MRI artifacts, resolution/scanner)."""

@@ -1,0 +1,1 @@
+"""Prompt perturbations for promptable segmenters (family ``prompt``)."""
