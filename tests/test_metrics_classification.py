@@ -10,6 +10,7 @@ from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
     f1_score,
+    recall_score,
     roc_auc_score,
     roc_curve,
 )
@@ -22,6 +23,8 @@ from medfail.metrics.classification import (
     f1,
     sens_at_95spec,
     sens_at_spec,
+    threshold_at_sensitivity,
+    threshold_max_f1,
 )
 
 SEEDS = [0, 1, 2, 3, 4, 5]
@@ -179,10 +182,96 @@ def test_brier_edge_cases():
         brier(np.array([1, 0]), np.array([1.2, 0.0]))
 
 
+# ---------------------------------------------------------------- threshold selection
+
+
+def brute_max_f1_threshold(y, s) -> float:
+    """Loop over distinct scores (highest first) with sklearn's f1_score; keep strict gains."""
+    best_t, best = None, -1.0
+    for t in np.unique(s)[::-1]:
+        val = f1_score(y, (s >= t).astype(int))
+        if val > best:
+            best_t, best = t, val
+    return float(best_t)
+
+
+def brute_threshold_at_sens(y, s, sens) -> float:
+    ok = [t for t in np.unique(s) if np.mean(s[y == 1] >= t) >= sens - 1e-12]
+    return float(max(ok))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("decimals", [None, 1, 0])
+def test_threshold_max_f1_matches_brute_force(seed, decimals):
+    y, s = sample(seed, n=50, decimals=decimals)
+    t = threshold_max_f1(y, s)
+    assert t == brute_max_f1_threshold(y, s)
+    assert t in s
+    best = f1_score(y, (s >= t).astype(int))
+    assert f1(y, (s >= t).astype(int)) == pytest.approx(best, abs=1e-12)
+
+
+def test_threshold_max_f1_ties_and_edge_cases():
+    # F1 at t = 0.9: 2/3 (TP 1, FN 1); t = 0.5: 2/3 (TP 2, FP 2); t = 0.1: 4/7 -> tie, highest
+    y = np.array([1, 0, 0, 1, 0, 0])
+    s = np.array([0.9, 0.5, 0.5, 0.5, 0.1, 0.1])
+    assert f1_score(y, s >= 0.9) == pytest.approx(f1_score(y, s >= 0.5))
+    assert threshold_max_f1(y, s) == 0.9
+    # perfectly separated: the lowest positive score
+    assert threshold_max_f1(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.7, 0.8])) == 0.7
+    # all scores tied: the only threshold
+    assert threshold_max_f1(np.array([0, 1, 0]), np.full(3, 0.3)) == 0.3
+    # bool labels, integer scores, infinities
+    assert threshold_max_f1(np.array([False, True]), np.array([0, 3])) == 3.0
+    assert threshold_max_f1(np.array([0, 1, 1]), np.array([-np.inf, 1.0, np.inf])) == 1.0
+    # one class or no samples -> 0.5 (documented neutral default)
+    assert threshold_max_f1(np.zeros(4, int), np.arange(4.0)) == 0.5
+    assert threshold_max_f1(np.ones(4, int), np.arange(4.0)) == 0.5
+    assert threshold_max_f1(np.zeros(0, int), np.zeros(0)) == 0.5
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_threshold_at_sensitivity_matches_brute_force_and_roc_curve(seed, decimals):
+    y, s = sample(seed, n=100, decimals=decimals)
+    _, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    for sens in (1.0, 0.95, 0.9, 0.8, 0.5, 0.0):
+        t = threshold_at_sensitivity(y, s, sens)
+        assert t == brute_threshold_at_sens(y, s, sens)
+        ok = tpr[1:] >= sens - 1e-12  # drop sklearn's leading +inf threshold
+        assert t == thr[1:][ok][0]
+    assert threshold_at_sensitivity(y, s, 0.0) == s.max()
+    assert threshold_at_sensitivity(y, s, 1.0) == s[y == 1].min()
+    t = threshold_at_sensitivity(y, s, 0.9)
+    assert recall_score(y, (s >= t).astype(int)) >= 0.9
+    assert recall_score(y, (s > t).astype(int)) < 0.9  # the next higher threshold misses it
+
+
+def test_threshold_at_sensitivity_edge_cases():
+    # 20 positives: 19/20 = 0.95 exactly is reached (rounding slack)
+    y = np.r_[np.ones(20, int), np.zeros(5, int)]
+    s = np.r_[np.arange(20) / 10 + 1.0, np.arange(5) / 10]
+    assert threshold_at_sensitivity(y, s, 0.95) == 1.1
+    assert threshold_at_sensitivity(y, s) == 1.1  # default 0.95
+    assert threshold_at_sensitivity(y, s, 0.951) == 1.0
+    # ties between positives and negatives enter together
+    y2 = np.array([1, 1, 0, 1])
+    s2 = np.array([0.9, 0.4, 0.4, 0.2])
+    assert threshold_at_sensitivity(y2, s2, 0.6) == 0.4
+    assert threshold_at_sensitivity(np.ones(3, int), np.array([0.2, 0.5, 0.9]), 0.5) == 0.5
+    assert np.isnan(threshold_at_sensitivity(np.zeros(3, int), np.arange(3.0), 0.9))
+    assert np.isnan(threshold_at_sensitivity(np.zeros(0, int), np.zeros(0), 0.9))
+    for bad in (-0.1, 1.01, 95):
+        with pytest.raises(ValueError, match=r"sensitivity must be in \[0, 1\], got"):
+            threshold_at_sensitivity(np.array([0, 1]), np.array([0.1, 0.2]), bad)
+
+
 # ---------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("fn", [auroc, auprc, sens_at_95spec])
+@pytest.mark.parametrize(
+    "fn", [auroc, auprc, sens_at_95spec, threshold_max_f1, threshold_at_sensitivity]
+)
 def test_score_validation(fn):
     y = np.array([0, 1, 1, 0])
     with pytest.raises(ValueError, match=r"y_true \(4,\) and y_score \(3,\)"):

@@ -7,12 +7,26 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from monai.metrics import compute_dice, compute_iou, compute_surface_dice
+from monai.metrics import (
+    compute_dice,
+    compute_hausdorff_distance,
+    compute_iou,
+    compute_surface_dice,
+)
 from monai.metrics.utils import get_mask_edges, get_surface_distance
 from scipy import ndimage
+from scipy.spatial.distance import cdist
 from sklearn.metrics import jaccard_score
 
-from medfail.metrics.segmentation import _boundary, boundary_f1, dice, jaccard, nsd
+from medfail.metrics.segmentation import (
+    _boundary,
+    _surface_distances,
+    boundary_f1,
+    dice,
+    hd95,
+    jaccard,
+    nsd,
+)
 
 
 def blobs(rng: np.random.Generator, shape: tuple[int, ...], sigma: float, frac: float):
@@ -84,6 +98,28 @@ def monai_nsd(t: np.ndarray, p: np.ndarray, tol: float, spacing=None) -> np.ndar
             use_subvoxels=False,
         )
     return out[:, 0].numpy().astype(np.float64)
+
+
+def monai_hd95(t: np.ndarray, p: np.ndarray, spacing=None) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = compute_hausdorff_distance(
+            onehot(p),
+            onehot(t),
+            include_background=True,
+            percentile=95,
+            directed=False,
+            spacing=spacing,
+        )
+    return out[:, 0].numpy().astype(np.float64)
+
+
+def brute_distances(bt: np.ndarray, bp: np.ndarray, spacing=None):
+    """(pred->true, true->pred) boundary distances by all-pairs cdist on scaled coordinates."""
+    scale = np.ones(bt.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    ct, cp = np.argwhere(bt) * scale, np.argwhere(bp) * scale
+    d = cdist(cp, ct)
+    return d.min(axis=1), d.min(axis=0)
 
 
 # ---------------------------------------------------------------- dice / jaccard
@@ -250,6 +286,124 @@ def test_boundary_metrics_properties():
     np.testing.assert_allclose(boundary_f1(t, p, 1.5, spacing=2.0), boundary_f1(t, p, 0.75))
 
 
+# ---------------------------------------------------------------- HD95
+
+
+@pytest.mark.parametrize("spacing", [None, (1.0, 0.6), 0.7])
+def test_surface_distances_match_brute_force(spacing):
+    rng = np.random.default_rng(11)
+    t, p = pair(rng, (4, 30, 26), sigma=2.0)
+    t2, p2 = edge_cases_2d()
+    for a, b in ((t, p), (t2, p2)):
+        bt, bp = _boundary(a), _boundary(b)
+        sp = (1.0, 1.0) if spacing is None else np.broadcast_to(spacing, (2,))
+        seen = []
+        for i, d_pt, d_tp in _surface_distances(bt, bp, tuple(float(x) for x in sp)):
+            seen.append(i)
+            ref_pt, ref_tp = brute_distances(bt[i], bp[i], sp)
+            np.testing.assert_allclose(d_pt, ref_pt, rtol=1e-12)  # C order on both sides
+            np.testing.assert_allclose(d_tp, ref_tp, rtol=1e-12)
+        nonempty = [i for i in range(len(a)) if a[i].any() and b[i].any()]
+        assert seen == nonempty
+
+
+def brute_hd95(t: np.ndarray, p: np.ndarray, spacing=None) -> float:
+    d_pt, d_tp = brute_distances(_boundary(t[None])[0], _boundary(p[None])[0], spacing)
+    return max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("spacing", [None, (1.0, 0.6)])
+def test_hd95_matches_monai_2d(seed, spacing):
+    rng = np.random.default_rng(seed)
+    t, p = pair(rng, (6, 64, 64), sigma=3.0)
+    h = hd95(t, p, spacing=spacing)
+    assert h.shape == (6,) and h.dtype == np.float64
+    assert np.all((h > 0) & np.isfinite(h))
+    np.testing.assert_allclose(h, monai_hd95(t, p, spacing), rtol=1e-5)  # MONAI: float32
+    ref = [brute_hd95(t[i], p[i], spacing) for i in range(len(t))]
+    np.testing.assert_allclose(h, ref, rtol=1e-12)
+    # independent blobs: far-apart boundaries, large distances
+    b1 = blobs(rng, (4, 48, 40), sigma=3.0, frac=0.3)
+    b2 = blobs(rng, (4, 48, 40), sigma=3.0, frac=0.3)
+    np.testing.assert_allclose(hd95(b1, b2, spacing), monai_hd95(b1, b2, spacing), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("spacing", [None, (2.5, 0.8, 1.0)])
+def test_hd95_matches_monai_3d(seed, spacing):
+    rng = np.random.default_rng(seed)
+    t, p = pair(rng, (3, 16, 18, 14), sigma=2.0)
+    h = hd95(t, p, spacing=spacing)
+    assert np.all((h > 0) & np.isfinite(h))
+    np.testing.assert_allclose(h, monai_hd95(t, p, spacing), rtol=1e-5)
+    np.testing.assert_allclose(h, [brute_hd95(t[i], p[i], spacing) for i in range(3)], rtol=1e-12)
+    b1 = blobs(rng, (2, 14, 14, 14), sigma=2.0, frac=0.2)
+    b2 = blobs(rng, (2, 14, 14, 14), sigma=2.0, frac=0.2)
+    np.testing.assert_allclose(hd95(b1, b2, spacing), monai_hd95(b1, b2, spacing), rtol=1e-5)
+
+
+def test_hd95_is_max_of_directed_percentiles_not_pooled():
+    # GT: a 3x3 square; prediction: the same square plus a far single pixel. pred->GT has
+    # 1 of 9 distances large (its P95 interpolates towards it); GT->pred is all zeros.
+    t = np.zeros((1, 20, 20), bool)
+    t[0, 2:5, 2:5] = True
+    p = t.copy()
+    p[0, 15, 15] = True
+    d_pt, d_tp = brute_distances(_boundary(t)[0], _boundary(p)[0])
+    assert np.all(d_tp == 0) and d_pt.size == 9
+    expected = np.percentile(d_pt, 95)
+    assert hd95(t, p)[0] == pytest.approx(expected, rel=1e-12)
+    assert hd95(t, p)[0] != pytest.approx(np.percentile(np.r_[d_pt, d_tp], 95))  # pooled
+    assert hd95(t, p)[0] == pytest.approx(monai_hd95(t, p)[0], rel=1e-6)
+
+
+def test_hd95_hand_computed():
+    t = np.zeros((3, 9, 9), bool)
+    p = np.zeros((3, 9, 9), bool)
+    t[0, 2:5, 2:5] = True  # ring of 8
+    p[0, 2:5, 4:7] = True  # shifted by 2 columns: distances 0,0,0,1,1,2,2,2 both ways
+    t[1, 1:6, 1:6] = p[1, 1:6, 1:6] = True  # identical
+    t[2, 0, 0] = True  # single pixels (3, 4) apart
+    p[2, 3, 4] = True
+    np.testing.assert_allclose(hd95(t, p), [2.0, 0.0, 5.0])
+    # spacing: columns 0.5 mm apart -> the 2-column shift is 1 mm; (3, 4) px -> (3, 2) mm
+    np.testing.assert_allclose(hd95(t, p, spacing=(1.0, 0.5)), [1.0, 0.0, np.sqrt(13.0)])
+    np.testing.assert_allclose(hd95(t, p, spacing=(1.0, 0.5)), monai_hd95(t, p, (1.0, 0.5)))
+
+
+def test_hd95_edge_cases_and_clamp():
+    t, p = edge_cases_2d()
+    h = hd95(t, p)
+    # both empty -> 0, one empty -> inf, identical -> 0
+    np.testing.assert_array_equal(h[:4], [0.0, np.inf, np.inf, 0.0])
+    assert np.all(np.isfinite(h[4:]))
+    ref = monai_hd95(t, p)
+    assert np.all(np.isnan(ref[:3]))  # MONAI: NaN whenever a mask is empty (we: 0 / inf)
+    np.testing.assert_allclose(h[3:], ref[3:], rtol=1e-6)
+    far = h[4]  # disjoint squares in opposite corners
+    c = hd95(t, p, max_distance=5.0)
+    np.testing.assert_array_equal(c, np.minimum(h, 5.0))
+    np.testing.assert_array_equal(c[:4], [0.0, 5.0, 5.0, 0.0])
+    assert far > 5.0 and c[4] == 5.0
+    np.testing.assert_array_equal(hd95(t, p, max_distance=1e6)[1:3], 1e6)
+
+
+def test_hd95_properties():
+    rng = np.random.default_rng(5)
+    t, p = pair(rng, (4, 40, 40), sigma=3.0)
+    h = hd95(t, p)
+    np.testing.assert_array_equal(h, hd95(p, t))  # symmetric
+    np.testing.assert_allclose(hd95(t, p, spacing=2.0), 2.0 * h, rtol=1e-12)
+    np.testing.assert_array_equal(hd95(t, t), 0.0)
+    # bounded by the full (100th percentile) Hausdorff distance
+    for i in range(4):
+        d_pt, d_tp = brute_distances(_boundary(t)[i], _boundary(p)[i])
+        assert h[i] <= max(d_pt.max(), d_tp.max())
+    # int input and a 2-D mask batch of one
+    np.testing.assert_array_equal(hd95(t.astype(np.uint8), p.astype(int)), h)
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -273,3 +427,10 @@ def test_validation_errors():
         boundary_f1(a, a, spacing=(1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match=r"spacing values must be finite and > 0"):
         nsd(a, a, spacing=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r"spacing must be a number or a sequence of 2"):
+        hd95(a, a, spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"y_true \(2, 8, 8\) and y_pred \(2, 8, 7\)"):
+        hd95(a, np.zeros((2, 8, 7), bool))
+    for bad_cap in (0.0, -1.0, np.inf, np.nan):
+        with pytest.raises(ValueError, match=r"max_distance must be None or a finite number > 0"):
+            hd95(a, a, max_distance=bad_cap)

@@ -1,21 +1,29 @@
 """Aggregate per-sample results into the tidy ``metrics.parquet`` table.
 
 Columns: ``condition, test, family, severity, slice, target, metric, value, sd, ci_low,
-ci_high, delta_vs_clean, delta_ci_low, delta_ci_high, n``.
+ci_high, delta_vs_clean, delta_ci_low, delta_ci_high, gap_vs_all, gap_ci_low, gap_ci_high, n,
+small_slice``.
 
-* Segmentation metrics are per-image means (``sd`` = their standard deviation, ddof = 1);
-  NaN per-image values are ignored and ``n`` counts the finite ones.
+* Per-image metrics (segmentation ``dice``, ``jaccard``, ``boundary_f1``, ``nsd``, ``hd95``) are
+  means over images (``sd`` = their standard deviation, ddof = 1); NaN values are ignored and
+  ``n`` counts the finite ones.
+* Lesion metrics are pooled over images: ``lesion_sensitivity = ΣTP / (ΣTP + ΣFN)``,
+  ``lesion_precision = ΣTP / (ΣTP + ΣFP)``, ``lesion_f1 = 2ΣTP / (2ΣTP + ΣFN + ΣFP)``, so one
+  large lesion cannot dominate and missed small lesions count one each.
 * Classification metrics are set-level per target; ``target = "macro"`` is the unweighted mean
-  over targets with a defined value (NaN targets, e.g. one class present, are skipped).
-* 95 % percentile bootstrap intervals use ONE resample index matrix (``n_bootstrap`` rows,
-  seeded by the run seed) for every condition, target and metric, so Δ intervals are paired:
-  each resample compares the same samples clean vs perturbed. ``delta_vs_clean`` =
-  value(condition) - value(clean).
+  over targets with a defined value.
+* 95 % percentile bootstrap intervals use ONE resample index matrix over the samples (seeded by
+  the run seed) for every condition, slice, target and metric, so Δ-vs-clean intervals and
+  slice-vs-all gap intervals are paired. Classification slices are resampled within the slice
+  (own seeded matrix) because set-level metrics need the slice's own class balance; their gap
+  interval combines the two resamplings (unpaired, conservative).
+* ``small_slice`` flags slices with fewer than ``min_slice_n`` samples: kept, never hidden.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -33,90 +41,74 @@ from medfail.metrics.classification import f1 as f1_score
 
 COLUMNS: list[str] = [
     "condition", "test", "family", "severity", "slice", "target", "metric", "value", "sd",
-    "ci_low", "ci_high", "delta_vs_clean", "delta_ci_low", "delta_ci_high", "n",
+    "ci_low", "ci_high", "delta_vs_clean", "delta_ci_low", "delta_ci_high", "gap_vs_all",
+    "gap_ci_low", "gap_ci_high", "n", "small_slice",
 ]
 MACRO = "macro"
 ALL = "all"
+LESION_COUNTS = ("lesion_tp", "lesion_fn", "lesion_fp")
+LOWER_IS_BETTER = frozenset({"hd95", "brier", "ece", "nll", "aurc", "eaurc"})
 
 
-def _resample_counts(indices: np.ndarray, n: int) -> np.ndarray:
+@dataclass
+class Estimate:
+    """A point value with its bootstrap draws (aligned resamples across estimates)."""
+
+    value: float
+    draws: np.ndarray
+    n: int
+    sd: float = float("nan")
+
+
+Key = tuple[str, str, str, str]  # condition, slice, target, metric
+
+
+def resample_counts(indices: np.ndarray, n: int) -> np.ndarray:
     """(B, n) multiplicity of each sample in each resample."""
     b = indices.shape[0]
     flat = (indices + n * np.arange(b)[:, None]).ravel()
     return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
 
-def _f1_bootstrap(y: np.ndarray, decision: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """F1 of every resample, 2TP / (2TP + FP + FN); NaN when TP + FP + FN = 0."""
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, np.nan), where=den > 0)
+
+
+def mean_estimate(values: np.ndarray, member: np.ndarray, counts: np.ndarray) -> Estimate:
+    """Mean of finite member values, with resampled means from the (B, n) counts matrix."""
+    ok = member & np.isfinite(values)
+    v = np.where(ok, values, 0.0)
+    value = float(v.sum() / ok.sum()) if ok.any() else float("nan")
+    draws = _ratio(counts @ v, counts @ ok.astype(float))
+    sd = float(np.std(values[ok], ddof=1)) if ok.sum() > 1 else float("nan")
+    return Estimate(value, draws, int(ok.sum()), sd)
+
+
+def pooled_lesion_estimates(tp: np.ndarray, fn: np.ndarray, fp: np.ndarray, member: np.ndarray,
+                            counts: np.ndarray) -> dict[str, Estimate]:
+    """Pooled lesion sensitivity / precision / F1 over member images."""
+    m = member.astype(float)
+    sums = [float((x * m).sum()) for x in (tp, fn, fp)]
+    draws = [counts @ (x * m) for x in (tp, fn, fp)]
+    n = int(member.sum())
+
+    def build(f: Callable[[object, object, object], np.ndarray]) -> Estimate:
+        return Estimate(float(f(*sums)), f(*draws), n)
+
+    return {
+        "lesion_sensitivity": build(lambda t, f, p: _ratio(t, np.add(t, f))),
+        "lesion_precision": build(lambda t, f, p: _ratio(t, np.add(t, p))),
+        "lesion_f1": build(lambda t, f, p: _ratio(np.multiply(2, t),
+                                                 np.add(np.multiply(2, t), np.add(f, p)))),
+    }
+
+
+def _f1_draws(y: np.ndarray, decision: np.ndarray, counts: np.ndarray) -> np.ndarray:
     tp = counts @ (y * decision)
     fp = counts @ ((1 - y) * decision)
     fn = counts @ (y * (1 - decision))
-    denom = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
-
-
-def _summary(value: float, draws: np.ndarray, clean_value: float | None,
-             clean_draws: np.ndarray | None) -> dict[str, float]:
-    lo, hi = percentile_ci(draws)
-    out = {"value": value, "ci_low": lo, "ci_high": hi,
-           "delta_vs_clean": np.nan, "delta_ci_low": np.nan, "delta_ci_high": np.nan}
-    if clean_value is not None and clean_draws is not None:
-        dlo, dhi = percentile_ci(draws - clean_draws)
-        out.update(delta_vs_clean=value - clean_value, delta_ci_low=dlo, delta_ci_high=dhi)
-    return out
-
-
-def aggregate_per_image(per_sample: pd.DataFrame, conditions: pd.DataFrame,
-                        n_bootstrap: int, seed: int) -> pd.DataFrame:
-    """Means of per-image metrics (segmentation) with CIs and paired Δ vs clean."""
-    ps = per_sample.copy()
-    targets = sorted(ps["target"].unique())
-    if len(targets) > 1:
-        macro = ps.groupby(["condition", "id", "metric"], as_index=False)["value"].mean()
-        macro["target"] = MACRO
-        ps = pd.concat([ps, macro], ignore_index=True)
-    ids = sorted(ps["id"].unique())
-    idx = bootstrap_indices(len(ids), n_bootstrap, derive_seed(seed, "bootstrap"))
-    rows = []
-    for (target, metric), grp in ps.groupby(["target", "metric"], sort=True):
-        wide = grp.pivot(index="id", columns="condition", values="value").reindex(ids)
-        clean = wide["clean"].to_numpy() if "clean" in wide else None
-        clean_draws = None if clean is None else _nanmean_draws(clean, idx)
-        for cond in conditions.itertuples():
-            if cond.condition not in wide:
-                continue
-            v = wide[cond.condition].to_numpy()
-            finite = np.isfinite(v)
-            stats = _summary(float(np.nanmean(v)) if finite.any() else np.nan,
-                             _nanmean_draws(v, idx),
-                             None if clean is None else float(np.nanmean(clean)), clean_draws)
-            rows.append({"condition": cond.condition, "test": cond.test, "family": cond.family,
-                         "severity": cond.severity, "slice": ALL, "target": target,
-                         "metric": metric, "sd": float(np.nanstd(v, ddof=1))
-                         if finite.sum() > 1 else np.nan, "n": int(finite.sum()), **stats})
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def _nanmean_draws(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    res = values[idx]
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(np.where(np.isfinite(res), res, np.nan), axis=1) \
-            if np.isfinite(res).any() else np.full(len(idx), np.nan)
-
-
-def _classification_stats(y: np.ndarray, p: np.ndarray, decision: np.ndarray, idx: np.ndarray,
-                          counts: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
-    """Point value and resample draws of each classification metric for one target."""
-    stat: dict[str, tuple[Callable[..., float], tuple[np.ndarray, ...]]] = {
-        "auprc": (auprc, (y, p)), "sens_at_95spec": (sens_at_95spec, (y, p)),
-    }
-    with np.errstate(all="ignore"):
-        out = {"auroc": (auroc(y, p), auroc_bootstrap(y, p, idx))}
-        for name, (fn, arrays) in stat.items():
-            out[name] = (fn(*arrays), bootstrap_statistic(_nan_safe(fn), arrays, idx))
-        out["f1"] = (f1_score(y, decision), _f1_bootstrap(y, decision, counts))
-    return out
+    return _ratio(2 * tp, 2 * tp + fp + fn)
 
 
 def _nan_safe(fn: Callable[..., float]) -> Callable[..., float]:
@@ -128,19 +120,144 @@ def _nan_safe(fn: Callable[..., float]) -> Callable[..., float]:
     return wrapped
 
 
-def aggregate_classification(predictions: pd.DataFrame, conditions: pd.DataFrame,
-                             multi_label: bool, threshold: float, n_bootstrap: int,
-                             seed: int, progress: bool = False) -> pd.DataFrame:
-    """Set-level classification metrics per target and macro, with CIs and paired Δ vs clean.
+def classification_estimates(y: np.ndarray, p: np.ndarray, decision: np.ndarray,
+                             idx: np.ndarray) -> dict[str, Estimate]:
+    """Point value and resample draws of each classification metric for one target."""
+    counts = resample_counts(idx, len(y))
+    n = len(y)
+    with np.errstate(all="ignore"):
+        out = {"auroc": Estimate(_nan_safe(auroc)(y, p), auroc_bootstrap(y, p, idx), n)}
+        for name, fn in (("auprc", auprc), ("sens_at_95spec", sens_at_95spec)):
+            out[name] = Estimate(_nan_safe(fn)(y, p),
+                                 bootstrap_statistic(_nan_safe(fn), (y, p), idx), n)
+        out["f1"] = Estimate(_nan_safe(f1_score)(y, decision), _f1_draws(y, decision, counts), n)
+    return out
 
-    Decisions for ``f1``: ``prob >= threshold`` per target (multi-label) or the argmax class
-    (multi-class, one-vs-rest per target).
+
+def macro_estimate(estimates: Iterable[Estimate]) -> Estimate:
+    """Unweighted mean over targets of defined values (per resample likewise)."""
+    ests = list(estimates)
+    vals = np.array([e.value for e in ests])
+    draws = np.stack([e.draws for e in ests])
+    finite = np.isfinite(draws)
+    mean_draws = _ratio(np.where(finite, draws, 0).sum(0), finite.sum(0))
+    value = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+    return Estimate(value, mean_draws, max(e.n for e in ests))
+
+
+def _row(cond: pd.Series | object, slice_name: str, target: str, metric: str, est: Estimate,
+         clean: Estimate | None, whole: Estimate | None, min_slice_n: int) -> dict[str, object]:
+    lo, hi = percentile_ci(est.draws)
+    row: dict[str, object] = {
+        "condition": cond.condition, "test": cond.test, "family": cond.family,
+        "severity": cond.severity, "slice": slice_name, "target": target, "metric": metric,
+        "value": est.value, "sd": est.sd, "ci_low": lo, "ci_high": hi,
+        "delta_vs_clean": np.nan, "delta_ci_low": np.nan, "delta_ci_high": np.nan,
+        "gap_vs_all": np.nan, "gap_ci_low": np.nan, "gap_ci_high": np.nan,
+        "n": est.n, "small_slice": slice_name != ALL and est.n < min_slice_n,
+    }
+    if clean is not None:
+        dlo, dhi = percentile_ci(est.draws - clean.draws)
+        row.update(delta_vs_clean=est.value - clean.value, delta_ci_low=dlo, delta_ci_high=dhi)
+    if whole is not None:
+        glo, ghi = percentile_ci(est.draws - whole.draws)
+        row.update(gap_vs_all=est.value - whole.value, gap_ci_low=glo, gap_ci_high=ghi)
+    return row
+
+
+def _members(ids: list[str], membership: pd.DataFrame | None) -> dict[str, np.ndarray]:
+    out = {ALL: np.ones(len(ids), bool)}
+    if membership is None or membership.empty:
+        return out
+    pos = {sid: i for i, sid in enumerate(ids)}
+    for name, grp in membership.groupby("slice", sort=True):
+        m = np.zeros(len(ids), bool)
+        m[[pos[s] for s in grp["id"] if s in pos]] = True
+        if m.any():
+            out[str(name)] = m
+    return out
+
+
+def aggregate_per_image(per_sample: pd.DataFrame, conditions: pd.DataFrame, n_bootstrap: int,
+                        seed: int, membership: pd.DataFrame | None = None,
+                        min_slice_n: int = 10,
+                        draws_out: dict[Key, Estimate] | None = None,
+                        reference: dict[Key, Estimate] | None = None) -> pd.DataFrame:
+    """Segmentation metrics per condition × slice × target with paired CIs.
+
+    ``reference``: estimates of the in-domain clean condition, used for Δ when this table holds
+    another dataset (``--shift-data``; then Δ intervals are unpaired).
+    """
+    ps = per_sample
+    targets = sorted(ps["target"].unique())
+    if len(targets) > 1:
+        per_image = ps[~ps["metric"].isin(LESION_COUNTS)]
+        macro = per_image.groupby(["condition", "id", "metric"], as_index=False)["value"].mean()
+        macro["target"] = MACRO
+        ps = pd.concat([ps, macro], ignore_index=True)
+    ids = sorted(ps["id"].unique())
+    idx = bootstrap_indices(len(ids), n_bootstrap, derive_seed(seed, "bootstrap"))
+    counts = resample_counts(idx, len(ids))
+    members = _members(ids, membership)
+    estimates: dict[Key, Estimate] = {}
+    for (target, metric), grp in ps.groupby(["target", "metric"], sort=True):
+        if metric in LESION_COUNTS:
+            continue
+        wide = grp.pivot(index="id", columns="condition", values="value").reindex(ids)
+        for cond in wide.columns:
+            v = wide[cond].to_numpy(np.float64)
+            for sl, m in members.items():
+                estimates[(cond, sl, target, metric)] = mean_estimate(v, m, counts)
+    lesions = ps[ps["metric"].isin(LESION_COUNTS)]
+    for (target, cond), grp in lesions.groupby(["target", "condition"], sort=True):
+        wide = grp.pivot(index="id", columns="metric", values="value").reindex(ids).fillna(0)
+        tp, fn, fp = (wide[c].to_numpy(np.float64) for c in LESION_COUNTS)
+        for sl, m in members.items():
+            for metric, est in pooled_lesion_estimates(tp, fn, fp, m, counts).items():
+                estimates[(cond, sl, target, metric)] = est
+    return _table(estimates, conditions, min_slice_n, draws_out, reference)
+
+
+def _table(estimates: dict[Key, Estimate], conditions: pd.DataFrame, min_slice_n: int,
+           draws_out: dict[Key, Estimate] | None,
+           reference: dict[Key, Estimate] | None) -> pd.DataFrame:
+    rows = []
+    keys = sorted({(sl, t, m) for (_, sl, t, m) in estimates})
+    for cond in conditions.itertuples():
+        for sl, target, metric in keys:
+            est = estimates.get((cond.condition, sl, target, metric))
+            if est is None:
+                continue
+            ref = reference if reference is not None else estimates
+            clean = ref.get(("clean", sl, target, metric))
+            whole = estimates.get((cond.condition, ALL, target, metric)) if sl != ALL else None
+            rows.append(_row(cond, sl, target, metric, est, clean, whole, min_slice_n))
+    if draws_out is not None:
+        draws_out.update(estimates)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def aggregate_classification(predictions: pd.DataFrame, conditions: pd.DataFrame,
+                             multi_label: bool, thresholds: dict[str, float] | float,
+                             n_bootstrap: int, seed: int,
+                             membership: pd.DataFrame | None = None,
+                             slice_conditions: tuple[str, ...] = ("clean",),
+                             min_slice_n: int = 10, progress: bool = False,
+                             draws_out: dict[Key, Estimate] | None = None,
+                             reference: dict[Key, Estimate] | None = None) -> pd.DataFrame:
+    """Set-level classification metrics per condition × slice × target and macro.
+
+    Decisions for ``f1``: ``prob >= threshold[target]`` (multi-label; thresholds chosen on the
+    calibration split when one is given) or the argmax class (multi-class, one-vs-rest).
+    Slices are computed for ``slice_conditions`` only (each costs a bootstrap per metric).
     """
     ids = sorted(predictions["id"].unique())
     targets = list(dict.fromkeys(predictions["target"]))
-    idx = bootstrap_indices(len(ids), n_bootstrap, derive_seed(seed, "bootstrap"))
-    counts = _resample_counts(idx, len(ids))
-    per_cond: dict[str, dict[str, dict[str, tuple[float, np.ndarray]]]] = {}
+    if not isinstance(thresholds, dict):
+        thresholds = dict.fromkeys(targets, float(thresholds))
+    idx_all = bootstrap_indices(len(ids), n_bootstrap, derive_seed(seed, "bootstrap"))
+    members = _members(ids, membership)
+    estimates: dict[Key, Estimate] = {}
     groups = predictions.groupby("condition", sort=False)
     for cond, grp in tqdm(groups, total=groups.ngroups, desc="bootstrap CIs", unit="condition",
                           leave=False, disable=not progress):
@@ -148,38 +265,22 @@ def aggregate_classification(predictions: pd.DataFrame, conditions: pd.DataFrame
         labels = grp.pivot(index="id", columns="target", values="label").reindex(ids)[targets]
         p_all, y_all = probs.to_numpy(np.float64), labels.to_numpy(np.float64)
         if multi_label:
-            decision_all = (p_all >= threshold).astype(np.float64)
+            thr = np.array([thresholds[t] for t in targets])
+            decision_all = (p_all >= thr).astype(np.float64)
         else:
             decision_all = np.eye(len(targets))[np.argmax(p_all, axis=1)]
-        stats = {t: _classification_stats(y_all[:, k], p_all[:, k], decision_all[:, k], idx,
-                                          counts) for k, t in enumerate(targets)}
-        if len(targets) > 1:
-            stats[MACRO] = {}
-            for metric in stats[targets[0]]:
-                vals = np.array([stats[t][metric][0] for t in targets])
-                draws = np.stack([stats[t][metric][1] for t in targets])
-                with np.errstate(all="ignore"):
-                    stats[MACRO][metric] = (
-                        float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan,
-                        _nanmean_columns(draws))
-        per_cond[str(cond)] = stats
-    rows = []
-    clean = per_cond.get("clean")
-    for cond in conditions.itertuples():
-        if cond.condition not in per_cond:
-            continue
-        for target, metrics in per_cond[cond.condition].items():
-            for metric, (value, draws) in metrics.items():
-                cv, cd = clean[target][metric] if clean else (None, None)
-                rows.append({"condition": cond.condition, "test": cond.test,
-                             "family": cond.family, "severity": cond.severity, "slice": ALL,
-                             "target": target, "metric": metric, "sd": np.nan, "n": len(ids),
-                             **_summary(float(value), draws, cv, cd)})
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def _nanmean_columns(draws: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(draws)
-    total = np.where(finite, draws, 0.0).sum(axis=0)
-    n = finite.sum(axis=0)
-    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+        slices = members if str(cond) in slice_conditions else {ALL: members[ALL]}
+        for sl, m in slices.items():
+            idx = idx_all if sl == ALL else bootstrap_indices(
+                int(m.sum()), n_bootstrap, derive_seed(seed, "bootstrap", sl))
+            per_target = {t: classification_estimates(y_all[m, k], p_all[m, k],
+                                                       decision_all[m, k], idx)
+                          for k, t in enumerate(targets)}
+            for t, metrics in per_target.items():
+                for metric, est in metrics.items():
+                    estimates[(str(cond), sl, t, metric)] = est
+            if len(targets) > 1:
+                for metric in per_target[targets[0]]:
+                    estimates[(str(cond), sl, MACRO, metric)] = macro_estimate(
+                        per_target[t][metric] for t in targets)
+    return _table(estimates, conditions, min_slice_n, draws_out, reference)

@@ -26,8 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 import medfail
-from medfail.analysis.aggregate import aggregate_classification, aggregate_per_image
+from medfail.analysis.aggregate import (
+    Estimate,
+    Key,
+    aggregate_classification,
+    aggregate_per_image,
+)
 from medfail.analysis.per_sample import classification_rows, segmentation_rows
+from medfail.analysis.ranking import breaking_table
 from medfail.data.datasets import Dataset
 from medfail.data.prompts import Prompt, prompts_from_mask
 from medfail.data.sample import Sample
@@ -39,10 +45,15 @@ from medfail.engine.predictions import (
 )
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.errors import MedfailInputError
+from medfail.metrics.classification import threshold_max_f1
 from medfail.models.adapters import ModelAdapter
+from medfail.slices.definitions import slice_membership
+from medfail.slices.features import mask_features
 from medfail.stress.corruptions import perturb_samples
+from medfail.stress.prompt_perturbations import perturb_prompts, prompt_table_rows
 
 PARTS = ".parts"
+SHIFT = Condition("shift_data", "shift_data", "domain_shift", 1)
 PACKAGES = ("medfail", "torch", "monai", "numpy", "scipy", "scikit-image", "scikit-learn",
             "pandas", "pyarrow", "pydicom", "nibabel", "pillow", "onnxruntime", "matplotlib")
 
@@ -92,17 +103,20 @@ class _Predictor:
     """Runs one condition over the dataset in streamed batches and stores what it produced."""
 
     def __init__(self, adapter: ModelAdapter, dataset: Dataset, run_dir: Path,
-                 config: SuiteConfig) -> None:
+                 config: SuiteConfig, spacing_mm: bool) -> None:
         self.adapter, self.dataset, self.run_dir, self.config = adapter, dataset, run_dir, config
         self.task = adapter.spec.task
         self.targets = list(adapter.spec.target_names)
+        self.spacing_mm = spacing_mm
+        self.prompt_rows: list[dict[str, Any]] = []
 
     def images(self, batch: list[Sample], cond: Condition) -> list[np.ndarray]:
-        if cond.severity == 0:
-            return [s.image for s in batch]
+        if cond.severity == 0 or cond.family == "prompt" or cond.test == SHIFT.test:
+            return [s.image for s in batch]  # prompt tests and shift data keep the images
         return perturb_samples(batch, cond.name, self.config.seed)
 
     def run(self, cond: Condition, progress: bool) -> pd.DataFrame:
+        self.prompt_rows = []
         out_path = condition_path(self.run_dir, cond.name, self.task)
         writer = MapWriter(out_path) if self.task != "classification" else None
         rows: list[Any] = []
@@ -115,7 +129,7 @@ class _Predictor:
                 if self.task == "classification":
                     rows.append(self._classify(batch, images, cond))
                 else:
-                    rows += self._segment(batch, images, writer)
+                    rows += self._segment(batch, images, writer, cond)
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -123,6 +137,9 @@ class _Predictor:
         if writer is not None:
             writer.close()
             per_sample = pd.DataFrame(rows)
+            if self.prompt_rows:
+                write_table(pd.DataFrame(self.prompt_rows),
+                            out_path.with_name(f"{cond.name}.prompts.parquet"))
         else:
             pred = pd.concat(rows, ignore_index=True)
             write_table(pred, out_path)
@@ -150,9 +167,14 @@ class _Predictor:
         return np.eye(len(self.targets), dtype=np.int64)[int(label.reshape(-1)[0])]
 
     def _segment(self, batch: list[Sample], images: list[np.ndarray],
-                 writer: MapWriter | None) -> list[dict[str, object]]:
+                 writer: MapWriter | None, cond: Condition) -> list[dict[str, object]]:
         if self.task == "promptable":
-            probs = self.adapter.predict_proba(images, [self.prompts(s) for s in batch])
+            prompts = [self.prompts(s) for s in batch]
+            if cond.family == "prompt":
+                prompts = perturb_prompts(prompts, [s.mask for s in batch],
+                                          [s.id for s in batch], cond.name, self.config.seed)
+                self.prompt_rows += prompt_table_rows(prompts, [s.id for s in batch], cond.name)
+            probs = self.adapter.predict_proba(images, prompts)
         else:
             probs = self.adapter.predict_proba(images)
         rows: list[dict[str, object]] = []
@@ -160,8 +182,11 @@ class _Predictor:
             fg = quantise(p)
             assert writer is not None
             writer.add(s.id, fg)
-            rows += segmentation_rows(s.id, fg, s.mask, self.targets,
-                                      self.config.boundary_tolerance_px)
+            rows += segmentation_rows(
+                s.id, fg, s.mask, self.targets, self.config.boundary_tolerance_px,
+                spacing=s.spacing if self.spacing_mm else None,
+                surface_tolerance=self.config.surface_tolerance_mm,
+                min_overlap=self.config.lesion_min_overlap)
         return rows
 
     @staticmethod
@@ -170,41 +195,79 @@ class _Predictor:
 
 
 def _index_table(dataset: Dataset, task: str) -> pd.DataFrame:
+    """One row per sample: relative paths, size, spacing, modality and GT mask features."""
     rows = []
     for s in dataset:
-        rows.append({
+        row: dict[str, Any] = {
             "id": s.id, "image": dataset.image_relpath(s.id),
             "mask": dataset.mask_relpath(s.id) if task != "classification" else None,
             "height": s.spatial_shape[0], "width": s.spatial_shape[1],
-            "spacing": None if s.spacing is None else list(s.spacing)})
+            "spacing": None if s.spacing is None else list(s.spacing), "modality": s.modality}
+        if s.mask is not None:
+            row.update(mask_features(s.mask, s.spacing))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _prompt_table(dataset: Dataset) -> pd.DataFrame:
     rows = []
     for s in dataset:
-        for k, p in enumerate(_Predictor.prompts(s)):
-            x0, y0, x1, y1 = p.box if p.box else (np.nan,) * 4
-            (px, py), = p.points
-            rows.append({"id": s.id, "object": k, "box_x0": x0, "box_y0": y0, "box_x1": x1,
-                         "box_y1": y1, "point_x": px, "point_y": py,
-                         "point_label": p.point_labels[0]})
+        rows += prompt_table_rows([_Predictor.prompts(s)], [s.id])
     return pd.DataFrame(rows)
+
+
+def data_modality(index: pd.DataFrame, metadata: pd.DataFrame | None,
+                  config: SuiteConfig) -> str:
+    """The suite config's ``modality``, else a metadata ``modality`` column, else the files'."""
+    if config.modality:
+        return config.modality
+    for source in (metadata, index):
+        if source is not None and "modality" in source:
+            values = {str(v) for v in source["modality"].dropna() if str(v)}
+            if len(values) == 1:
+                return values.pop()
+    return ""
+
+
+def calibration_thresholds(adapter: ModelAdapter, calibration: Dataset, config: SuiteConfig,
+                           progress: bool) -> dict[str, float]:
+    """Per-target F1-maximising thresholds on the calibration split (never on test)."""
+    calibration.validate(progress=progress)
+    probs, labels = [], []
+    for batch in calibration.batches(config.batch_size):
+        probs.append(adapter.predict_proba([s.image for s in batch]))
+        labels.append(np.stack([np.asarray(s.label, np.float64).reshape(-1) for s in batch]))
+    p, y = np.concatenate(probs), np.concatenate(labels)
+    return {t: float(threshold_max_f1(y[:, k], p[:, k]))
+            for k, t in enumerate(adapter.spec.target_names)}
 
 
 def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
               config: SuiteConfig, model_info: dict[str, Any] | None = None,
               command: Sequence[str] | None = None, progress: bool = True,
-              render: bool = True) -> Path:
-    """Run every condition of ``config`` and write the run directory; returns its path."""
+              render: bool = True, calibration: Dataset | None = None,
+              shift: Dataset | None = None) -> Path:
+    """Run every condition of ``config`` and write the run directory; returns its path.
+
+    ``calibration``: a split used only to choose classification thresholds (F1-maximising per
+    target). ``shift``: a second site's data, evaluated clean as condition ``shift_data`` and
+    compared with the in-domain clean result (unpaired Δ).
+    """
     run_dir = Path(out_dir)
     model_info = dict(model_info or {"name": adapter.name})
     task = adapter.spec.task
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
-    _check_compatible(adapter, dataset)
-    dataset.validate(progress=progress)
+    for ds in (dataset, calibration, shift):
+        if ds is not None:
+            _check_compatible(adapter, ds)
+            ds.validate(progress=progress)
     data_hash = dataset.content_hash()
+    index = _index_table(dataset, task)
+    metadata = getattr(dataset, "metadata", None)
+    modality = data_modality(index, metadata, config)
+    conditions = config.conditions(task, modality)
+    spacing_mm = task != "classification" and bool(index["spacing"].notna().all())
     stages["validate"] = time.perf_counter() - t0
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -216,46 +279,49 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         shutil.rmtree(run_dir / "predictions", ignore_errors=True)
         parts.mkdir(parents=True)
         key_file.write_text(key)
-    write_table(_index_table(dataset, task), run_dir / "predictions" / "index.parquet")
+    write_table(index, run_dir / "predictions" / "index.parquet")
     if task == "promptable":
         write_table(_prompt_table(dataset), run_dir / "predictions" / "prompts.parquet")
 
-    predictor = _Predictor(adapter, dataset, run_dir, config)
-    conditions = config.conditions()
+    thresholds: dict[str, float] | float = config.threshold
+    if calibration is not None and task == "classification":
+        t = time.perf_counter()
+        thresholds = calibration_thresholds(adapter, calibration, config, progress)
+        stages["calibration"] = time.perf_counter() - t
+
     per_condition_s: dict[str, float] = {}
     cached: list[str] = []
-    bar = tqdm(conditions, desc=f"{task} suite", unit="condition", disable=not progress)
-    for cond in bar:
+    jobs = [(c, dataset) for c in conditions] + ([(SHIFT, shift)] if shift is not None else [])
+    bar = tqdm(jobs, desc=f"{task} suite", unit="condition", disable=not progress)
+    for cond, ds in bar:
         part = parts / f"{cond.name}.parquet"
         seconds = part.with_suffix(".seconds")
-        if part.exists() and condition_path(run_dir, cond.name, task).exists():
+        if part.exists() and condition_path(run_dir, cond.name, task).exists() and \
+                cond is not SHIFT:
             cached.append(cond.name)
             per_condition_s[cond.name] = float(seconds.read_text()) if seconds.exists() else 0.0
             continue
         t = time.perf_counter()
+        predictor = _Predictor(adapter, ds, run_dir, config, spacing_mm)
         write_table(predictor.run(cond, progress), part)
         per_condition_s[cond.name] = time.perf_counter() - t
         seconds.write_text(repr(per_condition_s[cond.name]))
     stages["predict"] = sum(v for k, v in per_condition_s.items() if k not in cached)
 
     t = time.perf_counter()
-    names = [c.name for c in conditions]
+    names = [c.name for c in conditions] + ([SHIFT.name] if shift is not None else [])
     per_sample = pd.concat([pd.read_parquet(parts / f"{n}.parquet") for n in names],
                            ignore_index=True)
     per_sample = per_sample[["id", "condition", "test", "family", "severity", "target",
                              "metric", "value"]]
     write_table(per_sample, run_dir / "per_sample.parquet")
-    cond_table = pd.DataFrame([{"condition": c.name, "test": c.test, "family": c.family,
-                                "severity": c.severity} for c in conditions])
-    if task == "classification":
-        preds = pd.concat([pd.read_parquet(condition_path(run_dir, n, task)) for n in names],
-                          ignore_index=True)
-        metrics = aggregate_classification(preds, cond_table, adapter.spec.multi_label,
-                                           config.threshold, config.n_bootstrap, config.seed,
-                                           progress=progress)
-    else:
-        metrics = aggregate_per_image(per_sample, cond_table, config.n_bootstrap, config.seed)
+    membership = slice_membership(index, metadata, config.slices, config.size_threshold_px,
+                                  "mm2" if spacing_mm else "px")
+    write_table(membership, run_dir / "slices.parquet")
+    metrics = _aggregate(run_dir, task, adapter, conditions, per_sample, membership, thresholds,
+                         config, shift is not None, progress)
     write_table(metrics, run_dir / "metrics.parquet")
+    write_table(breaking_table(metrics, task), run_dir / "ranking.parquet")
     stages["aggregate"] = time.perf_counter() - t
 
     run_info = {
@@ -265,9 +331,17 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         "seed": config.seed,
         "config": config.to_dict(),
         "conditions": names,
+        "modality": modality,
+        "distance_unit": "mm" if spacing_mm else "px",
+        "thresholds": thresholds,
         "model": {**model_info, "spec": adapter.spec.to_dict()},
         "data": {"name": Path(dataset.root).name, "n_samples": len(dataset),
-                 "content_hash": data_hash, "targets": list(adapter.spec.target_names)},
+                 "content_hash": data_hash, "targets": list(adapter.spec.target_names),
+                 "calibration": None if calibration is None else {
+                     "name": Path(calibration.root).name, "n_samples": len(calibration)},
+                 "shift": None if shift is None else {
+                     "name": Path(shift.root).name, "n_samples": len(shift),
+                     "content_hash": shift.content_hash()}},
         "packages": package_versions(),
         "hardware": hardware(),
         "wall_clock_s": {"stages": stages, "per_condition": per_condition_s},
@@ -282,6 +356,44 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         stages["report"] = time.perf_counter() - t
         _write_json(run_dir / "run.json", run_info)
     return run_dir
+
+
+def _aggregate(run_dir: Path, task: str, adapter: ModelAdapter, conditions: list[Condition],
+               per_sample: pd.DataFrame, membership: pd.DataFrame,
+               thresholds: dict[str, float] | float, config: SuiteConfig, with_shift: bool,
+               progress: bool) -> pd.DataFrame:
+    """metrics.parquet rows: every condition and slice, plus ``shift_data`` vs in-domain."""
+    cond_table = _conditions_table(conditions)
+    draws: dict[Key, Estimate] = {}
+    common = {"n_bootstrap": config.n_bootstrap, "seed": config.seed,
+              "min_slice_n": config.min_slice_n}
+    main_ps = per_sample[per_sample["condition"] != SHIFT.name]
+    if task == "classification":
+        preds = pd.concat([pd.read_parquet(condition_path(run_dir, c.name, task))
+                           for c in conditions], ignore_index=True)
+        metrics = aggregate_classification(
+            preds, cond_table, adapter.spec.multi_label, thresholds, membership=membership,
+            progress=progress, draws_out=draws, **common)
+    else:
+        metrics = aggregate_per_image(main_ps, cond_table, membership=membership,
+                                      draws_out=draws, **common)
+    if not with_shift:
+        return metrics
+    shift_table = _conditions_table([SHIFT])
+    if task == "classification":
+        shift_preds = pd.read_parquet(condition_path(run_dir, SHIFT.name, task))
+        shift_metrics = aggregate_classification(
+            shift_preds, shift_table, adapter.spec.multi_label, thresholds, reference=draws,
+            **common)
+    else:
+        shift_metrics = aggregate_per_image(per_sample[per_sample["condition"] == SHIFT.name],
+                                            shift_table, reference=draws, **common)
+    return pd.concat([metrics, shift_metrics], ignore_index=True)
+
+
+def _conditions_table(conditions: Sequence[Condition]) -> pd.DataFrame:
+    return pd.DataFrame([{"condition": c.name, "test": c.test, "family": c.family,
+                          "severity": c.severity} for c in conditions])
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

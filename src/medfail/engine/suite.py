@@ -2,12 +2,20 @@
 
 Example ``suite.yaml``::
 
-    tests: [gaussian_noise, gaussian_blur, jpeg, brightness, contrast]   # default: all
+    tests: [gaussian_noise, gaussian_blur, jpeg]   # default: every test that applies
     severities: [1, 2, 3]
+    slices: [size, location, shape, metadata]       # default: all four kinds
+    modality: CT            # default: from the data (DICOM Modality), else "any"-tests only
     batch_size: 16
     n_bootstrap: 1000
-    threshold: 0.5          # classification decision threshold for f1
-    boundary_tolerance_px: 2.0
+    threshold: 0.5          # f1 threshold when no calibration split is given
+    boundary_tolerance_px: 2.0 # boundary_f1 tolerance (px); also nsd's when spacing is unknown
+    surface_tolerance_mm: 2.0  # nsd tolerance when every sample has a pixel spacing
+    min_slice_n: 10         # slices with fewer samples are flagged (never hidden)
+
+Which tests apply: a test applies to a task and modality when its family fits the task (``prompt``
+tests only for promptable segmenters) and its ``modalities`` contain ``any`` or the data's
+modality. Listing a test that does not apply is an error that says why.
 """
 
 from __future__ import annotations
@@ -34,23 +42,45 @@ class Condition:
 
 
 CLEAN_CONDITION = Condition(CLEAN, CLEAN, CLEAN, 0)
+SLICE_KINDS: tuple[str, ...] = ("size", "location", "shape", "metadata")
+
+
+def applies(test: registry.StressTest, task: str, modality: str) -> tuple[bool, str]:
+    """Whether ``test`` applies to ``task`` on data of ``modality`` (and why not)."""
+    if test.family == "prompt" and task != "promptable":
+        return False, "prompt perturbations need a promptable segmenter (--task promptable)"
+    wanted = {m.lower() for m in test.modalities}
+    if "any" in wanted or (modality and modality.lower() in wanted):
+        return True, ""
+    return False, (f"it needs {'/'.join(test.modalities)} data but the data modality is "
+                   f"{modality or 'unknown'} (set `modality:` in the suite config if it is)")
 
 
 @dataclass
 class SuiteConfig:
     """Which conditions to run and how to summarise them."""
 
-    tests: list[str] = field(default_factory=lambda: registry.names())
+    tests: list[str] | None = None
     severities: list[int] = field(default_factory=lambda: [1, 2, 3])
+    slices: list[str] = field(default_factory=lambda: list(SLICE_KINDS))
+    modality: str | None = None
     batch_size: int = 16
     n_bootstrap: int = 1000
     threshold: float = 0.5
     boundary_tolerance_px: float = 2.0
+    surface_tolerance_mm: float = 2.0
+    min_slice_n: int = 10
+    size_threshold_px: float | None = None
+    lesion_min_overlap: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in self.tests:
+        for name in self.tests or []:
             registry.get(name)  # raises with the list of valid names
+        unknown = [k for k in self.slices if k not in SLICE_KINDS]
+        if unknown:
+            raise MedfailInputError(
+                None, f"unknown slice kind(s) {unknown}; valid: {', '.join(SLICE_KINDS)}")
         bad = [s for s in self.severities if s not in (1, 2, 3)]
         if bad:
             raise MedfailInputError(None, f"severities must be 1, 2 or 3, got {bad}")
@@ -77,10 +107,20 @@ class SuiteConfig:
         except MedfailInputError as exc:
             raise MedfailInputError(path, exc.problem) from exc
 
-    def conditions(self) -> list[Condition]:
+    def test_names(self, task: str = "segmentation", modality: str = "") -> list[str]:
+        """The tests to run: the configured ones (checked) or every test that applies."""
+        if self.tests is None:
+            return [n for n in registry.names() if applies(registry.get(n), task, modality)[0]]
+        for name in self.tests:
+            ok, why = applies(registry.get(name), task, modality)
+            if not ok:
+                raise MedfailInputError(None, f"stress test {name!r} does not apply: {why}")
+        return list(self.tests)
+
+    def conditions(self, task: str = "segmentation", modality: str = "") -> list[Condition]:
         """``clean`` first, then every test at every severity, in config order."""
         out = [CLEAN_CONDITION]
-        for name in self.tests:
+        for name in self.test_names(task, modality):
             test = registry.get(name)
             for sev in self.severities:
                 out.append(Condition(registry.condition_name(test, sev), name, test.family, sev))

@@ -19,7 +19,12 @@ __all__ = [
     "f1",
     "sens_at_95spec",
     "sens_at_spec",
+    "threshold_at_sensitivity",
+    "threshold_max_f1",
 ]
+
+# Sensitivities within this absolute slack of the target count as reaching it (as for spec).
+_SENS_ATOL = 1e-12
 
 # Specificities within this absolute slack of the target count as reaching it, so that e.g.
 # 19/20 negatives correctly rejected meets a 0.95 target despite float rounding.
@@ -201,3 +206,66 @@ def brier(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     """
     per = brier_per_sample(y_true, y_prob)
     return float(per.mean()) if per.size else float("nan")
+
+
+def _threshold_curve(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct scores in decreasing order with TP and FP counts of ``score >= threshold``."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, t_sorted = s[order], t[order]
+    last = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), t.size - 1]
+    tps = np.cumsum(t_sorted)[last]
+    fps = (last + 1) - tps
+    return s_sorted[last], tps, fps
+
+
+def threshold_max_f1(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Decision threshold maximising F1 of the rule ``score >= t``.
+
+    ``t* = argmax_t 2·TP(t) / (2·TP(t) + FP(t) + FN(t))`` over the distinct values of y_score
+    (tied scores enter together); among thresholds with equal F1 the highest t is returned
+    (fewest positive calls). F1 ties are exact (integer ratios, correctly rounded).
+
+    Edge cases: only one class present (or no samples) -> 0.5, a neutral default for
+    probabilities: with no positives F1 is 0 at every threshold and with no negatives any
+    threshold below the scores is "optimal", so the data do not determine a threshold. Check
+    both classes are present before trusting the value.
+
+    Raises:
+        ValueError: not 1-D, lengths differ, y_true not 0/1, or NaN in y_score.
+    """
+    t, s = _check_inputs(y_true, y_score, "y_score")
+    n_pos = int(t.sum())
+    if n_pos == 0 or n_pos == t.size:
+        return 0.5
+    thresholds, tps, fps = _threshold_curve(t, s)
+    f1s = 2.0 * tps / (tps + fps + n_pos)  # 2TP + FP + FN = TP + FP + P
+    return float(thresholds[np.argmax(f1s)])  # first maximum = highest threshold
+
+
+def threshold_at_sensitivity(
+    y_true: np.ndarray, y_score: np.ndarray, sensitivity: float = 0.95
+) -> float:
+    """Highest threshold t whose rule ``score >= t`` reaches the target sensitivity.
+
+    ``t* = max {t in distinct scores : TP(t) / P >= sensitivity}`` (with a 1e-12 slack for
+    rounding, so 19/20 meets 0.95); the highest such t has the best specificity among them.
+    Equivalently ``thresholds[tpr >= sensitivity][0]`` on ``sklearn.metrics.roc_curve(...,
+    drop_intermediate=False)`` excluding its leading +inf. ``sensitivity = 0`` gives the maximum
+    score; ``1`` the lowest score of a positive.
+
+    Edge cases: no positives (or no samples) -> ``nan`` (sensitivity undefined). No negatives
+    is fine.
+
+    Raises:
+        ValueError: as ``threshold_max_f1``, or sensitivity outside [0, 1].
+    """
+    sens = float(sensitivity)
+    if not 0.0 <= sens <= 1.0:
+        raise ValueError(f"sensitivity must be in [0, 1], got {sensitivity!r}")
+    t, s = _check_inputs(y_true, y_score, "y_score")
+    n_pos = int(t.sum())
+    if n_pos == 0:
+        return float("nan")
+    thresholds, tps, _ = _threshold_curve(t, s)
+    ok = tps / n_pos >= sens - _SENS_ATOL  # monotone in decreasing t: first hit is highest t
+    return float(thresholds[np.argmax(ok)])

@@ -9,23 +9,26 @@ Empty-mask convention (shared by all metrics here):
 * ground truth empty and prediction empty -> 1.0 (a correct "nothing there");
 * exactly one of them empty -> 0.0.
 
-Boundary convention (``boundary_f1``, ``nsd``): the boundary of a mask is
+Boundary convention (``boundary_f1``, ``nsd``, ``hd95``): the boundary of a mask is
 ``mask XOR binary_erosion(mask)`` with scipy's default cross-shaped (face-connectivity)
 structuring element and zero border, i.e. a foreground pixel is on the boundary when one of
 its face neighbours is background or outside the image. This is what
 ``monai.metrics.utils.get_mask_edges`` computes (its cropping to the foreground bounding box
 with a 1-pixel zero margin does not change the edges). Distances are exact Euclidean
 distances between boundary-pixel centres, scaled by ``spacing`` when given.
+
+``hd95`` is a distance (lower is better) and has its own empty-mask convention: both empty ->
+0.0, exactly one empty -> ``inf`` (or ``max_distance`` when given).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["boundary_f1", "dice", "jaccard", "nsd"]
+__all__ = ["boundary_f1", "dice", "hd95", "jaccard", "nsd"]
 
 # Distances within this relative slack of the tolerance count as "within tolerance", so that
 # exact ties (e.g. a distance of exactly 2 pixels at tolerance 2.0) are not lost to rounding.
@@ -99,6 +102,31 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return mask ^ ndimage.binary_erosion(mask, structure=structure)
 
 
+def _surface_distances(
+    b_true: np.ndarray, b_pred: np.ndarray, spacing: tuple[float, ...]
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Boundary-to-boundary distances, per image whose two boundaries are both non-empty.
+
+    Takes boundary batches (from ``_boundary``) shaped (N, *spatial) and yields
+    ``(i, d_pred_to_true, d_true_to_pred)``: for every boundary pixel of the prediction (in
+    C order) the Euclidean distance to the nearest GT boundary pixel, and vice versa, as float64
+    arrays scaled by ``spacing``. One exact EDT per boundary. Images where either boundary is
+    empty are skipped.
+    """
+    axes = tuple(range(1, b_true.ndim))
+    both = b_true.any(axis=axes) & b_pred.any(axis=axes)
+    for i in np.flatnonzero(both):
+        bt, bp = b_true[i], b_pred[i]
+        # Crop to the bounding box of both boundaries: every boundary pixel (source and
+        # target of the distances) lies inside it, so the EDT is unchanged and cheaper.
+        coords = np.nonzero(bt | bp)
+        box = tuple(slice(c.min(), c.max() + 1) for c in coords)
+        bt, bp = bt[box], bp[box]
+        dist_to_true = ndimage.distance_transform_edt(~bt, sampling=spacing)
+        dist_to_pred = ndimage.distance_transform_edt(~bp, sampling=spacing)
+        yield int(i), dist_to_true[bp], dist_to_pred[bt]
+
+
 def _surface_counts(
     y_true: np.ndarray, y_pred: np.ndarray, tolerance: float, spacing: tuple[float, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -115,17 +143,9 @@ def _surface_counts(
     ok_pred = np.zeros(len(y_true), dtype=np.int64)
     ok_true = np.zeros(len(y_true), dtype=np.int64)
     limit = tolerance * (1.0 + _TIE_RTOL)
-    for i in np.flatnonzero((n_true > 0) & (n_pred > 0)):
-        bt, bp = b_true[i], b_pred[i]
-        # Crop to the bounding box of both boundaries: every boundary pixel (source and
-        # target of the distances) lies inside it, so the EDT is unchanged and cheaper.
-        coords = np.nonzero(bt | bp)
-        box = tuple(slice(c.min(), c.max() + 1) for c in coords)
-        bt, bp = bt[box], bp[box]
-        dist_to_true = ndimage.distance_transform_edt(~bt, sampling=spacing)
-        dist_to_pred = ndimage.distance_transform_edt(~bp, sampling=spacing)
-        ok_pred[i] = np.count_nonzero(dist_to_true[bp] <= limit)
-        ok_true[i] = np.count_nonzero(dist_to_pred[bt] <= limit)
+    for i, d_pred_to_true, d_true_to_pred in _surface_distances(b_true, b_pred, spacing):
+        ok_pred[i] = np.count_nonzero(d_pred_to_true <= limit)
+        ok_true[i] = np.count_nonzero(d_true_to_pred <= limit)
     return ok_pred, n_pred, ok_true, n_true
 
 
@@ -273,4 +293,63 @@ def nsd(
     total = n_pred + n_true
     out = np.ones(len(t), dtype=np.float64)
     np.divide(ok_pred + ok_true, total, out=out, where=total > 0)
+    return out
+
+
+def hd95(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    spacing: float | Sequence[float] | None = None,
+    max_distance: float | None = None,
+) -> np.ndarray:
+    """95th-percentile symmetric Hausdorff distance per image (lower is better).
+
+    With boundaries and distances as in ``boundary_f1``:
+    ``HD95 = max(P95{d(x, ∂true) : x in ∂pred}, P95{d(y, ∂pred) : y in ∂true})``, the larger
+    of the two *directed* 95th percentiles, each over boundary pixels with linear interpolation
+    (``np.percentile``'s default, = ``torch.quantile``). This is MONAI's definition
+    (``compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95,
+    directed=False, spacing=spacing)``), not the percentile of the pooled distances of both
+    directions (medpy's ``hd95``). In pixels, or in the units of ``spacing``.
+
+    Edge cases (MONAI returns NaN for both): both masks empty -> 0.0 (nothing to miss, as a
+    Dice of 1.0); exactly one empty -> ``inf`` (the distance to an empty surface is unbounded;
+    ``inf`` keeps such images from silently vanishing from an aggregate: a mean becomes inf,
+    a median or rank statistic stays meaningful). ``max_distance`` clamps every value to at most
+    that distance (e.g. the image diagonal), making one-empty images finite and worst-case.
+
+    Args:
+        y_true: ground-truth masks, bool or 0/1, shape (N, *spatial).
+        y_pred: predicted masks, same shape.
+        spacing: pixel/voxel size per spatial axis (a number means isotropic); None = 1.
+        max_distance: optional upper clamp (> 0, same units), applied to all images; None = no
+            clamp.
+
+    Returns:
+        float64 array of shape (N,), values in [0, inf].
+
+    Raises:
+        ValueError: bad masks or spacing (see ``boundary_f1``), or max_distance not a finite
+            number > 0.
+    """
+    t, p = _check_masks(y_true, y_pred)
+    sp = _check_spacing(spacing, t.ndim - 1)
+    cap = None
+    if max_distance is not None:
+        cap = float(max_distance)
+        if not np.isfinite(cap) or cap <= 0:
+            raise ValueError(
+                f"max_distance must be None or a finite number > 0, got {max_distance!r}"
+            )
+    b_true, b_pred = _boundary(t), _boundary(p)
+    axes = tuple(range(1, t.ndim))
+    # A non-empty mask always has boundary pixels, so "boundary empty" == "mask empty".
+    empty_true = ~b_true.any(axis=axes)
+    empty_pred = ~b_pred.any(axis=axes)
+    out = np.full(len(t), np.inf, dtype=np.float64)
+    out[empty_true & empty_pred] = 0.0
+    for i, d_pred_to_true, d_true_to_pred in _surface_distances(b_true, b_pred, sp):
+        out[i] = max(np.percentile(d_pred_to_true, 95), np.percentile(d_true_to_pred, 95))
+    if cap is not None:
+        np.minimum(out, cap, out=out)
     return out

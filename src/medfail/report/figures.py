@@ -8,28 +8,92 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
+from medfail.stress import registry
 
-def degradation_plot(metrics: pd.DataFrame, metric: str, target: str, path: Path) -> Path:
-    """Metric vs severity, one line per stress test, 95 % CI as a band; clean at severity 0."""
-    m = metrics[(metrics["metric"] == metric) & (metrics["target"] == target)
-                & (metrics["slice"] == "all")]
-    clean = m[m["condition"] == "clean"]
-    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=110)
-    for test, grp in m[m["severity"] > 0].groupby("test", sort=True):
-        grp = pd.concat([clean, grp]).sort_values("severity")
-        line, = ax.plot(grp["severity"], grp["value"], marker="o", label=test)
-        ax.fill_between(grp["severity"], grp["ci_low"], grp["ci_high"], alpha=0.15,
-                        color=line.get_color())
-    ax.set_xticks([0, 1, 2, 3], ["clean", "1", "2", "3"])
-    ax.set_xlabel("severity")
-    ax.set_ylabel(f"{metric} ({target})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title(f"{metric} under stress, 95% bootstrap CI", fontsize=9)
+
+def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def degradation_plot(metrics: pd.DataFrame, metric: str, target: str, path: Path,
+                     family: str | None = None, title: str | None = None) -> Path:
+    """Metric vs severity, one line per stress test, 95 % CI as a band; clean at severity 0."""
+    m = metrics[(metrics["metric"] == metric) & (metrics["target"] == target)
+                & (metrics["slice"] == "all")]
+    clean = m[m["condition"] == "clean"]
+    tests = m[(m["severity"] > 0) & (m["test"] != "shift_data")]
+    if family is not None:
+        tests = tests[tests["family"] == family]
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=110)
+    for test, grp in tests.groupby("test", sort=True):
+        grp = pd.concat([clean, grp]).sort_values("severity")
+        line, = ax.plot(grp["severity"], grp["value"], marker="o", label=test)
+        ax.fill_between(grp["severity"], grp["ci_low"], grp["ci_high"], alpha=0.12,
+                        color=line.get_color())
+    ax.set_xticks([0, 1, 2, 3], ["clean", "1", "2", "3"])
+    ax.set_xlabel("severity")
+    ax.set_ylabel(f"{metric} ({target})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="best", ncol=2)
+    ax.set_title(title or f"{metric} under {family or 'stress'}, 95% bootstrap CI", fontsize=9)
+    return _save(fig, path)
+
+
+def prompt_sensitivity_plot(metrics: pd.DataFrame, metric: str, target: str, path: Path) -> Path:
+    """One panel per prompt test: metric vs perturbation size (the severity's parameter)."""
+    m = metrics[(metrics["metric"] == metric) & (metrics["target"] == target)
+                & (metrics["slice"] == "all")]
+    clean = m[m["condition"] == "clean"]
+    tests = sorted(m.loc[m["family"] == "prompt", "test"].unique())
+    cols = 3
+    rows = max(1, int(np.ceil(len(tests) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(8.4, 2.3 * rows), dpi=110, squeeze=False)
+    for ax, test in zip(axes.ravel(), tests, strict=False):
+        spec = registry.get(test)
+        (param, _), = spec.severities[0].items()
+        grp = pd.concat([clean, m[m["test"] == test]]).sort_values("severity")
+        x = [0.0] + [float(spec.severities[s - 1][param]) for s in grp["severity"] if s > 0]
+        ax.errorbar(x, grp["value"], yerr=[grp["value"] - grp["ci_low"],
+                                           grp["ci_high"] - grp["value"]],
+                    marker="o", capsize=3)
+        ax.set_title(test, fontsize=8)
+        ax.set_xlabel(param, fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(tests):]:
+        ax.axis("off")
+    fig.suptitle(f"prompt sensitivity: {metric} vs perturbation size (95% CI)", fontsize=9)
+    return _save(fig, path)
+
+
+def slice_forest_plot(metrics: pd.DataFrame, metric: str, target: str, path: Path,
+                      condition: str = "clean") -> Path:
+    """Slice values with 95 % CIs against the whole-set value; flagged small slices in grey."""
+    m = metrics[(metrics["metric"] == metric) & (metrics["target"] == target)
+                & (metrics["condition"] == condition)]
+    whole = m[m["slice"] == "all"]
+    sl = m[m["slice"] != "all"].sort_values("slice", ascending=False)
+    fig, ax = plt.subplots(figsize=(5.6, 0.28 * len(sl) + 1.2), dpi=110)
+    y = np.arange(len(sl))
+    sig = (sl["gap_ci_high"] < 0).to_numpy()
+    colors = np.where(sl["small_slice"].to_numpy(), "#999999",
+                      np.where(sig, "#b00020", "#1f5fa8"))
+    for yi, r, color in zip(y, sl.itertuples(), colors, strict=True):
+        ax.errorbar([r.value], [yi], xerr=[[r.value - r.ci_low], [r.ci_high - r.value]],
+                    fmt="none", ecolor=color, capsize=2)
+    ax.scatter(sl["value"], y, c=colors, zorder=3, s=14)
+    if len(whole):
+        ax.axvline(float(whole["value"].iloc[0]), color="k", lw=1, ls="--", label="all")
+    ax.set_yticks(y, [f"{s} (n={n})" for s, n in zip(sl["slice"], sl["n"], strict=True)],
+                  fontsize=7)
+    ax.set_xlabel(f"{metric} ({target}), {condition}")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title("slices: red = significantly below the whole set, grey = few cases", fontsize=8)
+    return _save(fig, path)

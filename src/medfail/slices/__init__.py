@@ -1,1 +1,1 @@
-"""medfail.slices."""
+"""Slices: size, location and shape of the ground truth, and metadata subgroups."""

@@ -12,10 +12,21 @@ gaussian_blur   1.0          2.0          3.0          gaussian σ in pixels (ra
 jpeg            30           15           8            JPEG quality (Pillow), on 8-bit quantisation
 brightness      0.1          0.2          0.3          additive shift as a fraction of hi−lo
 contrast        0.7          0.5          0.3          scale factor around the per-image mean
+poisson_noise   60           25           10           photons at full scale: Poisson(λx)/λ
+speckle         0.15         0.3          0.5          multiplicative x·(1 + σn), n ~ N(0, 1)
+motion_blur     5            9            15           line length in px, angle ~ U(0°, 180°)
+defocus         1.5          3.0          5.0          disk radius in px (anti-aliased weights)
+pixelate        2            3            4            block-average factor, nearest upsample
+gamma           1.5          2.0          3.0          x**γ (darkens mid-tones; deterministic)
 ==============  ===========  ===========  ===========  ===========================================
 
 ``jpeg`` quantises the normalised image to 8 bits before encoding, exactly like a real 8-bit JPEG
 export: detail finer than 1/255 of ``(hi − lo)`` (fine 16-bit or HU gradations) is lost too.
+
+``poisson_noise`` draws with ``rng.poisson`` on the CPU (the result returns to the tensor's
+device). ``motion_blur`` and ``defocus`` reflect-pad by index, so kernels wider than the image
+(28×28 and smaller, even 1×1) work; ``pixelate`` averages partial edge blocks over their real
+pixels and always returns the original ``H × W``.
 
 All randomness comes from one numpy generator per image (noise is drawn per image and stacked),
 and every operation is per image, so a sample's result never depends on batch size or order.
@@ -23,6 +34,7 @@ and every operation is per image, so a sample's result never depends on batch si
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections import defaultdict
@@ -166,6 +178,144 @@ def _contrast(
     return mean + float(params["factor"]) * (x - mean)
 
 
+def _poisson_noise(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """Quantum noise: ``Poisson(λ·x) / λ``, λ = ``params["photons"]`` photons at full scale.
+
+    Drawn per image with ``rng.poisson`` (on the CPU; the result moves back to ``x``'s device).
+    """
+    lam = float(params["photons"])
+    x_np = np.clip(x.detach().cpu().numpy().astype(np.float64), 0.0, 1.0)
+    counts = np.stack([rng.poisson(lam * img) for rng, img in zip(rngs, x_np, strict=True)])
+    return torch.from_numpy((counts / lam).astype(np.float32)).to(device=x.device, dtype=x.dtype)
+
+
+def _speckle(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """Multiplicative speckle ``x·(1 + σ·n)``, n ~ N(0, 1), σ = ``params["sigma"]``."""
+    shape = tuple(x.shape[1:])
+    noise = np.stack([rng.standard_normal(shape).astype(np.float32) for rng in rngs])
+    n = torch.from_numpy(noise).to(device=x.device, dtype=x.dtype)
+    return x + float(params["sigma"]) * (x * n)
+
+
+def _filter2d(x: torch.Tensor, kernels: np.ndarray) -> torch.Tensor:
+    """Per-image 2D filtering with odd ``(N, K, K)`` kernels and index-based reflect padding.
+
+    A sum of shifted slices (elementwise, so exactly per image); taps that are zero for the whole
+    batch are skipped, which adds exactly nothing to the others.
+    """
+    n, _, h, w = x.shape
+    size = kernels.shape[-1]
+    radius = (size - 1) // 2
+    padded = x.index_select(-2, _reflect_index(h, radius, x.device))
+    padded = padded.index_select(-1, _reflect_index(w, radius, x.device))
+    k32 = np.ascontiguousarray(kernels, dtype=np.float32)
+    used = np.abs(k32).max(axis=0) > 0
+    weights = torch.from_numpy(k32).to(device=x.device, dtype=x.dtype)
+    out = torch.zeros_like(x)
+    for dy in range(size):
+        for dx in range(size):
+            if used[dy, dx]:
+                tap = weights[:, dy, dx].reshape(n, 1, 1, 1)
+                out += tap * padded[:, :, dy : dy + h, dx : dx + w]
+    return out
+
+
+def _motion_kernel(length: int, angle_deg: float) -> np.ndarray:
+    """Normalised anti-aliased line kernel, ``length`` px long at ``angle_deg`` (0° = horizontal).
+
+    The segment is sampled at 16 points per pixel and splatted bilinearly; the angle turns
+    counter-clockwise on screen (rows grow downwards). Shape ``(2⌈L/2⌉ + 1,) * 2``.
+    """
+    half = math.ceil(length / 2)
+    size = 2 * half + 1
+    n = 16 * length
+    t = (np.arange(n) + 0.5) / n * length - length / 2
+    theta = math.radians(angle_deg)
+    px = half + t * math.cos(theta)
+    py = half - t * math.sin(theta)
+    x0 = np.floor(px).astype(np.intp)
+    y0 = np.floor(py).astype(np.intp)
+    fx, fy = px - x0, py - y0
+    k = np.zeros((size + 1, size + 1))
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            np.add.at(k, (y0 + dy, x0 + dx), wy * wx)
+    k = k[:size, :size]
+    return k / k.sum()
+
+
+def _motion_blur(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """Linear motion blur of ``params["length_px"]`` px at a per-image angle ~ U(0°, 180°)."""
+    length = int(params["length_px"])
+    kernels = np.stack([_motion_kernel(length, float(rng.uniform(0.0, 180.0))) for rng in rngs])
+    return _filter2d(x, kernels)
+
+
+@functools.lru_cache(maxsize=16)
+def _disk_kernel(radius: float) -> np.ndarray:
+    """Normalised anti-aliased disk: each weight is the pixel's area inside the circle.
+
+    Area fractions are estimated with 32×32 sub-samples per pixel. Pixel ``k`` (spanning
+    ``k ± 0.5``) can only touch the disk if ``k < r + 0.5``: the kernel is ``(2h + 1,) * 2`` with
+    ``h = ⌈r + 0.5⌉ − 1``.
+    """
+    half = max(0, math.ceil(radius + 0.5) - 1)
+    sub = 32
+    offsets = (np.arange(sub) + 0.5) / sub - 0.5
+    fine = (np.arange(-half, half + 1)[:, None] + offsets[None, :]).ravel()
+    inside = (fine[:, None] ** 2 + fine[None, :] ** 2) <= radius**2
+    size = 2 * half + 1
+    k = inside.reshape(size, sub, size, sub).mean(axis=(1, 3))
+    k = k / k.sum()
+    k.setflags(write=False)
+    return k
+
+
+def _defocus(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """Defocus blur: convolution with an anti-aliased disk of radius ``params["radius_px"]``."""
+    disk = _disk_kernel(float(params["radius_px"]))
+    return _filter2d(x, np.broadcast_to(disk, (x.shape[0], *disk.shape)))
+
+
+def _pixelate(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """Block-average by ``params["factor"]``, then nearest-upsample back to the original size.
+
+    Blocks start at the top-left corner; partial blocks at the bottom/right edges average only
+    their real pixels, so any ``H, W`` works (28×28 at factor 3 stays 28×28).
+    """
+    f = int(params["factor"])
+    n, c, h, w = x.shape
+    hb, wb = -(-h // f), -(-w // f)
+    padded = x.new_zeros((n, c, hb * f, wb * f))
+    padded[:, :, :h, :w] = x
+    sums = x.new_zeros((n, c, hb, wb))
+    for a in range(f):
+        for b in range(f):
+            sums += padded[:, :, a::f, b::f]
+    rows = (h - torch.arange(hb, device=x.device) * f).clamp(max=f)
+    cols = (w - torch.arange(wb, device=x.device) * f).clamp(max=f)
+    means = sums / (rows[:, None] * cols[None, :]).to(x.dtype)
+    means = means.index_select(-2, torch.arange(h, device=x.device) // f)
+    return means.index_select(-1, torch.arange(w, device=x.device) // f)
+
+
+def _gamma(
+    x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
+) -> torch.Tensor:
+    """Gamma curve ``x**γ`` on ``[0, 1]``, γ = ``params["gamma"]`` (> 1 darkens mid-tones)."""
+    return x.clamp(0.0, 1.0).pow(float(params["gamma"]))
+
+
 # ------------------------------------------------------------------------------ registration
 
 _ANY = ("any",)
@@ -220,6 +370,66 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         description="Reduced contrast around the image mean (windowing, exposure).",
         unit="factor: scale of deviations from the per-image mean",
         apply=_normalised(_contrast),
+    ),
+    StressTest(
+        name="poisson_noise",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"photons": 60}, {"photons": 25}, {"photons": 10}),
+        description="Poisson quantum noise (low photon count, low-dose X-ray/CT).",
+        unit="photons: expected photon count at full scale (hi); x -> Poisson(photons*x)/photons",
+        apply=_normalised(_poisson_noise),
+    ),
+    StressTest(
+        name="speckle",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"sigma": 0.15}, {"sigma": 0.3}, {"sigma": 0.5}),
+        description="Multiplicative speckle noise (ultrasound, coherent imaging).",
+        unit="sigma: std of the multiplicative factor, x -> x * (1 + sigma * N(0, 1))",
+        apply=_normalised(_speckle),
+    ),
+    StressTest(
+        name="motion_blur",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"length_px": 5}, {"length_px": 9}, {"length_px": 15}),
+        description="Linear motion blur at a per-sample random angle (patient/probe motion).",
+        unit="length_px: blur length in pixels (angle ~ U(0, 180) deg per sample, reflect pad)",
+        apply=_normalised(_motion_blur),
+    ),
+    StressTest(
+        name="defocus",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"radius_px": 1.5}, {"radius_px": 3.0}, {"radius_px": 5.0}),
+        description="Defocus blur with a disk kernel (out-of-focus optics, microscopy).",
+        unit="radius_px: disk radius in pixels (anti-aliased weights, reflect padding)",
+        apply=_normalised(_defocus),
+    ),
+    StressTest(
+        name="pixelate",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"factor": 2}, {"factor": 3}, {"factor": 4}),
+        description="Resolution loss: block-average downsampling, nearest upsampling back.",
+        unit="factor: block size in pixels (down by factor, nearest back to the original size)",
+        apply=_normalised(_pixelate),
+    ),
+    StressTest(
+        name="gamma",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"gamma": 1.5}, {"gamma": 2.0}, {"gamma": 3.0}),
+        description="Gamma curve x**gamma on [0, 1] (display/LUT mismatch; darkens mid-tones).",
+        unit="gamma: exponent applied to the [0, 1]-normalised image (lo and hi are fixed)",
+        apply=_normalised(_gamma),
     ),
 )
 

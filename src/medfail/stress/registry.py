@@ -138,8 +138,8 @@ def register(
 
 def _load_builtins() -> None:
     """Import the modules that register the built-in tests (lazy: they import this module)."""
-    import medfail.stress.corruptions  # noqa: F401
-    import medfail.stress.domain_shift  # noqa: F401
+    import medfail.stress.corruptions
+    import medfail.stress.domain_shift
     import medfail.stress.prompt_perturbations  # noqa: F401
 
 
