@@ -125,6 +125,12 @@ def run(
                                              "Example: --seed 1")] = None,
     split: Annotated[str | None, typer.Option(
         help="Split of a MedMNIST .npz file (default test). Example: --split test")] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        help="Calibration split (same format): classification thresholds are chosen on it, "
+        "never on test. Example: --calibration my_data/cal")] = None,
+    shift_data: Annotated[Path | None, typer.Option(
+        help="A second site's folder: evaluated clean and reported as Δ vs in-domain. "
+        "Example: --shift-data site_b/test")] = None,
     model_spec: Annotated[Path | None, typer.Option(
         help="JSON spec for TorchScript/ONNX/callable models (task, target_names, input_size, "
         "in_channels, normalisation, output). Example: --model-spec spec.json")] = None,
@@ -152,12 +158,16 @@ def run(
             **{k: v for k, v in overrides.items() if v is not None})
         adapter = load_model(model, task, spec_path=model_spec, trust_pickle=trust_pickle,
                              device=device)
+        names = adapter.spec.target_names if task == "classification" else None
         dataset = open_dataset(data, task, split=_npz_split(data, split, "test"),
-                               target_names=adapter.spec.target_names if task ==
-                               "classification" else None)
+                               target_names=names)
+        extra = {key: open_dataset(path, task, split=_npz_split(path, None, default),
+                                   target_names=names)
+                 for key, path, default in (("calibration", calibration, "val"),
+                                            ("shift", shift_data, "test")) if path is not None}
         run_dir = run_suite(adapter, dataset, out or Path("runs") / task, suite,
                             model_info=describe_model(model),
-                            command=["medfail", *sys.argv[1:]], progress=not quiet)
+                            command=["medfail", *sys.argv[1:]], progress=not quiet, **extra)
     except MedfailInputError as exc:
         _fail(exc)
     print(f"report: {run_dir / 'report.html'}")
@@ -197,7 +207,8 @@ def list_all() -> None:
               f"{r['modalities']:<8} {r['severities']:<28} {r['unit']}")
     print("metrics (segmentation): " + ", ".join(SEGMENTATION_METRICS))
     print("metrics (classification): " + ", ".join(CLASSIFICATION_METRICS))
-    print("slices: all")
+    print("slices: size (small/large/none), location (central/peripheral), shape (hollow/solid, "
+          "objects=1/2+), metadata columns (site=..., protocol=...)")
 
 
 if __name__ == "__main__":

@@ -61,13 +61,17 @@ def run_demo(out: str | Path = "runs/demo", tasks: tuple[str, ...] = DEMO_TASKS,
         model_path, cached = _baseline(task, data, out / "models", phantoms, progress)
         t_train = time.perf_counter() - t0
         adapter = load_model(model_path, task)
-        dataset = open_dataset(data["test"], task, target_names=adapter.spec.target_names)
+        names = adapter.spec.target_names if task == "classification" else None
+        dataset = open_dataset(data["test"], task, target_names=names)
+        calibration = open_dataset(data["calibration"], task, target_names=names)
+        shift = open_dataset(data["shift"], task, target_names=names)
         log = read_training_log(model_path)
         run_dir = run_suite(
             adapter, dataset, out / task, suite,
             model_info={**describe_model(model_path), "training_cached": cached,
                         "training_wall_clock_s": log.get("wall_clock_s"), "training_log": log},
-            command=["medfail", "demo", "--out", str(out), "--task", task], progress=progress)
+            command=["medfail", "demo", "--out", str(out), "--task", task], progress=progress,
+            calibration=calibration, shift=shift)
         reports[task] = run_dir / "report.html"
         if progress:
             status = "cached" if cached else f"trained in {t_train:.0f}s"

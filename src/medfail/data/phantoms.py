@@ -20,6 +20,8 @@ Planted effects (true by construction, for later analysis to find):
 * site ``B`` (``low_dose``) is much noisier and is rare in training (15 %) but common in test;
 * site ``C`` (``low_res``) is blurred by a 2x down/up-sampling and has lower contrast;
 * small nodules are a few pixels wide, so blur, noise and down-sampling erase them first;
+* site ``D`` (``other_vendor``, the ``shift`` split) never appears in training or test: lower
+  contrast, more noise and half the resolution - a real second-site shift;
 * hollow lesions have thin ring masks, so boundary errors cost them more Dice.
 
 Everything is drawn from ``numpy.random.default_rng`` seeded by (seed, split, index): the same
@@ -59,6 +61,8 @@ SITES: dict[str, Site] = {
     "A": Site("standard", noise_sd=0.02, contrast=1.00, downsample=1, pixel_spacing=0.7),
     "B": Site("low_dose", noise_sd=0.10, contrast=0.95, downsample=1, pixel_spacing=0.7),
     "C": Site("low_res", noise_sd=0.03, contrast=0.75, downsample=2, pixel_spacing=1.4),
+    # never seen in training: another vendor's scanner (the demo's --shift-data split)
+    "D": Site("other_vendor", noise_sd=0.06, contrast=0.6, downsample=2, pixel_spacing=1.0),
 }
 
 
@@ -70,6 +74,7 @@ class PhantomConfig:
     n_train: int = 320
     n_calibration: int = 96
     n_test: int = 128
+    n_shift: int = 64
     seed: int = 0
     prevalence: tuple[float, float, float] = (0.5, 0.35, 0.35)  # nodule, cavity, effusion
     site_mix_train: dict[str, float] = field(
@@ -210,7 +215,7 @@ def write_split(out_dir: Path, split: str, n: int, config: PhantomConfig) -> Pat
     root = Path(out_dir) / split
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
-    mix = config.site_mix_train if split == "train" else config.site_mix_test
+    mix = {"train": config.site_mix_train, "shift": {"D": 1.0}}.get(split, config.site_mix_test)
     sites = _sites_for(n, mix, np.random.default_rng(derive_seed(config.seed, split, "sites")))
     label_rows, meta_rows = [], []
     for i, site in enumerate(sites):
@@ -229,14 +234,15 @@ def write_split(out_dir: Path, split: str, n: int, config: PhantomConfig) -> Pat
 
 
 def write_phantom_splits(out_dir: Path, config: PhantomConfig | None = None) -> dict[str, Path]:
-    """Write train/calibration/test splits under ``out_dir`` (skipped when already written).
+    """Write train/calibration/test/shift splits under ``out_dir`` (skipped when already written).
 
     A ``phantoms.json`` file records the config; a folder written with another config is rewritten.
     """
     config = config or PhantomConfig()
     out_dir = Path(out_dir)
     stamp = out_dir / "phantoms.json"
-    splits = {"train": config.n_train, "calibration": config.n_calibration, "test": config.n_test}
+    splits = {"train": config.n_train, "calibration": config.n_calibration, "test": config.n_test,
+              "shift": config.n_shift}
     paths = {name: out_dir / name for name in splits}
     if stamp.exists() and stamp.read_text() == config.to_json():
         return paths

@@ -31,6 +31,8 @@ from medfail.models.adapters import ADAPTERS, Forward, ModelAdapter
 from medfail.models.bundle import is_bundle, module_from_bundle
 from medfail.models.spec import ModelSpec
 
+_SAM_SPEC = ModelSpec(task="promptable", target_names=["object"], output="probabilities")
+
 
 def _torch_forward(module: nn.Module, device: str) -> Forward:
     module = module.to(device).eval()
@@ -112,6 +114,13 @@ def load_model(ref: str | Path, task: str | None = None, *, spec_path: str | Pat
     if not path.exists() and ":" in ref_s and not ref_s.endswith((".pt", ".pth", ".onnx")):
         spec, forward = _load_entry_point(ref_s, spec_path, device)
         name = ref_s
+        if spec is _SAM_SPEC:
+            from medfail.models.sam import wrap_sam
+
+            if task is not None and task != "promptable":
+                raise MedfailInputError(
+                    ref_s, f"this is a SAM-style promptable model, but --task {task} was requested")
+            return wrap_sam(forward, name=ref_s)
     elif not path.exists():
         raise MedfailInputError(path, "model file not found")
     elif path.suffix == ".onnx":
@@ -168,6 +177,10 @@ def _load_entry_point(ref: str, spec_path: str | Path | None,
     except (ImportError, AttributeError) as exc:
         raise MedfailInputError(ref, f"cannot import entry point ({exc})") from exc
     obj = factory()
+    from medfail.models.sam import is_sam_predictor
+
+    if is_sam_predictor(obj):
+        return _SAM_SPEC, obj  # wrapped by load_model
     spec = _read_spec(None, spec_path, None, getattr(obj, "medfail_spec", None)
                       or getattr(factory, "medfail_spec", None), display=ref)
     if isinstance(obj, nn.Module):
