@@ -82,7 +82,8 @@ def test_stardist_nuclei_segmentation_stress_and_slices(tmp_path: Path) -> None:
         r, c = divmod(i, 2)
         tile = np.s_[r * 256:(r + 1) * 256, c * 256:(c + 1) * 256]
         tifffile.imwrite(root / "images" / f"tile{i}.tif", image[tile])
-        Image.fromarray((instances[tile] > 0).astype(np.uint8)).save(root / "masks" / f"tile{i}.png")
+        mask = (instances[tile] > 0).astype(np.uint8)
+        Image.fromarray(mask).save(root / "masks" / f"tile{i}.png")
     data = open_dataset(root, "segmentation")
     config = SuiteConfig(tests=["gaussian_blur", "pixelate", "resolution_shift"],
                          severities=[1, 3], n_bootstrap=50, min_slice_n=2)
