@@ -149,3 +149,20 @@ def test_bare_state_dict_and_missing_file(tmp_path: Path) -> None:
         load_model(path, "classification")
     with pytest.raises(MedfailInputError, match="model file not found"):
         load_model(tmp_path / "nope.pt", "classification")
+
+
+def test_prompt_region_covers_the_prompt_and_one_window(tmp_path: Path) -> None:
+    from medfail.data.prompts import Prompt
+
+    spec = ModelSpec(task="promptable", target_names=["lesion"], input_size=(16, 16),
+                     arch="prompt_unet", prompt_channels=["box", "point"])
+    adapter = PromptableSegmenter(spec, lambda x: x)
+    r0, r1, c0, c1 = adapter.prompt_region(Prompt(box=(30, 30, 33, 33)), (64, 64))
+    assert (r1 - r0, c1 - c0) == (16, 16) and r0 <= 30 and r1 > 33 and c0 <= 30 and c1 > 33
+    r0, r1, c0, c1 = adapter.prompt_region(Prompt(box=(0, 60, 2, 63)), (64, 64))
+    assert (r0, r1, c0, c1) == (48, 64, 0, 16)  # clipped at the border, still one window
+    r0, r1, c0, c1 = adapter.prompt_region(Prompt(box=(10, 10, 50, 40)), (64, 64))
+    assert r0 <= 10 - 4 and r1 >= 41 + 4 and c0 <= 6 and c1 >= 55  # a quarter window margin
+    assert adapter.prompt_region(Prompt(box=None), (64, 64)) == (0, 64, 0, 64)
+    tiny = adapter.prompt_region(Prompt(box=(2, 2, 4, 4)), (10, 12))
+    assert tiny == (0, 10, 0, 12)  # image smaller than a window: the whole image

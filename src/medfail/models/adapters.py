@@ -6,8 +6,9 @@ A *forward* maps a preprocessed (N, C, H, W) float tensor to a raw (N, K) or (N,
 * :class:`Classifier` -> ``predict_proba(images) -> (N, K)`` probabilities;
 * :class:`Segmenter` -> ``predict_proba(images) -> [(C, H, W)]`` per-pixel class probabilities at
   each image's native size (class 0 = background), sliding window of ``input_size``;
-* :class:`PromptableSegmenter` -> ``predict_proba(images, prompts)``: one forward per prompt, and
-  the image's foreground probability is the pixel-wise maximum over its prompts.
+* :class:`PromptableSegmenter` -> ``predict_proba(images, prompts)``: one forward per prompt on a
+  crop around the prompt (see :meth:`PromptableSegmenter.prompt_region`), and the image's
+  foreground probability is the pixel-wise maximum over its prompts.
 """
 
 from __future__ import annotations
@@ -112,8 +113,10 @@ class PromptableSegmenter(Segmenter):
         for i, (im, plist) in enumerate(zip(images, prompts, strict=True)):
             norm = to_tensor([im], self.spec)[0].numpy()
             for p in plist:
-                inputs.append(np.concatenate([norm, prompt_channels(p, im.shape[1:])]))
-                owner.append(i)
+                r0, r1, c0, c1 = self.prompt_region(p, im.shape[1:])
+                full = np.concatenate([norm, prompt_channels(p, im.shape[1:])])
+                inputs.append(full[:, r0:r1, c0:c1])
+                owner.append((i, r0, r1, c0, c1))
         out = []
         for im in images:
             empty = np.zeros((self.spec.n_classes, *im.shape[1:]), np.float32)
@@ -125,10 +128,40 @@ class PromptableSegmenter(Segmenter):
                 x = torch.from_numpy(np.stack([inputs[k] for k in chunk])).to(self.device)
                 probs = self._window(x).cpu().numpy()
                 for j, k in enumerate(chunk):
-                    i = owner[k]
-                    fg = np.maximum(out[i][1:], probs[j][1:])
-                    out[i] = np.concatenate([1.0 - fg.sum(0, keepdims=True), fg])
+                    i, r0, r1, c0, c1 = owner[k]
+                    fg = out[i][1:]
+                    fg[:, r0:r1, c0:c1] = np.maximum(fg[:, r0:r1, c0:c1], probs[j][1:])
+                    out[i][0] = 1.0 - fg.sum(0)
         return out
+
+    def prompt_region(self, prompt: Prompt, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """Rows/cols ``(r0, r1, c0, c1)`` the model looks at for one prompt.
+
+        The box and points, expanded by a quarter window on each side and grown to at least one
+        window, clipped to the image; outside it the prompt predicts background. The whole image
+        when the model has no window size or the prompt is empty.
+        """
+        h, w = int(shape[0]), int(shape[1])
+        xs = [x for x, _ in prompt.points] + ([prompt.box[0], prompt.box[2]] if prompt.box else [])
+        ys = [y for _, y in prompt.points] + ([prompt.box[1], prompt.box[3]] if prompt.box else [])
+        if self.spec.input_size is None or not xs:
+            return 0, h, 0, w
+        wh, ww = self.spec.input_size
+
+        def span(lo: float, hi: float, window: int, size: int) -> tuple[int, int]:
+            a, b = int(np.floor(lo)) - window // 4, int(np.ceil(hi)) + 1 + window // 4
+            if b - a < window:
+                extra = window - (b - a)
+                a, b = a - extra // 2, b + extra - extra // 2
+            if a < 0:
+                a, b = 0, b - a
+            if b > size:
+                a, b = max(a - (b - size), 0), size
+            return a, b
+
+        r0, r1 = span(min(ys), max(ys), wh, h)
+        c0, c1 = span(min(xs), max(xs), ww, w)
+        return r0, r1, c0, c1
 
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
