@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from medfail.analysis.aggregate import LOWER_IS_BETTER
 from medfail.stress import registry
 
 
@@ -82,7 +83,8 @@ def slice_forest_plot(metrics: pd.DataFrame, metric: str, target: str, path: Pat
     sl = m[m["slice"] != "all"].sort_values("slice", ascending=False)
     fig, ax = plt.subplots(figsize=(5.6, 0.28 * len(sl) + 1.2), dpi=110)
     y = np.arange(len(sl))
-    sig = (sl["gap_ci_high"] < 0).to_numpy()
+    sig = (sl["gap_ci_high"] < 0).to_numpy() if metric not in LOWER_IS_BETTER else (
+        sl["gap_ci_low"] > 0).to_numpy()
     colors = np.where(sl["small_slice"].to_numpy(), "#999999",
                       np.where(sig, "#b00020", "#1f5fa8"))
     for yi, r, color in zip(y, sl.itertuples(), colors, strict=True):
@@ -95,5 +97,6 @@ def slice_forest_plot(metrics: pd.DataFrame, metric: str, target: str, path: Pat
                   fontsize=7)
     ax.set_xlabel(f"{metric} ({target}), {condition}")
     ax.grid(alpha=0.3, axis="x")
-    ax.set_title("slices: red = significantly below the whole set, grey = few cases", fontsize=8)
+    ax.set_title("slices: red = significantly worse than the whole set, grey = few cases",
+                 fontsize=8)
     return _save(fig, path)

@@ -122,6 +122,15 @@ def render_report(run_dir: str | Path) -> Path:
             if ((metrics["metric"] == metric) & (metrics["slice"] != ALL)).any():
                 path = slice_forest_plot(metrics, metric, target, figdir / f"slices_{metric}.png")
                 slice_figs.append(_figure(path, run_dir, f"{metric} per slice (clean)"))
+    top = ranking[(ranking["kind"] == "condition") & ranking["significant"]]
+    if len(top):
+        worst = str(top["name"].iloc[0])
+        has = (metrics["condition"] == worst) & (metrics["slice"] != ALL)
+        if has.any():
+            path = slice_forest_plot(metrics, primary, target, figdir / "slices_worst.png",
+                                     condition=worst)
+            slice_figs.append(_figure(path, run_dir, f"{primary} per slice under {worst}, "
+                                      "the top breaking condition"))
     shift = metrics[(metrics["condition"] == "shift_data") & (metrics["target"] == target)
                     & (metrics["slice"] == ALL)]
     env = Environment(loader=PackageLoader("medfail.report", "templates"),
