@@ -204,3 +204,28 @@ def test_bootstrap_validation_errors():
         auroc_bootstrap(np.full(10, 2), np.zeros(10), idx)
     with pytest.raises(ValueError, match=r"y_score contains 1 NaN"):
         auroc_bootstrap(np.zeros(10), np.r_[np.nan, np.zeros(9)], idx)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auprc_and_sens_bootstrap_equal_loops(seed: int) -> None:
+    from sklearn.metrics import average_precision_score
+
+    from medfail.metrics.bootstrap import auprc_bootstrap, sens_at_spec_bootstrap
+    from medfail.metrics.classification import sens_at_spec
+
+    rng = np.random.default_rng(seed)
+    n = 120
+    y = (rng.random(n) < 0.4).astype(int)
+    s = np.round(rng.random(n) + 0.3 * y, 1)  # heavy ties
+    idx = bootstrap_indices(n, 200, seed)
+    ap = auprc_bootstrap(y, s, idx)
+    sens = sens_at_spec_bootstrap(y, s, idx, 0.95)
+    for b, row in enumerate(idx):
+        yb, sb = y[row], s[row]
+        if yb.min() == yb.max():
+            assert np.isnan(sens[b])
+            continue
+        assert ap[b] == pytest.approx(average_precision_score(yb, sb), abs=1e-12)
+        assert sens[b] == pytest.approx(sens_at_spec(yb, sb, 0.95), abs=1e-12)
+    tiny = np.array([[0, 0, 0], [0, 1, 2]])
+    assert np.isnan(auprc_bootstrap(np.array([0, 1, 1]), np.array([0.1, 0.5, 0.7]), tiny)[0])

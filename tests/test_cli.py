@@ -37,14 +37,21 @@ def test_train_then_run_on_a_new_png_folder(task: str, tmp_path: Path, fast_suit
     code, out = invoke("train", "--task", task, "--data", str(train_dir), "--out", str(model),
                        "--size", "32", "--epochs", "1", "--val", str(test_dir), "--quiet")
     assert code == 0, out
+    other_site = write_png_folder(tmp_path / "site2", task, n=8, seed=3)
     code, out = invoke("run", "--model", str(model), "--data", str(test_dir), "--task", task,
-                       "--out", str(tmp_path / "run"), "--config", str(fast_suite), "--quiet")
+                       "--out", str(tmp_path / "run"), "--config", str(fast_suite), "--quiet",
+                       "--calibration", str(train_dir), "--shift-data", str(other_site))
     assert code == 0, out
     run = tmp_path / "run"
     metrics = pd.read_parquet(run / "metrics.parquet")
-    assert metrics["condition"].nunique() == 5
+    assert metrics["condition"].nunique() == 6  # clean, 2 tests x 2 severities, shift_data
+    shift = metrics[(metrics["condition"] == "shift_data") & (metrics["slice"] == "all")]
+    assert len(shift) and shift["delta_vs_clean"].notna().all()
+    assert {"site=s1", "site=s2"} <= set(metrics["slice"])
     info = json.loads((run / "run.json").read_text())
     assert info["model"]["name"] == "model.pt"
+    if task == "classification":
+        assert set(info["thresholds"]) == {"disc", "bar"}  # chosen on the calibration split
     log = info["model"]["spec"]
     assert log["task"] == task
     # the report rebuilds from the run directory alone, with the model deleted

@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 
 from medfail.engine.seeding import derive_seed
 from medfail.metrics.bootstrap import (
+    auprc_bootstrap,
     auroc_bootstrap,
     bootstrap_indices,
-    bootstrap_statistic,
     percentile_ci,
+    sens_at_spec_bootstrap,
 )
 from medfail.metrics.classification import auprc, auroc, sens_at_95spec
 from medfail.metrics.classification import f1 as f1_score
@@ -126,10 +127,10 @@ def classification_estimates(y: np.ndarray, p: np.ndarray, decision: np.ndarray,
     counts = resample_counts(idx, len(y))
     n = len(y)
     with np.errstate(all="ignore"):
-        out = {"auroc": Estimate(_nan_safe(auroc)(y, p), auroc_bootstrap(y, p, idx), n)}
-        for name, fn in (("auprc", auprc), ("sens_at_95spec", sens_at_95spec)):
-            out[name] = Estimate(_nan_safe(fn)(y, p),
-                                 bootstrap_statistic(_nan_safe(fn), (y, p), idx), n)
+        out = {"auroc": Estimate(_nan_safe(auroc)(y, p), auroc_bootstrap(y, p, idx), n),
+               "auprc": Estimate(_nan_safe(auprc)(y, p), auprc_bootstrap(y, p, idx), n),
+               "sens_at_95spec": Estimate(_nan_safe(sens_at_95spec)(y, p),
+                                          sens_at_spec_bootstrap(y, p, idx, 0.95), n)}
         out["f1"] = Estimate(_nan_safe(f1_score)(y, decision), _f1_draws(y, decision, counts), n)
     return out
 

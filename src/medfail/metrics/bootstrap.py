@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 __all__ = [
+    "auprc_bootstrap",
     "auroc_bootstrap",
     "bootstrap_indices",
     "bootstrap_statistic",
@@ -24,6 +25,7 @@ __all__ = [
     "paired_delta_ci",
     "paired_statistic_delta_ci",
     "percentile_ci",
+    "sens_at_spec_bootstrap",
     "statistic_ci",
 ]
 
@@ -234,6 +236,23 @@ def auroc_bootstrap(y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray
     Raises:
         ValueError: not 1-D, lengths differ, y_true not 0/1, NaN scores, or bad indices.
     """
+    out = np.empty(len(indices), dtype=np.float64)
+    for rows, pos, neg in _group_counts(y_true, y_score, indices):
+        neg_before = np.cumsum(neg, axis=1) - neg
+        twice_u = np.sum(pos * (2 * neg_before + neg), axis=1)
+        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+        denom = 2 * n_pos * n_neg
+        block = np.full(len(pos), np.nan)
+        np.divide(twice_u, denom, out=block, where=denom > 0)
+        out[rows] = block
+    return out
+
+
+def _group_counts(
+    y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """Per block of resamples: (rows, pos, neg), each (b, G) int64 multiplicities of positives
+    and negatives in the G tied-score groups, groups in ascending score order."""
     t = _check_1d("y_true", y_true)
     s = _check_1d("y_score", y_score)
     if t.shape != s.shape:
@@ -260,19 +279,48 @@ def auroc_bootstrap(y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray
     group[order] = np.cumsum(group_sorted)
     # key = 2·group + class: one bincount per block gives (B, G, 2) multiplicities
     key = 2 * group + t
-
-    out = np.empty(idx.shape[0], dtype=np.float64)
     width = 2 * n_groups
     for rows in _row_blocks(*idx.shape):
         n_rows = rows.stop - rows.start
         flat = key[idx[rows]] + width * np.arange(n_rows, dtype=np.int64)[:, None]
         counts = np.bincount(flat.ravel(), minlength=n_rows * width).reshape(n_rows, n_groups, 2)
-        neg, pos = counts[..., 0], counts[..., 1]
-        neg_before = np.cumsum(neg, axis=1) - neg
-        twice_u = np.sum(pos * (2 * neg_before + neg), axis=1)
-        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-        denom = 2 * n_pos * n_neg
-        block = np.full(n_rows, np.nan)
-        np.divide(twice_u, denom, out=block, where=denom > 0)
-        out[rows] = block
+        yield rows, counts[..., 1], counts[..., 0]
+
+
+def auprc_bootstrap(y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Average precision of every resample at once, shape (B,); equals ``average_precision_score``.
+
+    With tied-score groups in descending score order, TP_g / FP_g the cumulative resampled
+    positives / negatives scored at or above group g and P = TP_last:
+    ``AP_b = Σ_g (pos_g / P) · TP_g / (TP_g + FP_g)``. No positives -> NaN; no negatives -> 1.
+    """
+    out = np.empty(len(indices), dtype=np.float64)
+    for rows, pos, neg in _group_counts(y_true, y_score, indices):
+        pos, neg = pos[:, ::-1].astype(np.float64), neg[:, ::-1].astype(np.float64)
+        tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+        n_pos = tp[:, -1:]
+        precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ap = np.sum(pos * precision, axis=1) / n_pos[:, 0]
+        out[rows] = np.where(n_pos[:, 0] > 0, ap, np.nan)
+    return out
+
+
+def sens_at_spec_bootstrap(y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray,
+                           specificity: float = 0.95) -> np.ndarray:
+    """Sensitivity at ``specificity`` of every resample at once, shape (B,).
+
+    Equals ``sens_at_spec``: the highest TP/P over thresholds ``score >= t`` (distinct scores,
+    plus "predict nothing") whose specificity 1 - FP/N reaches the target (1e-12 slack).
+    One class in a resample -> NaN.
+    """
+    out = np.empty(len(indices), dtype=np.float64)
+    for rows, pos, neg in _group_counts(y_true, y_score, indices):
+        pos, neg = pos[:, ::-1].astype(np.float64), neg[:, ::-1].astype(np.float64)
+        tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+        n_pos, n_neg = tp[:, -1:], fp[:, -1:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = 1.0 - fp / n_neg >= specificity - 1e-12
+            sens = np.where(ok, tp / n_pos, 0.0).max(axis=1)
+        out[rows] = np.where((n_pos[:, 0] > 0) & (n_neg[:, 0] > 0), sens, np.nan)
     return out
