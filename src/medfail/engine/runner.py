@@ -32,6 +32,7 @@ from medfail.analysis.aggregate import (
     aggregate_classification,
     aggregate_per_image,
 )
+from medfail.analysis.calibration import calibration_table, fit_temperatures
 from medfail.analysis.per_sample import classification_rows, segmentation_rows
 from medfail.analysis.ranking import breaking_table
 from medfail.data.datasets import Dataset
@@ -229,17 +230,23 @@ def data_modality(index: pd.DataFrame, metadata: pd.DataFrame | None,
     return ""
 
 
-def calibration_thresholds(adapter: ModelAdapter, calibration: Dataset, config: SuiteConfig,
-                           progress: bool) -> dict[str, float]:
-    """Per-target F1-maximising thresholds on the calibration split (never on test)."""
+def calibration_predictions(adapter: ModelAdapter, calibration: Dataset, config: SuiteConfig,
+                            progress: bool) -> pd.DataFrame:
+    """Clean predictions on the calibration split (long table, as ``predictions/clean``)."""
     calibration.validate(progress=progress)
-    probs, labels = [], []
-    for batch in calibration.batches(config.batch_size):
-        probs.append(adapter.predict_proba([s.image for s in batch]))
-        labels.append(np.stack([np.asarray(s.label, np.float64).reshape(-1) for s in batch]))
-    p, y = np.concatenate(probs), np.concatenate(labels)
-    return {t: float(threshold_max_f1(y[:, k], p[:, k]))
-            for k, t in enumerate(adapter.spec.target_names)}
+    predictor = _Predictor(adapter, calibration, Path("."), config, spacing_mm=False)
+    cond = Condition("calibration", "calibration", "calibration", 0)
+    return pd.concat([predictor._classify(b, [s.image for s in b], cond)
+                      for b in calibration.batches(config.batch_size)], ignore_index=True)
+
+
+def calibration_thresholds(predictions: pd.DataFrame) -> dict[str, float]:
+    """Per-target F1-maximising thresholds on the calibration split (never on test)."""
+    out = {}
+    for target, grp in predictions.groupby("target", sort=False):
+        out[str(target)] = float(threshold_max_f1(grp["label"].to_numpy(),
+                                                  grp["prob"].to_numpy()))
+    return out
 
 
 def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
@@ -284,9 +291,13 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         write_table(_prompt_table(dataset), run_dir / "predictions" / "prompts.parquet")
 
     thresholds: dict[str, float] | float = config.threshold
+    cal_preds = None
     if calibration is not None and task == "classification":
         t = time.perf_counter()
-        thresholds = calibration_thresholds(adapter, calibration, config, progress)
+        cal_preds = calibration_predictions(adapter, calibration, config, progress)
+        write_table(cal_preds, run_dir / "predictions" / "calibration.parquet")
+        if adapter.spec.multi_label:
+            thresholds = calibration_thresholds(cal_preds)
         stages["calibration"] = time.perf_counter() - t
 
     per_condition_s: dict[str, float] = {}
@@ -322,6 +333,14 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
                          config, shift is not None, progress)
     write_table(metrics, run_dir / "metrics.parquet")
     write_table(breaking_table(metrics, task), run_dir / "ranking.parquet")
+    temperatures = None
+    if task == "classification":
+        if cal_preds is not None:
+            temperatures = fit_temperatures(cal_preds, adapter.spec.multi_label)
+        preds = pd.concat([pd.read_parquet(condition_path(run_dir, n, task)) for n in names],
+                          ignore_index=True)
+        write_table(calibration_table(preds, adapter.spec.multi_label, thresholds, temperatures),
+                    run_dir / "calibration.parquet")
     stages["aggregate"] = time.perf_counter() - t
 
     run_info = {
@@ -334,6 +353,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         "modality": modality,
         "distance_unit": "mm" if spacing_mm else "px",
         "thresholds": thresholds,
+        "temperatures": temperatures,
         "model": {**model_info, "spec": adapter.spec.to_dict()},
         "data": {"name": Path(dataset.root).name, "n_samples": len(dataset),
                  "content_hash": data_hash, "targets": list(adapter.spec.target_names),

@@ -100,3 +100,70 @@ def slice_forest_plot(metrics: pd.DataFrame, metric: str, target: str, path: Pat
     ax.set_title("slices: red = significantly worse than the whole set, grey = few cases",
                  fontsize=8)
     return _save(fig, path)
+
+
+def reliability_plot(y: np.ndarray, probs: dict[str, np.ndarray], path: Path,
+                     title: str) -> Path:
+    """Reliability diagrams, equal-width and equal-mass bins, one line per method, with counts."""
+    from medfail.metrics.calibration import reliability_bins
+
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.6), dpi=110)
+    for ax, strategy in zip(axes, ("uniform", "quantile"), strict=True):
+        ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--", label="perfect")
+        for method, p in probs.items():
+            rb = reliability_bins(y, p, n_bins=10, strategy=strategy)
+            ok = rb.counts > 0
+            line, = ax.plot(rb.mean_confidence[ok], rb.frequency[ok], marker="o",
+                            label=f"{method} (ECE {rb.ece:.3f})")
+            if method == next(iter(probs)):
+                for x, f, c in zip(rb.mean_confidence[ok], rb.frequency[ok], rb.counts[ok],
+                                   strict=True):
+                    ax.annotate(str(int(c)), (x, f), fontsize=6, xytext=(2, -8),
+                                textcoords="offset points", color=line.get_color())
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean predicted probability")
+        ax.set_ylabel("observed frequency")
+        ax.set_title(f"{'equal-width' if strategy == 'uniform' else 'equal-mass'} bins "
+                     "(numbers = bin counts)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="upper left")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def risk_coverage_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
+                       title: str) -> Path:
+    """Selective risk vs coverage, one line per curve."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=110)
+    for name, (coverage, risk) in curves.items():
+        ax.plot(coverage, risk, label=name)
+    ax.axvline(0.8, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("coverage (fraction of cases the model keeps)")
+    ax.set_ylabel("risk (error rate of kept cases)")
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def calibration_drift_plot(table: pd.DataFrame, metric: str, target: str, path: Path) -> Path:
+    """A calibration metric vs severity per stress test (max_prob and temperature)."""
+    t = table[(table["metric"] == metric) & (table["target"] == target)]
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=110)
+    for method, style in (("max_prob", "-"), ("temperature", "--")):
+        m = t[t["method"] == method]
+        clean = m[m["condition"] == "clean"]
+        for i, (test, grp) in enumerate(m[(m["severity"] > 0) & (m["test"] != "shift_data")]
+                                        .groupby("test", sort=True)):
+            grp = pd.concat([clean, grp]).sort_values("severity")
+            ax.plot(grp["severity"], grp["value"], style, marker="o", ms=3,
+                    color=f"C{i % 10}", label=test if method == "max_prob" else None)
+    ax.set_xticks([0, 1, 2, 3], ["clean", "1", "2", "3"])
+    ax.set_xlabel("severity (solid: raw, dashed: temperature-scaled)")
+    ax.set_ylabel(f"{metric} ({target})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, ncol=2)
+    ax.set_title(f"calibration drift under stress: {metric}", fontsize=9)
+    return _save(fig, path)

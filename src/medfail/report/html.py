@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -23,7 +24,16 @@ from medfail.analysis.ranking import (
     breaking_table,
     primary_target,
 )
-from medfail.report.figures import degradation_plot, prompt_sensitivity_plot, slice_forest_plot
+from medfail.metrics.selective import risk_coverage_curve
+from medfail.report.figures import (
+    calibration_drift_plot,
+    degradation_plot,
+    prompt_sensitivity_plot,
+    reliability_plot,
+    risk_coverage_plot,
+    slice_forest_plot,
+)
+from medfail.uncertainty.temperature import apply_temperature_binary, apply_temperature_multiclass
 
 FAMILY_TITLES = {"corruption": "Common corruptions", "domain_shift": "Domain shift",
                  "prompt": "Prompt perturbations"}
@@ -89,6 +99,91 @@ def _ranking_rows(ranking: pd.DataFrame, limit: int = 15) -> list[dict[str, Any]
     return out
 
 
+CAL_METRICS = ["ece", "adaptive_ece", "brier", "nll", "aurc", "eaurc", "augrc", "risk_at_80",
+               "sens_all", "sens_at_80"]
+
+
+def _pooled(pred: pd.DataFrame, run: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray],
+                                                                np.ndarray]:
+    """Labels, probabilities per method and wrong-decision flags pooled over targets."""
+    temps = run.get("temperatures") or {}
+    thresholds = run.get("thresholds")
+    multi = run["model"]["spec"]["multi_label"]
+    if multi:
+        y, probs, temp, wrong = [], [], [], []
+        for target, grp in pred.groupby("target", sort=False):
+            yy, pp = grp["label"].to_numpy(float), grp["prob"].to_numpy(float)
+            thr = thresholds[target] if isinstance(thresholds, dict) else float(thresholds)
+            y.append(yy)
+            probs.append(pp)
+            wrong.append(((pp >= thr) != (yy > 0.5)).astype(float))
+            if target in temps:
+                temp.append(apply_temperature_binary(pp, temps[target]))
+        out = {"max_prob": np.concatenate(probs)}
+        if temp:
+            out["temperature"] = np.concatenate(temp)
+        return np.concatenate(y), out, np.concatenate(wrong)
+    wide_p = pred.pivot(index="id", columns="target", values="prob").to_numpy(float)
+    wide_y = pred.pivot(index="id", columns="target", values="label").to_numpy(float)
+    labels = np.argmax(wide_y, axis=1)
+    correct = (np.argmax(wide_p, axis=1) == labels).astype(float)
+    out = {"max_prob": wide_p.max(axis=1)}
+    if "all" in temps:
+        out["temperature"] = apply_temperature_multiclass(wide_p, temps["all"]).max(axis=1)
+    return correct, out, 1 - correct
+
+
+def _calibration_section(run_dir: Path, run: dict[str, Any],
+                         worst: str | None) -> dict[str, Any] | None:
+    """Reliability diagrams, risk-coverage, drift and the method table (classification)."""
+    table_path = run_dir / "calibration.parquet"
+    if not table_path.exists():
+        return None
+    table = pd.read_parquet(table_path)
+    target = "macro" if "macro" in set(table["target"]) else str(table["target"].iloc[0])
+    figdir = run_dir / "figures"
+    figs = []
+    clean = pd.read_parquet(run_dir / "predictions" / "clean.parquet")
+    y, probs, _ = _pooled(clean, run)
+    path = reliability_plot(y, probs, figdir / "reliability_clean.png",
+                            "reliability on clean test images (all targets pooled)")
+    figs.append(_figure(path, run_dir, "reliability diagrams, clean"))
+    curves = {}
+    for cond in ["clean"] + ([worst] if worst else []):
+        pred = clean if cond == "clean" else pd.read_parquet(
+            run_dir / "predictions" / f"{cond}.parquet")
+        _, pr, wr = _pooled(pred, run)
+        p = pr["max_prob"]
+        cov, risk, _ = risk_coverage_curve(np.maximum(p, 1 - p), wr)
+        curves[cond] = (cov, risk)
+    path = risk_coverage_plot(curves, figdir / "risk_coverage.png",
+                              "risk-coverage: defer the least confident cases")
+    figs.append(_figure(path, run_dir, "risk-coverage curves"))
+    if (table["severity"] > 0).any():
+        path = calibration_drift_plot(table, "ece", target, figdir / "calibration_drift.png")
+        figs.append(_figure(path, run_dir, "ECE vs severity"))
+    rows = []
+    for cond in ["clean"] + ([worst] if worst else []):
+        sub = table[(table["condition"] == cond) & (table["target"] == target)]
+        for method, grp in sub.groupby("method", sort=False):
+            vals = grp.set_index("metric")["value"]
+            rows.append({"condition": cond, "method": method,
+                         "cells": [_fmt(float(vals[m])) if m in vals.index else ""
+                                   for m in CAL_METRICS]})
+    clean_max = table[(table["condition"] == "clean") & (table["target"] == target)
+                      & (table["method"] == "max_prob")].set_index("metric")["value"]
+    sentence = ""
+    if {"sens_all", "sens_at_80"} <= set(clean_max.index):
+        sentence = (f"On clean images, deferring the 20% least confident cases changes "
+                    f"sensitivity ({target}) from {clean_max['sens_all']:.2f} to "
+                    f"{clean_max['sens_at_80']:.2f} and the error rate of the kept cases to "
+                    f"{clean_max['risk_at_80']:.3f}.")
+    temps = run.get("temperatures")
+    return {"figures": figs, "metrics": CAL_METRICS, "rows": rows, "sentence": sentence,
+            "temperatures": ", ".join(f"{k} {v:.2f}" for k, v in temps.items()) if temps
+            else "not fitted (no --calibration split)"}
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``figures/`` and ``report.html`` into ``run_dir`` from its stored results."""
     run_dir = Path(run_dir)
@@ -131,6 +226,9 @@ def render_report(run_dir: str | Path) -> Path:
                                      condition=worst)
             slice_figs.append(_figure(path, run_dir, f"{primary} per slice under {worst}, "
                                       "the top breaking condition"))
+    worst_cond = str(top["name"].iloc[0]) if len(top) else None
+    calibration = _calibration_section(run_dir, run, worst_cond) if task == "classification" \
+        else None
     shift = metrics[(metrics["condition"] == "shift_data") & (metrics["target"] == target)
                     & (metrics["slice"] == ALL)]
     env = Environment(loader=PackageLoader("medfail.report", "templates"),
@@ -140,7 +238,7 @@ def render_report(run_dir: str | Path) -> Path:
         n_samples=run["data"]["n_samples"], seed=run["seed"], version=run["medfail_version"],
         n_conditions=len(run["conditions"]), summary=breaking_sentence(ranking),
         ranking=_ranking_rows(ranking), primary=primary, target=target, families=families,
-        slice_figures=slice_figs, n_bootstrap=run["config"]["n_bootstrap"],
+        slice_figures=slice_figs, calibration=calibration, n_bootstrap=run["config"]["n_bootstrap"],
         shift=[{"metric": r.metric, "value": _fmt(r.value), "delta": f"{r.delta_vs_clean:+.3f}",
                 "ci": _ci(r.delta_ci_low, r.delta_ci_high), "n": r.n,
                 "cls": "drop" if _harmful(r.metric, r.delta_ci_low, r.delta_ci_high) else ""}

@@ -1,1 +1,1 @@
-"""medfail.uncertainty."""
+"""Uncertainty: confidence methods (temperature scaling, entropy; TTA and MC dropout to come)."""
