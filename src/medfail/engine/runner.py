@@ -35,6 +35,12 @@ from medfail.analysis.aggregate import (
 from medfail.analysis.calibration import calibration_table, fit_temperatures
 from medfail.analysis.per_sample import classification_rows, segmentation_rows
 from medfail.analysis.ranking import breaking_table
+from medfail.analysis.segmentation_calibration import (
+    add_pixel_bins,
+    image_confidences,
+    pixel_bin_table,
+    segmentation_calibration_table,
+)
 from medfail.data.datasets import Dataset
 from medfail.data.prompts import Prompt, prompts_from_mask
 from medfail.data.sample import Sample
@@ -54,6 +60,8 @@ from medfail.stress.corruptions import perturb_samples
 from medfail.stress.prompt_perturbations import perturb_prompts, prompt_table_rows
 
 PARTS = ".parts"
+#: bump when what a finished condition stores changes, so older caches are recomputed
+PARTS_FORMAT = 2
 SHIFT = Condition("shift_data", "shift_data", "domain_shift", 1)
 PACKAGES = ("medfail", "torch", "monai", "numpy", "scipy", "scikit-image", "scikit-learn",
             "pandas", "pyarrow", "pydicom", "nibabel", "pillow", "onnxruntime", "matplotlib")
@@ -87,7 +95,8 @@ def _cache_key(model_info: dict[str, Any], data_hash: str, task: str,
     cfg.pop("severities")
     blob = json.dumps({"model": model_info["sha256"],
                        "data": data_hash, "task": task, "config": cfg,
-                       "medfail": medfail.__version__}, sort_keys=True)
+                       "medfail": medfail.__version__, "format": PARTS_FORMAT},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -118,6 +127,8 @@ class _Predictor:
 
     def run(self, cond: Condition, progress: bool) -> pd.DataFrame:
         self.prompt_rows = []
+        self.confidence_rows: list[dict[str, Any]] = []
+        self.pixel_bins: dict[tuple[str, str], np.ndarray] = {}
         out_path = condition_path(self.run_dir, cond.name, self.task)
         writer = MapWriter(out_path) if self.task != "classification" else None
         rows: list[Any] = []
@@ -141,6 +152,10 @@ class _Predictor:
             if self.prompt_rows:
                 write_table(pd.DataFrame(self.prompt_rows),
                             out_path.with_name(f"{cond.name}.prompts.parquet"))
+            write_table(pd.DataFrame(self.confidence_rows),
+                        out_path.with_name(f"{cond.name}.confidence.parquet"))
+            write_table(pixel_bin_table(self.pixel_bins),
+                        out_path.with_name(f"{cond.name}.pixel_bins.parquet"))
         else:
             pred = pd.concat(rows, ignore_index=True)
             write_table(pred, out_path)
@@ -183,6 +198,12 @@ class _Predictor:
             fg = quantise(p)
             assert writer is not None
             writer.add(s.id, fg)
+            for k, target in enumerate(self.targets):
+                p = fg[k].astype(np.float32)
+                self.confidence_rows += [{"id": s.id, "target": target, "signal": name,
+                                          "value": value}
+                                         for name, value in image_confidences(p).items()]
+                add_pixel_bins(self.pixel_bins, target, p, s.mask == k + 1)
             rows += segmentation_rows(
                 s.id, fg, s.mask, self.targets, self.config.boundary_tolerance_px,
                 spacing=s.spacing if self.spacing_mm else None,
@@ -307,8 +328,10 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     for cond, ds in bar:
         part = parts / f"{cond.name}.parquet"
         seconds = part.with_suffix(".seconds")
-        if part.exists() and condition_path(run_dir, cond.name, task).exists() and \
-                cond is not SHIFT:
+        stored = condition_path(run_dir, cond.name, task)
+        complete = stored.exists() and (task == "classification" or stored.with_name(
+            f"{cond.name}.pixel_bins.parquet").exists())
+        if part.exists() and complete and cond is not SHIFT:
             cached.append(cond.name)
             per_condition_s[cond.name] = float(seconds.read_text()) if seconds.exists() else 0.0
             continue
@@ -340,6 +363,9 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         preds = pd.concat([pd.read_parquet(condition_path(run_dir, n, task)) for n in names],
                           ignore_index=True)
         write_table(calibration_table(preds, adapter.spec.multi_label, thresholds, temperatures),
+                    run_dir / "calibration.parquet")
+    else:
+        write_table(segmentation_calibration_table(run_dir, conditions, per_sample),
                     run_dir / "calibration.parquet")
     stages["aggregate"] = time.perf_counter() - t
 

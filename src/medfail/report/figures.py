@@ -167,3 +167,22 @@ def calibration_drift_plot(table: pd.DataFrame, metric: str, target: str, path: 
     ax.legend(fontsize=6.5, ncol=2)
     ax.set_title(f"calibration drift under stress: {metric}", fontsize=9)
     return _save(fig, path)
+
+
+def binned_reliability_plot(tables: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
+    """Per-pixel reliability from binned sums (count, sum_prob, sum_label), one line per table."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=110)
+    ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--", label="perfect")
+    for name, t in tables.items():
+        ok = t["count"] > 0
+        conf = t.loc[ok, "sum_prob"] / t.loc[ok, "count"]
+        freq = t.loc[ok, "sum_label"] / t.loc[ok, "count"]
+        ax.plot(conf, freq, marker="o", label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted foreground probability (pixels)")
+    ax.set_ylabel("observed foreground frequency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,128 @@
+"""Calibration and selective prediction for segmenters.
+
+Per-pixel calibration: every pixel's foreground probability against the GT, summarised per
+condition and class in 15 equal-width bins ``[b/15, (b+1)/15)`` (last bin closed) — counts, sum of
+probabilities and sum of labels (``predictions/<condition>.pixel_bins.parquet``), from which
+``pixel_ece = Σ_b (n_b / N) |mean label_b - mean prob_b|`` and reliability diagrams follow. No
+sampling. Two regions: ``all`` pixels (dominated by easy background, so the ECE is tiny) and
+``band`` = pixels within 5 px of the GT or the predicted foreground, where the decisions are
+(``pixel_ece_band``, the figure to read).
+
+Per-image confidence signals (``predictions/<condition>.confidence.parquet``), computed at
+inference from the stored float16 map ``p`` of each class:
+
+* ``mean_max_prob`` = mean over pixels of ``max(p, 1 - p)``;
+* ``mask_confidence`` = mean ``p`` inside the predicted mask (``p > 0.5``), or mean ``1 - p`` over
+  the image when nothing is predicted;
+* ``mask_entropy`` = minus the mean binary entropy inside the predicted mask (whole image when
+  empty), so higher = more confident.
+
+Selective prediction defers whole images: residual = ``1 - dice``; ``aurc``, ``eaurc``,
+``augrc``, ``risk_at_80`` (mean 1 - Dice of the 80 % most confident images), ``dice_all`` and
+``dice_at_80`` (mean Dice over all vs over the kept images), and ``acceptable_at_80`` (share of
+kept images with Dice ≥ 0.8, a "case acceptable" rate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from medfail.metrics.selective import augrc, aurc, eaurc, risk_at_coverage, selective_metric
+from medfail.uncertainty.temperature import entropy_binary
+
+N_PIXEL_BINS = 15
+COVERAGE = 0.8
+ACCEPTABLE_DICE = 0.8
+SIGNALS = ("mean_max_prob", "mask_confidence", "mask_entropy")
+
+
+def image_confidences(p: np.ndarray) -> dict[str, float]:
+    """The per-image confidence signals of one foreground probability map."""
+    pred = p > 0.5
+    region = pred if pred.any() else np.ones_like(pred)
+    return {
+        "mean_max_prob": float(np.maximum(p, 1 - p).mean()),
+        "mask_confidence": float(p[pred].mean()) if pred.any() else float((1 - p).mean()),
+        "mask_entropy": float(-entropy_binary(p[region]).mean()),
+    }
+
+
+BAND_PX = 5
+
+
+def _binned(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    idx = np.minimum((p * N_PIXEL_BINS).astype(np.int64), N_PIXEL_BINS - 1)
+    return np.stack([
+        np.bincount(idx, minlength=N_PIXEL_BINS).astype(np.float64),
+        np.bincount(idx, weights=p.astype(np.float64), minlength=N_PIXEL_BINS),
+        np.bincount(idx, weights=y.astype(np.float64), minlength=N_PIXEL_BINS)])
+
+
+def add_pixel_bins(bins: dict[tuple[str, str], np.ndarray], target: str, p: np.ndarray,
+                   truth: np.ndarray) -> None:
+    """Accumulate (count, sum p, sum y) per bin of one image, for regions ``all`` and ``band``."""
+    band = ndimage.binary_dilation(truth | (p > 0.5), iterations=BAND_PX)
+    for region, sel in (("all", slice(None)), ("band", band.ravel())):
+        stats = _binned(p.ravel()[sel], truth.ravel()[sel])
+        key = (target, region)
+        bins[key] = bins[key] + stats if key in bins else stats
+
+
+def pixel_bin_table(bins: dict[tuple[str, str], np.ndarray]) -> pd.DataFrame:
+    rows = [{"target": t, "region": r, "bin": b, "count": s[0, b], "sum_prob": s[1, b],
+             "sum_label": s[2, b]} for (t, r), s in bins.items() for b in range(N_PIXEL_BINS)]
+    return pd.DataFrame(rows, columns=["target", "region", "bin", "count", "sum_prob",
+                                       "sum_label"])
+
+
+def pixel_ece(table: pd.DataFrame) -> float:
+    """ECE from binned sufficient statistics of one target."""
+    n = table["count"].to_numpy(float)
+    if n.sum() == 0:
+        return float("nan")
+    ok = n > 0
+    gap = np.abs(table["sum_label"].to_numpy(float)[ok] - table["sum_prob"].to_numpy(float)[ok])
+    return float(gap.sum() / n.sum())
+
+
+def segmentation_calibration_table(run_dir: Path, conditions: Sequence[Any],
+                                   per_sample: pd.DataFrame) -> pd.DataFrame:
+    """Rows ``condition, test, family, severity, target, method, metric, value, n``.
+
+    ``conditions``: objects with ``name, test, family, severity`` (the engine's conditions).
+    """
+    rows: list[dict[str, object]] = []
+    pred_dir = Path(run_dir) / "predictions"
+    dice = per_sample[per_sample["metric"] == "dice"]
+    for cond in conditions:
+        meta = {"condition": cond.name, "test": cond.test, "family": cond.family,
+                "severity": cond.severity}
+        bins = pd.read_parquet(pred_dir / f"{cond.name}.pixel_bins.parquet")
+        conf = pd.read_parquet(pred_dir / f"{cond.name}.confidence.parquet")
+        for (target, region), grp in bins.groupby(["target", "region"], sort=False):
+            rows.append({**meta, "target": target, "method": "pixel",
+                         "metric": "pixel_ece" if region == "all" else f"pixel_ece_{region}",
+                         "value": pixel_ece(grp), "n": int(grp["count"].sum())})
+        for target in dict.fromkeys(bins["target"]):
+            d = dice[(dice["condition"] == cond.name) & (dice["target"] == target)
+                     ].set_index("id")["value"]
+            for signal, sg in conf[conf["target"] == target].groupby("signal", sort=False):
+                c = sg.set_index("id")["value"].reindex(d.index).to_numpy(float)
+                v = d.to_numpy(float)
+                r = 1.0 - v
+                values = {"aurc": aurc(c, r), "eaurc": eaurc(c, r), "augrc": augrc(c, r),
+                          "risk_at_80": risk_at_coverage(c, r, COVERAGE),
+                          "dice_all": float(v.mean()),
+                          "dice_at_80": selective_metric(c, v, COVERAGE),
+                          "acceptable_at_80": selective_metric(
+                              c, (v >= ACCEPTABLE_DICE).astype(float), COVERAGE)}
+                rows += [{**meta, "target": target, "method": signal, "metric": m,
+                          "value": float(x), "n": len(v)} for m, x in values.items()]
+    return pd.DataFrame(rows, columns=["condition", "test", "family", "severity", "target",
+                                       "method", "metric", "value", "n"])
