@@ -40,6 +40,7 @@ def _torch_forward(module: nn.Module, device: str) -> Forward:
     def forward(x: torch.Tensor) -> torch.Tensor:
         return module(x.to(device))
 
+    forward.module = module  # type: ignore[attr-defined]  # for MC dropout
     return forward
 
 
