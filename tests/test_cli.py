@@ -25,7 +25,7 @@ def invoke(*args: str) -> tuple[int, str]:
 def fast_suite(tmp_path: Path) -> Path:
     cfg = tmp_path / "suite.yaml"
     cfg.write_text("tests: [gaussian_noise, gaussian_blur]\nseverities: [1, 3]\n"
-                   "n_bootstrap: 100\n")
+                   "n_bootstrap: 100\nmc_passes: 3\n")
     return cfg
 
 
@@ -44,7 +44,9 @@ def test_train_then_run_on_a_new_png_folder(task: str, tmp_path: Path, fast_suit
     assert code == 0, out
     run = tmp_path / "run"
     metrics = pd.read_parquet(run / "metrics.parquet")
-    assert metrics["condition"].nunique() == 6  # clean, 2 tests x 2 severities, shift_data
+    stress = metrics[~metrics["family"].isin(["uncertainty", "mitigation"])]
+    assert stress["condition"].nunique() == 6  # clean, 2 tests x 2 severities, shift_data
+    assert {"tta", "mc_dropout"} <= set(metrics["condition"])  # trained torch models: both run
     shift = metrics[(metrics["condition"] == "shift_data") & (metrics["slice"] == "all")]
     assert len(shift) and shift["delta_vs_clean"].notna().all()
     assert {"site=s1", "site=s2"} <= set(metrics["slice"])

@@ -65,12 +65,25 @@ def test_segmentation_run_directory_contract(seg_folder: Path, tmp_path: Path) -
     conditions = SuiteConfig().conditions("segmentation", "")
     # every test that applies to unknown-modality data: corruptions and resolution shift
     assert {c.family for c in conditions} == {"clean", "corruption", "domain_shift"}
-    assert metrics["condition"].nunique() == len(conditions) >= 1 + 11 * 3
+    stress = metrics[~metrics["family"].isin(["uncertainty", "mitigation"])]
+    assert stress["condition"].nunique() == len(conditions) >= 1 + 11 * 3
+    info = json.loads((run / "run.json").read_text())
+    # extra-pass methods are stored conditions; MC dropout needs a torch model
+    assert "tta" in set(metrics["condition"])
+    assert "mc_dropout" in info["not_applicable"]
+    worst = info["mitigation"]["worst_condition"]
+    assert f"tta|{worst}" in set(metrics["condition"])
+    mitigations = pd.read_parquet(run / "mitigations.parquet")
+    assert {"tta", "selective_80"} <= set(mitigations["mitigation"])
+    tta_row = mitigations[(mitigations["mitigation"] == "tta") & (mitigations["base"] == worst)
+                          & (mitigations["metric"] == "dice") & (mitigations["slice"] == "all")]
+    assert len(tta_row) == 1 and tta_row["forward_passes"].iloc[0] == 4
+    assert (tta_row["ci_low"] <= tta_row["effect"]).all()
     assert {"site=s1", "site=s2", "size=small", "size=large", "shape=solid"} <= set(
         metrics["slice"])
     per_sample = pd.read_parquet(run / "per_sample.parquet")
     # 8 rows per sample and condition: 5 per-image metrics + 3 lesion counts
-    assert len(per_sample) == len(conditions) * len(ds) * 8
+    assert len(per_sample) == metrics["condition"].nunique() * len(ds) * 8
     # delta vs clean is value - clean value
     dice_m = metrics[(metrics["metric"] == "dice") & (metrics["slice"] == "all")
                      ].set_index("condition")
@@ -127,12 +140,13 @@ def test_results_do_not_depend_on_batch_size(cls_folder: Path, tmp_path: Path) -
 
 def test_rerun_with_added_test_computes_only_that_test(seg_folder: Path, tmp_path: Path) -> None:
     ds = open_dataset(seg_folder, "segmentation")
-    first = SuiteConfig(tests=["jpeg"], severities=[1], **FAST)
+    only = {"uncertainty": [], "mitigate": False, **FAST}
+    first = SuiteConfig(tests=["jpeg"], severities=[1], **only)
     model = {"name": "threshold", "sha256": "0" * 64}
     run_suite(threshold_segmenter(), ds, tmp_path / "run", first, model_info=model,
               progress=False, render=False)
     before = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
-    second = SuiteConfig(tests=["jpeg", "contrast"], severities=[1], **FAST)
+    second = SuiteConfig(tests=["jpeg", "contrast"], severities=[1], **only)
     run_suite(threshold_segmenter(), ds, tmp_path / "run", second, model_info=model,
               progress=False, render=False)
     info = json.loads((tmp_path / "run" / "run.json").read_text())

@@ -95,6 +95,7 @@ def test_stardist_nuclei_segmentation_stress_and_slices(tmp_path: Path) -> None:
                     ].set_index("metric")["value"]
     assert clean["dice"] > 0.5 and 0 < clean["lesion_sensitivity"] <= 1
     assert {"objects=2+", "location=central"} & set(metrics["slice"])
-    assert metrics["condition"].nunique() == 7
-    assert np.isfinite(metrics.loc[metrics["slice"] == "all", "value"]).all()
+    stress = metrics[~metrics["family"].isin(["uncertainty", "mitigation"])]
+    assert stress["condition"].nunique() == 7
+    assert np.isfinite(stress.loc[stress["slice"] == "all", "value"]).all()
     assert (run / "report.html").exists()

@@ -12,6 +12,7 @@ import pandas as pd
 
 from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER, MACRO
 
+STRESS_FAMILIES = ("corruption", "domain_shift", "prompt")
 PRIMARY_METRIC = {"classification": "auroc", "segmentation": "dice", "promptable": "dice"}
 RANK_COLUMNS = ["rank", "kind", "name", "family", "test", "severity", "metric", "target",
                 "value", "reference", "effect", "effect_ci_low", "effect_ci_high",
@@ -30,7 +31,8 @@ def breaking_table(metrics: pd.DataFrame, task: str, metric: str | None = None) 
     m = metrics[(metrics["metric"] == metric) & (metrics["target"] == target)]
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     rows = []
-    conds = m[(m["slice"] == ALL) & (m["condition"] != "clean")]
+    conds = m[(m["slice"] == ALL) & (m["condition"] != "clean")
+              & m["family"].isin(STRESS_FAMILIES)]
     for r in conds.itertuples():
         rows.append({"kind": "condition", "name": r.condition, "family": r.family,
                      "test": r.test, "severity": r.severity, "value": r.value,

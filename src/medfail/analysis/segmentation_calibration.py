@@ -15,7 +15,9 @@ inference from the stored float16 map ``p`` of each class:
 * ``mask_confidence`` = mean ``p`` inside the predicted mask (``p > 0.5``), or mean ``1 - p`` over
   the image when nothing is predicted;
 * ``mask_entropy`` = minus the mean binary entropy inside the predicted mask (whole image when
-  empty), so higher = more confident.
+  empty), so higher = more confident;
+* ``sampling_agreement`` (TTA and MC-dropout conditions only) = minus the mean standard deviation
+  across passes inside the predicted mask.
 
 Selective prediction defers whole images: residual = ``1 - dice``; ``aurc``, ``eaurc``,
 ``augrc``, ``risk_at_80`` (mean 1 - Dice of the 80 % most confident images), ``dice_all`` and
@@ -62,6 +64,14 @@ def _binned(p: np.ndarray, y: np.ndarray) -> np.ndarray:
         np.bincount(idx, minlength=N_PIXEL_BINS).astype(np.float64),
         np.bincount(idx, weights=p.astype(np.float64), minlength=N_PIXEL_BINS),
         np.bincount(idx, weights=y.astype(np.float64), minlength=N_PIXEL_BINS)])
+
+
+def sampling_agreement(p: np.ndarray, spread: np.ndarray) -> float:
+    """Minus the mean spread (std over TTA / MC-dropout passes) inside the predicted mask (whole
+    image when empty): higher = the passes agree more."""
+    pred = p > 0.5
+    region = pred if pred.any() else np.ones_like(pred)
+    return float(-np.asarray(spread, np.float64)[region].mean())
 
 
 def add_pixel_bins(bins: dict[tuple[str, str], np.ndarray], target: str, p: np.ndarray,

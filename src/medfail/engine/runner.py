@@ -33,12 +33,14 @@ from medfail.analysis.aggregate import (
     aggregate_per_image,
 )
 from medfail.analysis.calibration import calibration_table, fit_temperatures
+from medfail.analysis.mitigation import mitigation_table
 from medfail.analysis.per_sample import classification_rows, segmentation_rows
 from medfail.analysis.ranking import breaking_table
 from medfail.analysis.segmentation_calibration import (
     add_pixel_bins,
     image_confidences,
     pixel_bin_table,
+    sampling_agreement,
     segmentation_calibration_table,
 )
 from medfail.data.datasets import Dataset
@@ -58,6 +60,9 @@ from medfail.slices.definitions import slice_membership
 from medfail.slices.features import mask_features
 from medfail.stress.corruptions import perturb_samples
 from medfail.stress.prompt_perturbations import perturb_prompts, prompt_table_rows
+from medfail.uncertainty.postprocess import PostProcess, choose_params
+from medfail.uncertainty.postprocess import apply as apply_postprocess
+from medfail.uncertainty.sampling import NotApplicable, mc_dropout_predict, tta_predict
 
 PARTS = ".parts"
 #: bump when what a finished condition stores changes, so older caches are recomputed
@@ -119,11 +124,34 @@ class _Predictor:
         self.targets = list(adapter.spec.target_names)
         self.spacing_mm = spacing_mm
         self.prompt_rows: list[dict[str, Any]] = []
+        self.postprocess: PostProcess | None = None
 
     def images(self, batch: list[Sample], cond: Condition) -> list[np.ndarray]:
-        if cond.severity == 0 or cond.family == "prompt" or cond.test == SHIFT.test:
+        src = cond.source
+        if src.severity == 0 or src.family == "prompt" or src.test == SHIFT.test:
             return [s.image for s in batch]  # prompt tests and shift data keep the images
-        return perturb_samples(batch, cond.name, self.config.seed)
+        return perturb_samples(batch, src.name, self.config.seed)
+
+    def _predict(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
+                 prompts: list[list[Prompt]] | None = None) -> tuple[list[np.ndarray], list]:
+        """Predictions by the condition's method, and a per-sample spread (None if plain)."""
+        ids = [s.id for s in batch]
+        if cond.method == "tta":
+            return tta_predict(self.adapter, images, prompts)
+        if cond.method == "mc_dropout":
+            return mc_dropout_predict(self.adapter, images, ids, self.config.seed,
+                                      self.config.mc_passes, prompts)
+        if cond.method == "morphology":
+            assert self.postprocess is not None and cond.base is not None
+            stored = np.load(condition_path(self.run_dir, cond.base.name, self.task))
+            out = []
+            for sid in ids:
+                fg = apply_postprocess(stored[sid][0].astype(np.float32), self.postprocess)
+                out.append(np.stack([1.0 - fg, fg]))
+            return out, [None] * len(ids)
+        if prompts is not None:
+            return list(self.adapter.predict_proba(images, prompts)), [None] * len(ids)
+        return list(self.adapter.predict_proba(images)), [None] * len(ids)
 
     def run(self, cond: Condition, progress: bool) -> pd.DataFrame:
         self.prompt_rows = []
@@ -167,14 +195,18 @@ class _Predictor:
 
     def _classify(self, batch: list[Sample], images: list[np.ndarray],
                   cond: Condition) -> pd.DataFrame:
-        probs = self.adapter.predict_proba(images)
+        probs_list, spreads = self._predict(batch, images, cond)
+        probs = np.stack(probs_list)
+        spread = np.stack([np.full(len(self.targets), np.nan) if sp is None else sp
+                           for sp in spreads])
         labels = np.stack([self._one_hot(s) for s in batch])
         k = len(self.targets)
         return pd.DataFrame({
             "id": np.repeat([s.id for s in batch], k), "condition": cond.name,
             "test": cond.test, "family": cond.family, "severity": cond.severity,
             "target": np.tile(self.targets, len(batch)),
-            "prob": probs.reshape(-1).astype(np.float64), "label": labels.reshape(-1)})
+            "prob": probs.reshape(-1).astype(np.float64), "label": labels.reshape(-1),
+            "spread": spread.reshape(-1).astype(np.float64)})
 
     def _one_hot(self, s: Sample) -> np.ndarray:
         label = np.asarray(s.label)
@@ -184,25 +216,27 @@ class _Predictor:
 
     def _segment(self, batch: list[Sample], images: list[np.ndarray],
                  writer: MapWriter | None, cond: Condition) -> list[dict[str, object]]:
+        prompts = None
         if self.task == "promptable":
             prompts = [self.prompts(s) for s in batch]
-            if cond.family == "prompt":
+            src = cond.source
+            if src.family == "prompt":
                 prompts = perturb_prompts(prompts, [s.mask for s in batch],
-                                          [s.id for s in batch], cond.name, self.config.seed)
+                                          [s.id for s in batch], src.name, self.config.seed)
                 self.prompt_rows += prompt_table_rows(prompts, [s.id for s in batch], cond.name)
-            probs = self.adapter.predict_proba(images, prompts)
-        else:
-            probs = self.adapter.predict_proba(images)
+        probs, spreads = self._predict(batch, images, cond, prompts)
         rows: list[dict[str, object]] = []
-        for s, p in zip(batch, probs, strict=True):
+        for s, p, spread in zip(batch, probs, spreads, strict=True):
             fg = quantise(p)
             assert writer is not None
             writer.add(s.id, fg)
             for k, target in enumerate(self.targets):
                 p = fg[k].astype(np.float32)
+                signals = image_confidences(p)
+                if spread is not None:
+                    signals["sampling_agreement"] = sampling_agreement(p, spread[k + 1])
                 self.confidence_rows += [{"id": s.id, "target": target, "signal": name,
-                                          "value": value}
-                                         for name, value in image_confidences(p).items()]
+                                          "value": value} for name, value in signals.items()]
                 add_pixel_bins(self.pixel_bins, target, p, s.mask == k + 1)
             rows += segmentation_rows(
                 s.id, fg, s.mask, self.targets, self.config.boundary_tolerance_px,
@@ -323,50 +357,88 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
 
     per_condition_s: dict[str, float] = {}
     cached: list[str] = []
-    jobs = [(c, dataset) for c in conditions] + ([(SHIFT, shift)] if shift is not None else [])
-    bar = tqdm(jobs, desc=f"{task} suite", unit="condition", disable=not progress)
-    for cond, ds in bar:
-        part = parts / f"{cond.name}.parquet"
-        seconds = part.with_suffix(".seconds")
-        stored = condition_path(run_dir, cond.name, task)
-        complete = stored.exists() and (task == "classification" or stored.with_name(
-            f"{cond.name}.pixel_bins.parquet").exists())
-        if part.exists() and complete and cond is not SHIFT:
-            cached.append(cond.name)
-            per_condition_s[cond.name] = float(seconds.read_text()) if seconds.exists() else 0.0
-            continue
-        t = time.perf_counter()
-        predictor = _Predictor(adapter, ds, run_dir, config, spacing_mm)
-        write_table(predictor.run(cond, progress), part)
-        per_condition_s[cond.name] = time.perf_counter() - t
-        seconds.write_text(repr(per_condition_s[cond.name]))
-    stages["predict"] = sum(v for k, v in per_condition_s.items() if k not in cached)
+    not_applicable: dict[str, str] = {}
+    done: list[Condition] = []
 
-    t = time.perf_counter()
-    names = [c.name for c in conditions] + ([SHIFT.name] if shift is not None else [])
-    per_sample = pd.concat([pd.read_parquet(parts / f"{n}.parquet") for n in names],
-                           ignore_index=True)
-    per_sample = per_sample[["id", "condition", "test", "family", "severity", "target",
-                             "metric", "value"]]
-    write_table(per_sample, run_dir / "per_sample.parquet")
+    def run_jobs(jobs: list[tuple[Condition, Dataset]], postprocess: PostProcess | None = None
+                 ) -> None:
+        bar = tqdm(jobs, desc=f"{task} suite", unit="condition", disable=not progress)
+        for cond, ds in bar:
+            part = parts / f"{cond.name}.parquet"
+            seconds = part.with_suffix(".seconds")
+            stored = condition_path(run_dir, cond.name, task)
+            complete = stored.exists() and (task == "classification" or stored.with_name(
+                f"{cond.name}.pixel_bins.parquet").exists())
+            if part.exists() and complete and cond is not SHIFT:
+                cached.append(cond.name)
+                per_condition_s[cond.name] = float(seconds.read_text()) \
+                    if seconds.exists() else 0.0
+                done.append(cond)
+                continue
+            t = time.perf_counter()
+            predictor = _Predictor(adapter, ds, run_dir, config, spacing_mm)
+            predictor.postprocess = postprocess
+            try:
+                write_table(predictor.run(cond, progress), part)
+            except NotApplicable as exc:
+                not_applicable[cond.name] = str(exc)
+                continue
+            per_condition_s[cond.name] = time.perf_counter() - t
+            seconds.write_text(repr(per_condition_s[cond.name]))
+            done.append(cond)
+
+    run_jobs([(c, dataset) for c in conditions + config.method_conditions()]
+             + ([(SHIFT, shift)] if shift is not None else []))
     membership = slice_membership(index, metadata, config.slices, config.size_threshold_px,
                                   "mm2" if spacing_mm else "px")
     write_table(membership, run_dir / "slices.parquet")
-    metrics = _aggregate(run_dir, task, adapter, conditions, per_sample, membership, thresholds,
-                         config, shift is not None, progress)
+    mitigation_info: dict[str, Any] = {}
+    if config.mitigate:
+        t = time.perf_counter()
+        per_sample = _per_sample(parts, conditions)
+        metrics = _aggregate(run_dir, task, adapter, conditions, per_sample, membership,
+                             thresholds, config, False, False)
+        worst = _worst_condition(breaking_table(metrics, task), conditions)
+        stages["mitigation_choice"] = time.perf_counter() - t
+        if worst is not None:
+            jobs = [(Condition(f"tta|{worst.name}", "tta", "mitigation", worst.severity,
+                               method="tta", base=worst), dataset)]
+            postprocess = None
+            if task != "classification" and calibration is not None:
+                postprocess, cal_dice = _choose_postprocess(adapter, calibration, config)
+                mitigation_info["postprocess"] = {**postprocess.to_dict(),
+                                                  "calibration_dice": cal_dice}
+                jobs.append((Condition(f"morphology|{worst.name}", "morphology", "mitigation",
+                                       worst.severity, method="morphology", base=worst),
+                             dataset))
+            mitigation_info["worst_condition"] = worst.name
+            run_jobs(jobs, postprocess)
+    stages["predict"] = sum(v for k, v in per_condition_s.items() if k not in cached)
+
+    t = time.perf_counter()
+    all_conditions = [c for c in done if c is not SHIFT]
+    names = [c.name for c in all_conditions] + ([SHIFT.name] if shift is not None else [])
+    per_sample = _per_sample(parts, all_conditions + ([SHIFT] if shift is not None else []))
+    write_table(per_sample, run_dir / "per_sample.parquet")
+    draws: dict[Key, Estimate] = {}
+    metrics = _aggregate(run_dir, task, adapter, all_conditions, per_sample, membership,
+                         thresholds, config, shift is not None, progress, draws)
     write_table(metrics, run_dir / "metrics.parquet")
-    write_table(breaking_table(metrics, task), run_dir / "ranking.parquet")
+    ranking = breaking_table(metrics, task)
+    write_table(ranking, run_dir / "ranking.parquet")
     temperatures = None
     if task == "classification":
         if cal_preds is not None:
             temperatures = fit_temperatures(cal_preds, adapter.spec.multi_label)
         preds = pd.concat([pd.read_parquet(condition_path(run_dir, n, task)) for n in names],
                           ignore_index=True)
-        write_table(calibration_table(preds, adapter.spec.multi_label, thresholds, temperatures),
-                    run_dir / "calibration.parquet")
+        cal_table = calibration_table(preds, adapter.spec.multi_label, thresholds, temperatures)
     else:
-        write_table(segmentation_calibration_table(run_dir, conditions, per_sample),
-                    run_dir / "calibration.parquet")
+        cal_table = segmentation_calibration_table(run_dir, all_conditions, per_sample)
+    write_table(cal_table, run_dir / "calibration.parquet")
+    write_table(mitigation_table(task, all_conditions, draws, cal_table, ranking,
+                                 per_condition_s, config),
+                run_dir / "mitigations.parquet")
     stages["aggregate"] = time.perf_counter() - t
 
     run_info = {
@@ -392,6 +464,8 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         "hardware": hardware(),
         "wall_clock_s": {"stages": stages, "per_condition": per_condition_s},
         "cached_conditions": cached,
+        "not_applicable": not_applicable,
+        "mitigation": mitigation_info,
     }
     _write_json(run_dir / "run.json", run_info)
     if render:
@@ -404,13 +478,46 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     return run_dir
 
 
+def _per_sample(parts: Path, conditions: Sequence[Condition]) -> pd.DataFrame:
+    per_sample = pd.concat([pd.read_parquet(parts / f"{c.name}.parquet") for c in conditions],
+                           ignore_index=True)
+    return per_sample[["id", "condition", "test", "family", "severity", "target", "metric",
+                       "value"]]
+
+
+def _worst_condition(ranking: pd.DataFrame, conditions: Sequence[Condition]
+                     ) -> Condition | None:
+    """The top significant stress condition (mitigations are measured on it)."""
+    by_name = {c.name: c for c in conditions}
+    for r in ranking.itertuples():
+        if r.kind == "condition" and r.significant and r.name in by_name:
+            return by_name[r.name]
+    return None
+
+
+def _choose_postprocess(adapter: ModelAdapter, calibration: Dataset, config: SuiteConfig
+                        ) -> tuple[PostProcess, float]:
+    """Post-processing parameters chosen on the calibration split's clean predictions."""
+    probs, masks = [], []
+    for batch in calibration.batches(config.batch_size):
+        if adapter.spec.task == "promptable":
+            out = adapter.predict_proba([s.image for s in batch],  # type: ignore[call-arg]
+                                        [_Predictor.prompts(s) for s in batch])
+        else:
+            out = adapter.predict_proba([s.image for s in batch])
+        for s, p in zip(batch, out, strict=True):
+            probs.append(quantise(p)[0].astype(np.float32))
+            masks.append(s.mask)
+    return choose_params(probs, masks)
+
+
 def _aggregate(run_dir: Path, task: str, adapter: ModelAdapter, conditions: list[Condition],
                per_sample: pd.DataFrame, membership: pd.DataFrame,
                thresholds: dict[str, float] | float, config: SuiteConfig, with_shift: bool,
-               progress: bool) -> pd.DataFrame:
+               progress: bool, draws: dict[Key, Estimate] | None = None) -> pd.DataFrame:
     """metrics.parquet rows: every condition and slice, plus ``shift_data`` vs in-domain."""
     cond_table = _conditions_table(conditions)
-    draws: dict[Key, Estimate] = {}
+    draws = {} if draws is None else draws
     common = {"n_bootstrap": config.n_bootstrap, "seed": config.seed,
               "min_slice_n": config.min_slice_n}
     main_ps = per_sample[per_sample["condition"] != SHIFT.name]

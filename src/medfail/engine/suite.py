@@ -12,6 +12,9 @@ Example ``suite.yaml``::
     boundary_tolerance_px: 2.0 # boundary_f1 tolerance (px); also nsd's when spacing is unknown
     surface_tolerance_mm: 2.0  # nsd tolerance when every sample has a pixel spacing
     min_slice_n: 10         # slices with fewer samples are flagged (never hidden)
+    uncertainty: [tta, mc_dropout]  # extra-pass methods run on clean images (stored conditions)
+    mc_passes: 8
+    mitigate: true          # measure mitigations on the top breaking condition
 
 Which tests apply: a test applies to a task and modality when its family fits the task (``prompt``
 tests only for promptable segmenters) and its ``modalities`` contain ``any`` or the data's
@@ -33,16 +36,29 @@ from medfail.stress.registry import CLEAN
 
 @dataclass(frozen=True)
 class Condition:
-    """A stress test at a severity; ``clean`` is severity 0 of every test."""
+    """A stress test at a severity; ``clean`` is severity 0 of every test.
+
+    ``method`` is how predictions are made: ``plain`` (one forward pass), ``tta``,
+    ``mc_dropout`` or ``morphology`` (post-processing of ``base``'s stored predictions).
+    ``base`` is the stress condition whose inputs a method variant uses (None = itself).
+    """
 
     name: str
     test: str
     family: str
     severity: int
+    method: str = "plain"
+    base: Condition | None = None
+
+    @property
+    def source(self) -> Condition:
+        """The stress condition that defines this condition's inputs."""
+        return self.base if self.base is not None else self
 
 
 CLEAN_CONDITION = Condition(CLEAN, CLEAN, CLEAN, 0)
 SLICE_KINDS: tuple[str, ...] = ("size", "location", "shape", "metadata")
+UNCERTAINTY_METHODS: tuple[str, ...] = ("tta", "mc_dropout")
 
 
 def applies(test: registry.StressTest, task: str, modality: str) -> tuple[bool, str]:
@@ -72,11 +88,18 @@ class SuiteConfig:
     min_slice_n: int = 10
     size_threshold_px: float | None = None
     lesion_min_overlap: float = 0.1
+    uncertainty: list[str] = field(default_factory=lambda: ["tta", "mc_dropout"])
+    mc_passes: int = 8
+    mitigate: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in self.tests or []:
             registry.get(name)  # raises with the list of valid names
+        bad_methods = [m for m in self.uncertainty if m not in UNCERTAINTY_METHODS]
+        if bad_methods:
+            raise MedfailInputError(None, f"unknown uncertainty method(s) {bad_methods}; valid: "
+                                    f"{', '.join(UNCERTAINTY_METHODS)}")
         unknown = [k for k in self.slices if k not in SLICE_KINDS]
         if unknown:
             raise MedfailInputError(
@@ -128,3 +151,8 @@ class SuiteConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def method_conditions(self) -> list[Condition]:
+        """Extra-pass uncertainty methods on clean images (family ``uncertainty``)."""
+        return [Condition(m, m, "uncertainty", 0, method=m, base=CLEAN_CONDITION)
+                for m in self.uncertainty]
