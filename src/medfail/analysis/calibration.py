@@ -9,7 +9,9 @@ Methods (confidence signals):
   (multi-label) or the top-class probability (multi-class);
 * ``temperature`` - probabilities after temperature scaling fitted on the calibration split only
   (one temperature per target for multi-label, one for multi-class); absent without a split;
-* ``entropy`` - confidence ``-H(p)``; a ranking only (its calibration metrics are ``max_prob``'s).
+* ``entropy`` - confidence ``-H(p)``; a ranking only (its calibration metrics are ``max_prob``'s);
+* ``spread`` - for the TTA and MC-dropout conditions: confidence = minus the standard deviation of
+  the target's probability across passes (a ranking that CAN differ from ``max_prob``'s).
 
 Metrics: ``ece`` (15 equal-width bins), ``adaptive_ece`` (15 equal-mass bins), ``brier``, ``nll``
 of P(target) (multi-label) or of the top label / full distribution (multi-class); selective
@@ -79,7 +81,8 @@ def _selective(conf: np.ndarray, wrong: np.ndarray, y: np.ndarray,
 
 
 def _binary_rows(y: np.ndarray, p: np.ndarray, threshold: float,
-                 temperature: float | None) -> dict[str, dict[str, float]]:
+                 temperature: float | None,
+                 spread: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     decision = (p >= threshold).astype(np.float64)
     wrong = (decision != y).astype(np.float64)
     out: dict[str, dict[str, float]] = {}
@@ -91,6 +94,8 @@ def _binary_rows(y: np.ndarray, p: np.ndarray, threshold: float,
                  "brier": brier(y, q), "nll": nll(y, q)}
         out[method] = {**calib, **_selective(np.maximum(q, 1 - q), wrong, y, decision)}
     out["entropy"] = _selective(-entropy_binary(p), wrong, y, decision)
+    if spread is not None and np.isfinite(spread).all():
+        out["spread"] = _selective(-spread, wrong, y, decision)
     return out
 
 
@@ -128,11 +133,14 @@ def calibration_table(predictions: pd.DataFrame, multi_label: bool,
         meta = {"condition": cond, "test": grp["test"].iloc[0], "family": grp["family"].iloc[0],
                 "severity": grp["severity"].iloc[0]}
         p, y = _wide(grp, targets)
+        spread = grp.pivot(index="id", columns="target", values="spread")[targets].to_numpy(
+            np.float64) if "spread" in grp else None
         if multi_label:
             per_target = {}
             for k, t in enumerate(targets):
                 temp = None if temperatures is None else temperatures.get(t)
-                per_target[t] = _binary_rows(y[:, k], p[:, k], thresholds[t], temp)
+                per_target[t] = _binary_rows(y[:, k], p[:, k], thresholds[t], temp,
+                                             None if spread is None else spread[:, k])
                 rows += _rows(meta, t, per_target[t], len(y))
             if len(targets) > 1:
                 rows += _rows(meta, "macro", _macro(per_target), len(y))
@@ -155,5 +163,6 @@ def _macro(per_target: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict
     def mean(v: np.ndarray) -> float:
         return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
-    return {method: {metric: mean(np.array([per_target[t][method][metric] for t in per_target]))
+    return {method: {metric: mean(np.array([per_target[t][method][metric] for t in per_target
+                                            if method in per_target[t]]))
                      for metric in metrics} for method, metrics in first.items()}

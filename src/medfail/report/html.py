@@ -100,6 +100,35 @@ def _ranking_rows(ranking: pd.DataFrame, limit: int = 15) -> list[dict[str, Any]
     return out
 
 
+def _method_conditions(table: pd.DataFrame, worst: str | None) -> list[str]:
+    """Conditions compared in the method table: clean, the extra-pass methods, the worst one."""
+    wanted = ["clean", "tta", "mc_dropout"] + ([worst, f"tta|{worst}"] if worst else [])
+    present = set(table["condition"])
+    return [c for c in wanted if c in present]
+
+
+def _mitigation_rows(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "mitigations.parquet"
+    if not path.exists():
+        return []
+    rows = []
+    for r in pd.read_parquet(path).itertuples():
+        ci = "" if math.isnan(r.ci_low) else _ci(r.ci_low, r.ci_high)
+        cost = []
+        if r.forward_passes:
+            cost.append(f"{r.forward_passes} passes")
+        if not math.isnan(r.time_ratio) and r.time_ratio > 0:
+            cost.append(f"×{r.time_ratio:.1f} time")
+        if r.coverage < 1:
+            cost.append(f"coverage {r.coverage:.0%}")
+        rows.append({"mitigation": r.mitigation, "base": r.base, "slice": r.slice,
+                     "metric": r.metric, "before": _fmt(r.before), "after": _fmt(r.after),
+                     "effect": f"{r.effect:+.3f}", "ci": ci,
+                     "helps": "yes" if r.helps else "no", "cls": "" if r.helps else "drop",
+                     "cost": ", ".join(cost) or "negligible", "note": r.note})
+    return rows
+
+
 CAL_METRICS = ["ece", "adaptive_ece", "brier", "nll", "aurc", "eaurc", "augrc", "risk_at_80",
                "sens_all", "sens_at_80"]
 
@@ -164,7 +193,7 @@ def _calibration_section(run_dir: Path, run: dict[str, Any],
         path = calibration_drift_plot(table, "ece", target, figdir / "calibration_drift.png")
         figs.append(_figure(path, run_dir, "ECE vs severity"))
     rows = []
-    for cond in ["clean"] + ([worst] if worst else []):
+    for cond in _method_conditions(table, worst):
         sub = table[(table["condition"] == cond) & (table["target"] == target)]
         for method, grp in sub.groupby("method", sort=False):
             vals = grp.set_index("metric")["value"]
@@ -223,7 +252,7 @@ def _segmentation_calibration_section(run_dir: Path, worst: str | None,
         path = calibration_drift_plot(pix, "ece", target, figdir / "calibration_drift.png")
         figs.append(_figure(path, run_dir, "per-pixel ECE vs severity"))
     rows = []
-    for cond in conds:
+    for cond in _method_conditions(table, worst):
         sub = table[table["condition"] == cond]
         pe = sub.loc[sub["metric"] == "pixel_ece_band", "value"]
         for method, grp in sub[sub["method"] != "pixel"].groupby("method", sort=False):
@@ -298,7 +327,8 @@ def render_report(run_dir: str | Path) -> Path:
         n_samples=run["data"]["n_samples"], seed=run["seed"], version=run["medfail_version"],
         n_conditions=len(run["conditions"]), summary=breaking_sentence(ranking),
         ranking=_ranking_rows(ranking), primary=primary, target=target, families=families,
-        slice_figures=slice_figs, calibration=calibration, n_bootstrap=run["config"]["n_bootstrap"],
+        slice_figures=slice_figs, calibration=calibration,
+        mitigations=_mitigation_rows(run_dir), n_bootstrap=run["config"]["n_bootstrap"],
         shift=[{"metric": r.metric, "value": _fmt(r.value), "delta": f"{r.delta_vs_clean:+.3f}",
                 "ci": _ci(r.delta_ci_low, r.delta_ci_high), "n": r.n,
                 "cls": "drop" if _harmful(r.metric, r.delta_ci_low, r.delta_ci_high) else ""}
