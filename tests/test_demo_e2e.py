@@ -60,6 +60,19 @@ def test_demo_recovers_the_planted_weaknesses(tmp_path: Path) -> None:
     run = json.loads((tmp_path / "classification" / "run.json").read_text())
     assert set(run["thresholds"]) == {"nodule", "cavity", "effusion"}  # chosen on calibration
 
+    # uncertainty and mitigations (issue 4 parts): stored TTA/MC conditions, temperature on the
+    # calibration split, mitigations measured on the top breaking condition
+    cal = pd.read_parquet(tmp_path / "classification" / "calibration.parquet")
+    clean = cal[(cal["condition"] == "clean") & (cal["target"] == "macro")]
+    nll = clean[clean["metric"] == "nll"].set_index("method")["value"]
+    assert nll["temperature"] <= nll["max_prob"] + 1e-9
+    assert {"tta", "mc_dropout"} <= set(cls["condition"]) and {"tta", "mc_dropout"} <= set(
+        seg["condition"])
+    mit = pd.read_parquet(tmp_path / "segmentation" / "mitigations.parquet")
+    assert {"tta", "morphology", "selective_80"} <= set(mit["mitigation"])
+    html = (tmp_path / "segmentation" / "report.html").read_text()
+    assert "Uncertainty and calibration" in html and "Mitigations on the top breaking" in html
+
     # a second demo reuses the trained baselines
     run_demo(tmp_path, suite=suite, progress=False)
     run = json.loads((tmp_path / "segmentation" / "run.json").read_text())
