@@ -192,3 +192,34 @@ def test_suite_yaml(tmp_path: Path) -> None:
     cfg.write_text("tests: [jpeg]\nseveritys: [2]\n")
     with pytest.raises(MedfailInputError, match=r"suite\.yaml: unknown option\(s\) severitys"):
         SuiteConfig.from_yaml(cfg)
+
+
+def test_deep_ensemble_condition(seg_folder: Path, tmp_path: Path) -> None:
+    ds = open_dataset(seg_folder, "segmentation")
+    spec = ModelSpec(task="segmentation", target_names=["lesion"], output="probabilities")
+
+    def shifted(level: float) -> Segmenter:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            fg = torch.sigmoid((x[:, :1] - level) / 10.0)
+            return torch.cat([1 - fg, fg], dim=1)
+        return Segmenter(spec, forward, name=f"level{level}")
+
+    config = SuiteConfig(tests=["jpeg"], severities=[1], uncertainty=[], mitigate=False, **FAST)
+    run = run_suite(threshold_segmenter(), ds, tmp_path / "run", config, progress=False,
+                    render=False, ensemble=[shifted(100.0), shifted(160.0)])
+    stored = np.load(run / "predictions" / "ensemble.npz")
+    clean = np.load(run / "predictions" / "clean.npz")
+    sid = ds.ids[0]
+    image = ds.load(sid).image[0]
+    expected = np.mean([1 / (1 + np.exp(-(image - lv) / 10.0)) for lv in (130.0, 100.0, 160.0)],
+                       axis=0)
+    np.testing.assert_allclose(stored[sid][0].astype(np.float32), expected, atol=2e-3)
+    assert not np.array_equal(stored[sid], clean[sid])
+    conf = pd.read_parquet(run / "predictions" / "ensemble.confidence.parquet")
+    assert "sampling_agreement" in set(conf["signal"])
+    info = json.loads((run / "run.json").read_text())
+    assert info["model"]["ensemble"] == ["level100.0", "level160.0"]
+    wrong = ModelSpec(task="segmentation", target_names=["other"], output="probabilities")
+    with pytest.raises(MedfailInputError, match="ensemble members need"):
+        run_suite(threshold_segmenter(), ds, tmp_path / "run2", config, progress=False,
+                  render=False, ensemble=[Segmenter(wrong, lambda x: x)])

@@ -131,6 +131,10 @@ def run(
     shift_data: Annotated[Path | None, typer.Option(
         help="A second site's folder: evaluated clean and reported as Δ vs in-domain. "
         "Example: --shift-data site_b/test")] = None,
+    ensemble_model: Annotated[list[str] | None, typer.Option(
+        help="Further models of the same task and targets (repeat the option): their mean is "
+        "stored as the deep-ensemble condition `ensemble`. Example: --ensemble-model seed1.pt "
+        "--ensemble-model seed2.pt")] = None,
     model_spec: Annotated[Path | None, typer.Option(
         help="JSON spec for TorchScript/ONNX/callable models (task, target_names, input_size, "
         "in_channels, normalisation, output). Example: --model-spec spec.json")] = None,
@@ -165,9 +169,12 @@ def run(
                                    target_names=names)
                  for key, path, default in (("calibration", calibration, "val"),
                                             ("shift", shift_data, "test")) if path is not None}
+        members = [load_model(m, task, spec_path=model_spec, trust_pickle=trust_pickle,
+                              device=device) for m in ensemble_model or []]
         run_dir = run_suite(adapter, dataset, out or Path("runs") / task, suite,
                             model_info=describe_model(model),
-                            command=["medfail", *sys.argv[1:]], progress=not quiet, **extra)
+                            command=["medfail", *sys.argv[1:]], progress=not quiet,
+                            ensemble=members, **extra)
     except MedfailInputError as exc:
         _fail(exc)
     print(f"report: {run_dir / 'report.html'}")

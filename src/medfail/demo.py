@@ -24,7 +24,7 @@ DEMO_TASKS: tuple[str, ...] = ("classification", "segmentation", "promptable")
 MODEL_FILES = {"classification": "classifier.pt", "segmentation": "segmenter.pt",
                "promptable": "promptable.pt"}
 TRAINING = {
-    "classification": TrainConfig(task="classification", size=64, epochs=6, seed=0),
+    "classification": TrainConfig(task="classification", size=64, epochs=8, seed=0),
     "segmentation": TrainConfig(task="segmentation", size=64, epochs=12, seed=0,
                                 patches_per_image=2),
     "promptable": TrainConfig(task="promptable", size=64, epochs=12, seed=0),

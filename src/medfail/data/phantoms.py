@@ -73,8 +73,8 @@ class PhantomConfig:
     size: int = 128
     n_train: int = 320
     n_calibration: int = 96
-    n_test: int = 80
-    n_shift: int = 40
+    n_test: int = 96
+    n_shift: int = 48
     seed: int = 0
     prevalence: tuple[float, float, float] = (0.5, 0.35, 0.35)  # nodule, cavity, effusion
     site_mix_train: dict[str, float] = field(

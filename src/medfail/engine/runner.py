@@ -62,7 +62,12 @@ from medfail.stress.corruptions import perturb_samples
 from medfail.stress.prompt_perturbations import perturb_prompts, prompt_table_rows
 from medfail.uncertainty.postprocess import PostProcess, choose_params
 from medfail.uncertainty.postprocess import apply as apply_postprocess
-from medfail.uncertainty.sampling import NotApplicable, mc_dropout_predict, tta_predict
+from medfail.uncertainty.sampling import (
+    NotApplicable,
+    ensemble_predict,
+    mc_dropout_predict,
+    tta_predict,
+)
 
 PARTS = ".parts"
 #: bump when what a finished condition stores changes, so older caches are recomputed
@@ -125,6 +130,7 @@ class _Predictor:
         self.spacing_mm = spacing_mm
         self.prompt_rows: list[dict[str, Any]] = []
         self.postprocess: PostProcess | None = None
+        self.members: list[ModelAdapter] = [adapter]
 
     def images(self, batch: list[Sample], cond: Condition) -> list[np.ndarray]:
         src = cond.source
@@ -138,6 +144,8 @@ class _Predictor:
         ids = [s.id for s in batch]
         if cond.method == "tta":
             return tta_predict(self.adapter, images, prompts)
+        if cond.method == "ensemble":
+            return ensemble_predict(self.members, images, prompts)
         if cond.method == "mc_dropout":
             return mc_dropout_predict(self.adapter, images, ids, self.config.seed,
                                       self.config.mc_passes, prompts)
@@ -308,12 +316,13 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
               config: SuiteConfig, model_info: dict[str, Any] | None = None,
               command: Sequence[str] | None = None, progress: bool = True,
               render: bool = True, calibration: Dataset | None = None,
-              shift: Dataset | None = None) -> Path:
+              shift: Dataset | None = None, ensemble: Sequence[ModelAdapter] = ()) -> Path:
     """Run every condition of ``config`` and write the run directory; returns its path.
 
     ``calibration``: a split used only to choose classification thresholds (F1-maximising per
     target). ``shift``: a second site's data, evaluated clean as condition ``shift_data`` and
-    compared with the in-domain clean result (unpaired Δ).
+    compared with the in-domain clean result (unpaired Δ). ``ensemble``: further models of the
+    same task and targets; with them a deep-ensemble condition ``ensemble`` is stored.
     """
     run_dir = Path(out_dir)
     model_info = dict(model_info or {"name": adapter.name})
@@ -378,6 +387,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
             t = time.perf_counter()
             predictor = _Predictor(adapter, ds, run_dir, config, spacing_mm)
             predictor.postprocess = postprocess
+            predictor.members = [adapter, *ensemble]
             try:
                 write_table(predictor.run(cond, progress), part)
             except NotApplicable as exc:
@@ -387,7 +397,14 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
             seconds.write_text(repr(per_condition_s[cond.name]))
             done.append(cond)
 
-    run_jobs([(c, dataset) for c in conditions + config.method_conditions()]
+    for member in ensemble:
+        if member.spec.task != task or member.spec.target_names != adapter.spec.target_names:
+            raise MedfailInputError(member.name, "ensemble members need the task and targets "
+                                    f"of the main model ({task}, {adapter.spec.target_names})")
+    methods = config.method_conditions() + ([Condition(
+        "ensemble", "ensemble", "uncertainty", 0, method="ensemble", base=conditions[0])]
+        if ensemble else [])
+    run_jobs([(c, dataset) for c in conditions + methods]
              + ([(SHIFT, shift)] if shift is not None else []))
     membership = slice_membership(index, metadata, config.slices, config.size_threshold_px,
                                   "mm2" if spacing_mm else "px")
@@ -452,7 +469,8 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         "distance_unit": "mm" if spacing_mm else "px",
         "thresholds": thresholds,
         "temperatures": temperatures,
-        "model": {**model_info, "spec": adapter.spec.to_dict()},
+        "model": {**model_info, "spec": adapter.spec.to_dict(),
+                  "ensemble": [m.name for m in ensemble]},
         "data": {"name": Path(dataset.root).name, "n_samples": len(dataset),
                  "content_hash": data_hash, "targets": list(adapter.spec.target_names),
                  "calibration": None if calibration is None else {

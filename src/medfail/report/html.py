@@ -102,7 +102,8 @@ def _ranking_rows(ranking: pd.DataFrame, limit: int = 15) -> list[dict[str, Any]
 
 def _method_conditions(table: pd.DataFrame, worst: str | None) -> list[str]:
     """Conditions compared in the method table: clean, the extra-pass methods, the worst one."""
-    wanted = ["clean", "tta", "mc_dropout"] + ([worst, f"tta|{worst}"] if worst else [])
+    wanted = ["clean", "tta", "mc_dropout", "ensemble"] + (
+        [worst, f"tta|{worst}"] if worst else [])
     present = set(table["condition"])
     return [c for c in wanted if c in present]
 

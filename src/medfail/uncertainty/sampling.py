@@ -1,7 +1,8 @@
 """Test-time augmentation (TTA) and Monte-Carlo dropout: several forward passes per image.
 
-Both return the mean probability and the per-element standard deviation across passes (the
-"spread", an uncertainty signal); the cost is ``n_passes`` forward passes per image.
+All return the mean probability and the per-element standard deviation across passes (the
+"spread", an uncertainty signal); the cost is ``n_passes`` forward passes per image. A deep
+ensemble (:func:`ensemble_predict`) does the same over several models.
 
 * TTA: flips along width, height and both (plus the identity), predictions flipped back;
   prompts are flipped with the image. Deterministic.
@@ -73,6 +74,17 @@ def tta_predict(adapter: ModelAdapter, images: Sequence[np.ndarray],
             for plist, im in zip(prompts, images, strict=True)]
         for i, out in enumerate(_predict(adapter, flipped, fprompts)):
             draws[i].append(np.flip(out, axis=axes) if (axes and segmentation) else out)
+    return _summarise(draws)
+
+
+def ensemble_predict(adapters: Sequence[ModelAdapter], images: Sequence[np.ndarray],
+                     prompts: Sequence[Sequence[Prompt]] | None = None
+                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Deep ensemble: mean and spread of the members' predictions (one pass per member)."""
+    draws: list[list[np.ndarray]] = [[] for _ in images]
+    for adapter in adapters:
+        for i, out in enumerate(_predict(adapter, images, prompts)):
+            draws[i].append(out)
     return _summarise(draws)
 
 
