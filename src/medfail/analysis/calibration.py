@@ -16,7 +16,8 @@ Methods (confidence signals):
 Metrics: ``ece`` (15 equal-width bins), ``adaptive_ece`` (15 equal-mass bins), ``brier``, ``nll``
 of P(target) (multi-label) or of the top label / full distribution (multi-class); selective
 prediction with residual = 1 for a wrong decision at the run's threshold: ``aurc``, ``eaurc``,
-``augrc``, ``risk_at_80`` (error rate of the 80 % most confident cases), and ``sens_all`` /
+``augrc``, ``risk_at_80`` (error rate of the 80 % most confident cases), ``coverage_at_risk_5``
+(the largest share of cases kept with an error rate ≤ 5 %), and ``sens_all`` /
 ``sens_at_80`` (sensitivity over all positives vs over the positives kept at 80 % coverage), so a
 report can say "deferring the 20 % least confident cases raises sensitivity from a to b".
 For binary targets temperature scaling and entropy are monotone in ``|logit p|``: they cannot
@@ -37,7 +38,14 @@ from medfail.metrics.calibration import (
     nll_multiclass,
 )
 from medfail.metrics.classification import brier
-from medfail.metrics.selective import augrc, aurc, eaurc, risk_at_coverage, selective_metric
+from medfail.metrics.selective import (
+    augrc,
+    aurc,
+    coverage_at_risk,
+    eaurc,
+    risk_at_coverage,
+    selective_metric,
+)
 from medfail.uncertainty.temperature import (
     apply_temperature_binary,
     apply_temperature_multiclass,
@@ -47,6 +55,7 @@ from medfail.uncertainty.temperature import (
 )
 
 COVERAGE = 0.8
+TARGET_RISK = 0.05
 N_BINS = 15
 CAL_COLUMNS = ["condition", "test", "family", "severity", "target", "method", "metric", "value",
                "n"]
@@ -74,6 +83,7 @@ def _selective(conf: np.ndarray, wrong: np.ndarray, y: np.ndarray,
     return {
         "aurc": aurc(conf, wrong), "eaurc": eaurc(conf, wrong), "augrc": augrc(conf, wrong),
         "risk_at_80": risk_at_coverage(conf, wrong, COVERAGE),
+        "coverage_at_risk_5": coverage_at_risk(conf, wrong, TARGET_RISK),
         "sens_all": float(detected[pos].mean()) if pos.any() else float("nan"),
         "sens_at_80": selective_metric(conf[pos], detected[pos], COVERAGE)
         if pos.any() else float("nan"),

@@ -20,7 +20,8 @@ inference from the stored float16 map ``p`` of each class:
   across passes inside the predicted mask.
 
 Selective prediction defers whole images: residual = ``1 - dice``; ``aurc``, ``eaurc``,
-``augrc``, ``risk_at_80`` (mean 1 - Dice of the 80 % most confident images), ``dice_all`` and
+``augrc``, ``risk_at_80`` (mean 1 - Dice of the 80 % most confident images),
+``coverage_at_risk_10`` (largest share of images kept with mean 1 - Dice ≤ 0.10), ``dice_all`` and
 ``dice_at_80`` (mean Dice over all vs over the kept images), and ``acceptable_at_80`` (share of
 kept images with Dice ≥ 0.8, a "case acceptable" rate).
 """
@@ -35,11 +36,19 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from medfail.metrics.selective import augrc, aurc, eaurc, risk_at_coverage, selective_metric
+from medfail.metrics.selective import (
+    augrc,
+    aurc,
+    coverage_at_risk,
+    eaurc,
+    risk_at_coverage,
+    selective_metric,
+)
 from medfail.uncertainty.temperature import entropy_binary
 
 N_PIXEL_BINS = 15
 COVERAGE = 0.8
+TARGET_RISK = 0.10
 ACCEPTABLE_DICE = 0.8
 SIGNALS = ("mean_max_prob", "mask_confidence", "mask_entropy")
 
@@ -128,6 +137,7 @@ def segmentation_calibration_table(run_dir: Path, conditions: Sequence[Any],
                 r = 1.0 - v
                 values = {"aurc": aurc(c, r), "eaurc": eaurc(c, r), "augrc": augrc(c, r),
                           "risk_at_80": risk_at_coverage(c, r, COVERAGE),
+                          "coverage_at_risk_10": coverage_at_risk(c, r, TARGET_RISK),
                           "dice_all": float(v.mean()),
                           "dice_at_80": selective_metric(c, v, COVERAGE),
                           "acceptable_at_80": selective_metric(

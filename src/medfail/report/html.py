@@ -131,7 +131,7 @@ def _mitigation_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 CAL_METRICS = ["ece", "adaptive_ece", "brier", "nll", "aurc", "eaurc", "augrc", "risk_at_80",
-               "sens_all", "sens_at_80"]
+               "coverage_at_risk_5", "sens_all", "sens_at_80"]
 
 
 def _pooled(pred: pd.DataFrame, run: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray],
@@ -198,7 +198,7 @@ def _calibration_section(run_dir: Path, run: dict[str, Any],
         sub = table[(table["condition"] == cond) & (table["target"] == target)]
         for method, grp in sub.groupby("method", sort=False):
             vals = grp.set_index("metric")["value"]
-            rows.append({"condition": cond, "method": method,
+            rows.append({"condition": cond, "method": method, "cost": _cost(run, cond),
                          "cells": [_fmt(float(vals[m])) if m in vals.index else ""
                                    for m in CAL_METRICS]})
     clean_max = table[(table["condition"] == "clean") & (table["target"] == target)
@@ -215,11 +215,19 @@ def _calibration_section(run_dir: Path, run: dict[str, Any],
             else "not fitted (no --calibration split)"}
 
 
-SEG_CAL_METRICS = ["aurc", "eaurc", "augrc", "risk_at_80", "dice_all", "dice_at_80",
-                   "acceptable_at_80"]
+SEG_CAL_METRICS = ["aurc", "eaurc", "augrc", "risk_at_80", "coverage_at_risk_10", "dice_all",
+                   "dice_at_80", "acceptable_at_80"]
 
 
-def _segmentation_calibration_section(run_dir: Path, worst: str | None,
+def _cost(run: dict[str, Any], cond: str) -> str:
+    """Wall-clock of a condition relative to clean (the extra cost of a method)."""
+    per = run["wall_clock_s"]["per_condition"]
+    if cond == "clean" or not per.get("clean") or cond not in per:
+        return "×1.0" if cond == "clean" else ""
+    return f"×{per[cond] / per['clean']:.1f}"
+
+
+def _segmentation_calibration_section(run_dir: Path, run: dict[str, Any], worst: str | None,
                                       target: str) -> dict[str, Any] | None:
     """Pixel reliability, image-level risk-coverage by confidence signal, drift, method table."""
     table_path = run_dir / "calibration.parquet"
@@ -258,7 +266,7 @@ def _segmentation_calibration_section(run_dir: Path, worst: str | None,
         pe = sub.loc[sub["metric"] == "pixel_ece_band", "value"]
         for method, grp in sub[sub["method"] != "pixel"].groupby("method", sort=False):
             vals = grp.set_index("metric")["value"]
-            rows.append({"condition": cond, "method": method,
+            rows.append({"condition": cond, "method": method, "cost": _cost(run, cond),
                          "cells": [_fmt(float(pe.iloc[0])) if len(pe) else ""] +
                          [_fmt(float(vals[m])) if m in vals.index else ""
                           for m in SEG_CAL_METRICS]})
@@ -318,7 +326,7 @@ def render_report(run_dir: str | Path) -> Path:
                                       "the top breaking condition"))
     worst_cond = str(top["name"].iloc[0]) if len(top) else None
     calibration = _calibration_section(run_dir, run, worst_cond) if task == "classification" \
-        else _segmentation_calibration_section(run_dir, worst_cond, target)
+        else _segmentation_calibration_section(run_dir, run, worst_cond, target)
     shift = metrics[(metrics["condition"] == "shift_data") & (metrics["target"] == target)
                     & (metrics["slice"] == ALL)]
     env = Environment(loader=PackageLoader("medfail.report", "templates"),
