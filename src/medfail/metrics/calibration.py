@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import xlogy
 
-from .classification import brier
+from .classification import _check_inputs, brier
 
 __all__ = [
     "ReliabilityBins",
@@ -82,28 +82,12 @@ def _as_float(name: str, arr: np.ndarray) -> np.ndarray:
 
 
 def _check_binary(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate binary (y_true, y_prob): 1-D, same length, y_true 0/1, y_prob in [0, 1]."""
-    y = np.asarray(y_true)
-    p = np.asarray(y_prob)
-    for name, arr in (("y_true", y), ("y_prob", p)):
-        if arr.ndim != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if y.shape != p.shape:
-        raise ValueError(
-            f"y_true and y_prob must have the same length, got y_true {y.shape} and "
-            f"y_prob {p.shape}"
-        )
-    y = _as_float("y_true", y)
-    bad = (y != 0) & (y != 1)
-    if bad.any():
-        uniq = np.unique(y[bad])[:5]
-        raise ValueError(
-            f"y_true must contain only 0 and 1, found {int(bad.sum())} other value(s), "
-            f"e.g. {uniq.tolist()}"
-        )
-    p = _as_float("y_prob", p)
+    """Validate binary (y_true, y_prob): as the classification metrics, plus y_prob in [0, 1]."""
+    y, p = _check_inputs(y_true, y_prob, "y_prob")
+    if np.iscomplexobj(np.asarray(y_prob)):
+        raise ValueError(f"y_prob must be real numeric, got dtype {np.asarray(y_prob).dtype}")
     _check_probs_range("y_prob", p)
-    return y, p
+    return y.astype(np.float64), p
 
 
 def _check_multiclass(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
