@@ -197,6 +197,32 @@ def report(
     print(f"report: {render_report(run_dir)}")
 
 
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run directory (A). Example: runs/v1")],
+    run_b: Annotated[Path, typer.Argument(help="Second run directory (B). Example: runs/v2")],
+    out: Annotated[Path | None, typer.Option(help="Where to write compare.html (default: "
+                                             "RUN_B/compare). Example: --out runs/v1_vs_v2")
+                   ] = None,
+) -> None:
+    """Compare two runs (two models, or two versions): every metric's Δ = B − A, with paired
+    bootstrap CIs where both runs scored the same images.
+
+    Example: medfail compare runs/model_v1 runs/model_v2 --out runs/v1_vs_v2
+    """
+    from medfail.report.compare import render_compare
+
+    for run_dir in (run_a, run_b):
+        if not (run_dir / "metrics.parquet").exists() or not (run_dir / "run.json").exists():
+            _fail(MedfailInputError(run_dir, "not a run directory (run.json or metrics.parquet "
+                                    "missing)"))
+    try:
+        path = render_compare(run_a, run_b, out or run_b / "compare")
+    except ValueError as exc:
+        _fail(exc)
+    print(f"comparison: {path}")
+
+
 @app.command(name="list")
 def list_all() -> None:
     """List stress tests (with their three severities), metrics and slices, one per line.

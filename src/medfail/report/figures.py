@@ -186,3 +186,17 @@ def binned_reliability_plot(tables: dict[str, pd.DataFrame], path: Path, title: 
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def compare_plot(table: pd.DataFrame, metric: str, target: str, path: Path) -> Path:
+    """Δ (B − A) per condition with paired 95 % CIs, sorted."""
+    t = table.sort_values("delta")
+    fig, ax = plt.subplots(figsize=(5.6, 0.22 * len(t) + 1.2), dpi=110)
+    y = np.arange(len(t))
+    err = np.vstack([(t["delta"] - t["ci_low"]).fillna(0), (t["ci_high"] - t["delta"]).fillna(0)])
+    ax.errorbar(t["delta"], y, xerr=err, fmt="o", ms=3, capsize=2)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(y, t["condition"], fontsize=6.5)
+    ax.set_xlabel(f"Δ {metric} ({target}), B − A")
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)

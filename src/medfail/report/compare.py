@@ -1,0 +1,53 @@
+"""``compare.html``: two runs side by side (self-contained, opens offline)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from medfail.analysis.aggregate import LOWER_IS_BETTER
+from medfail.analysis.compare import compare_runs
+from medfail.analysis.ranking import PRIMARY_METRIC
+from medfail.report.figures import compare_plot
+from medfail.report.html import _ci, _figure, _fmt
+
+
+def render_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> Path:
+    """Write ``compare.parquet``, a Δ figure and ``compare.html`` into ``out_dir``."""
+    run_a, run_b, out_dir = Path(run_a), Path(run_b), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = compare_runs(run_a, run_b)
+    table.to_parquet(out_dir / "compare.parquet", index=False)
+    task = json.loads((run_a / "run.json").read_text())["task"]
+    metric = PRIMARY_METRIC[task]
+    targets = list(dict.fromkeys(table.loc[table["metric"] == metric, "target"]))
+    target = "macro" if "macro" in targets else (targets[0] if targets else "")
+    figs = []
+    sel = table[(table["metric"] == metric) & (table["target"] == target)]
+    if len(sel):
+        path = compare_plot(sel, metric, target, out_dir / "figures" / "compare_delta.png")
+        figs.append(_figure(path, out_dir, f"Δ {metric} (B − A) per condition"))
+    rows = []
+    for r in table.itertuples():
+        better = (r.ci_low > 0) if r.metric not in LOWER_IS_BETTER else (r.ci_high < 0)
+        worse = (r.ci_high < 0) if r.metric not in LOWER_IS_BETTER else (r.ci_low > 0)
+        rows.append({"condition": r.condition, "target": r.target, "metric": r.metric,
+                     "a": _fmt(r.value_a), "b": _fmt(r.value_b),
+                     "delta": "n/a" if math.isnan(r.delta) else f"{r.delta:+.3f}",
+                     "ci": _ci(r.ci_low, r.ci_high) if r.paired else "unpaired",
+                     "cls": "gain" if r.paired and better else (
+                         "drop" if r.paired and worse else "")})
+    env = Environment(loader=PackageLoader("medfail.report", "templates"),
+                      autoescape=select_autoescape(["html"]))
+    html = env.get_template("compare.html").render(
+        name_a=run_a.name, name_b=run_b.name, task=task, figures=figs, rows=rows,
+        n_paired=int(table["paired"].sum()), n_rows=len(table))
+    out = out_dir / "compare.html"
+    out.write_text(html, encoding="utf-8")
+    return out
+
+
+
