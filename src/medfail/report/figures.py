@@ -152,16 +152,19 @@ def calibration_drift_plot(table: pd.DataFrame, metric: str, target: str, path: 
     """A calibration metric vs severity per stress test (max_prob and temperature)."""
     t = table[(table["metric"] == metric) & (table["target"] == target)]
     fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=110)
+    stress = t["family"].isin(("corruption", "domain_shift", "prompt"))
     for method, style in (("max_prob", "-"), ("temperature", "--")):
         m = t[t["method"] == method]
         clean = m[m["condition"] == "clean"]
-        for i, (test, grp) in enumerate(m[(m["severity"] > 0) & (m["test"] != "shift_data")]
+        for i, (test, grp) in enumerate(m[(m["severity"] > 0) & stress[m.index]
+                                          & (m["test"] != "shift_data")]
                                         .groupby("test", sort=True)):
             grp = pd.concat([clean, grp]).sort_values("severity")
             ax.plot(grp["severity"], grp["value"], style, marker="o", ms=3,
                     color=f"C{i % 10}", label=test if method == "max_prob" else None)
     ax.set_xticks([0, 1, 2, 3], ["clean", "1", "2", "3"])
-    ax.set_xlabel("severity (solid: raw, dashed: temperature-scaled)")
+    scaled = (t["method"] == "temperature").any()
+    ax.set_xlabel("severity" + (" (solid: raw, dashed: temperature-scaled)" if scaled else ""))
     ax.set_ylabel(f"{metric} ({target})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5, ncol=2)
