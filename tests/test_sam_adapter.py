@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,3 +135,18 @@ def test_torch_outputs_and_uint8_conversion() -> None:
     assert ramp[0, 0, 0] == 0 and ramp[-1, -1, 0] == 255
     with pytest.raises(ValueError):
         to_uint8_rgb(np.zeros((2, 4, 5)))
+
+
+def test_entry_point_returning_a_sam_predictor_is_wrapped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medfail.errors import MedfailInputError
+    from medfail.models.loading import load_model
+
+    (tmp_path / "my_sam.py").write_text(
+        "from tests.test_sam_adapter import FakeSamPredictor\n"
+        "def make():\n    return FakeSamPredictor()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    adapter = load_model("my_sam:make", "promptable")
+    assert isinstance(adapter, SamAdapter) and adapter.name == "my_sam:make"
+    with pytest.raises(MedfailInputError, match="SAM-style promptable model, but --task"):
+        load_model("my_sam:make", "segmentation")

@@ -31,8 +31,6 @@ from medfail.models.adapters import ADAPTERS, Forward, ModelAdapter
 from medfail.models.bundle import is_bundle, module_from_bundle
 from medfail.models.spec import ModelSpec
 
-_SAM_SPEC = ModelSpec(task="promptable", target_names=["object"], output="probabilities")
-
 
 def _torch_forward(module: nn.Module, device: str) -> Forward:
     module = module.to(device).eval()
@@ -113,15 +111,16 @@ def load_model(ref: str | Path, task: str | None = None, *, spec_path: str | Pat
     ref_s = str(ref)
     path = Path(ref_s)
     if not path.exists() and ":" in ref_s and not ref_s.endswith((".pt", ".pth", ".onnx")):
-        spec, forward = _load_entry_point(ref_s, spec_path, device)
-        name = ref_s
-        if spec is _SAM_SPEC:
-            from medfail.models.sam import wrap_sam
+        from medfail.models.sam import is_sam_predictor, wrap_sam
 
+        obj, factory = _import_entry_point(ref_s)
+        if is_sam_predictor(obj):
             if task is not None and task != "promptable":
                 raise MedfailInputError(
                     ref_s, f"this is a SAM-style promptable model, but --task {task} was requested")
-            return wrap_sam(forward, name=ref_s)
+            return wrap_sam(obj, name=ref_s)
+        spec, forward = _entry_point_forward(obj, factory, ref_s, spec_path, device)
+        name = ref_s
     elif not path.exists():
         raise MedfailInputError(path, "model file not found")
     elif path.suffix == ".onnx":
@@ -170,18 +169,18 @@ def _load_torch_file(path: Path, spec_path: str | Path | None, trust_pickle: boo
     raise MedfailInputError(path, f"unsupported content ({type(payload).__name__})")
 
 
-def _load_entry_point(ref: str, spec_path: str | Path | None,
-                      device: str) -> tuple[ModelSpec, Forward]:
+def _import_entry_point(ref: str) -> tuple[Any, Any]:
+    """Call ``package.module:function``; returns what it built and the function itself."""
     mod_name, _, fn_name = ref.partition(":")
     try:
         factory = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:
         raise MedfailInputError(ref, f"cannot import entry point ({exc})") from exc
-    obj = factory()
-    from medfail.models.sam import is_sam_predictor
+    return factory(), factory
 
-    if is_sam_predictor(obj):
-        return _SAM_SPEC, obj  # wrapped by load_model
+
+def _entry_point_forward(obj: Any, factory: Any, ref: str, spec_path: str | Path | None,
+                         device: str) -> tuple[ModelSpec, Forward]:
     spec = _read_spec(None, spec_path, None, getattr(obj, "medfail_spec", None)
                       or getattr(factory, "medfail_spec", None), display=ref)
     if isinstance(obj, nn.Module):
