@@ -20,7 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/medfail demo --out runs/demo --task all
 
+# The browser test needs Debian's chromium: installed here when root, else that test is skipped.
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	  >/dev/null; } || echo "chromium not installed: the browser test will be skipped"
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
@@ -28,3 +32,15 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf runs/demo
+
+# `make bench`: benchmark-only peers (imagecorruptions, albumentations, ...) go into .venv here,
+# never into requirements*.txt; --no-deps because the pins are the full closure (see the file).
+BENCH_STAMP := $(VENV)/.medfail-bench-installed
+.PHONY: bench
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -m benchmarks.run_all

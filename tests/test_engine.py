@@ -223,3 +223,90 @@ def test_deep_ensemble_condition(seg_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(MedfailInputError, match="ensemble members need"):
         run_suite(threshold_segmenter(), ds, tmp_path / "run2", config, progress=False,
                   render=False, ensemble=[Segmenter(wrong, lambda x: x)])
+
+
+def test_device_default_and_checks() -> None:
+    from medfail.models.adapters import resolve_device
+
+    assert resolve_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(MedfailInputError, match="unknown device"):
+        resolve_device("tpu:9")
+    if not torch.cuda.is_available():
+        with pytest.raises(MedfailInputError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def _device_run(seg_folder: Path, out: Path, device: str,
+                monkeypatch: pytest.MonkeyPatch) -> tuple[Path, set[str]]:
+    """A small run on ``device``; returns it and the devices perturbations and the model saw."""
+    import medfail.engine.predictor as predictor
+
+    seen: set[str] = set()
+    perturb = predictor.perturb_samples
+
+    def spy(*args: object, device: str = "cpu", **kw: object) -> list[np.ndarray]:
+        seen.add(f"perturb:{torch.device(device).type}")
+        return perturb(*args, device=device, **kw)  # type: ignore[arg-type]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        seen.add(f"model:{x.device.type}")
+        fg = torch.sigmoid((x[:, :1] - 130.0) / 10.0)
+        return torch.cat([1 - fg, fg], dim=1)
+
+    monkeypatch.setattr(predictor, "perturb_samples", spy)
+    spec = ModelSpec(task="segmentation", target_names=["lesion"], output="probabilities")
+    config = SuiteConfig(tests=["gaussian_noise"], severities=[2], uncertainty=[],
+                         mitigate=False, **FAST)
+    run = run_suite(Segmenter(spec, forward, device=device), open_dataset(seg_folder,
+                    "segmentation"), out, config, progress=False, render=False)
+    return run, seen
+
+
+def test_model_and_perturbed_batches_on_the_adapter_device(
+        seg_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, seen = _device_run(seg_folder, tmp_path / "run", "cpu", monkeypatch)
+    assert seen == {"perturb:cpu", "model:cpu"}
+    assert json.loads((run / "run.json").read_text())["hardware"]["device"] == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_matches_cpu(seg_folder: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, _ = _device_run(seg_folder, tmp_path / "cpu", "cpu", monkeypatch)
+    cuda, seen = _device_run(seg_folder, tmp_path / "cuda", "cuda", monkeypatch)
+    assert {"perturb:cuda", "model:cuda"} <= seen
+    assert json.loads((cuda / "run.json").read_text())["hardware"]["device"] == "cuda"
+    a, b = (pd.read_parquet(r / "metrics.parquet").query("metric == 'dice'") for r in (cpu, cuda))
+    np.testing.assert_allclose(a["value"], b["value"], atol=1e-2)
+
+
+def test_prefetch_keeps_order_bounds_read_ahead_and_reraises() -> None:
+    import itertools
+    import threading
+    import time
+    from collections.abc import Iterator
+
+    from medfail.engine.prefetch import prefetch
+
+    produced: list[int] = []
+
+    def items(fail_at: int | None = None) -> Iterator[int]:
+        for i in itertools.count():
+            if i == fail_at:
+                raise ValueError("bad sample")
+            produced.append(i)
+            yield i
+
+    got = []
+    for x in prefetch(itertools.islice(items(), 10), depth=2):
+        time.sleep(0.005)  # let the reader run ahead as far as it may
+        assert len(produced) <= x + 4  # queue of 2 + one being read + the current one
+        got.append(x)
+    assert got == list(range(10))
+    with pytest.raises(ValueError, match="bad sample"):
+        list(prefetch(items(fail_at=3)))
+    endless = prefetch(items())
+    next(endless)
+    endless.close()  # stops the reader thread
+    assert not any(t.name == "medfail-prefetch" for t in threading.enumerate())

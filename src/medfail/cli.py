@@ -40,6 +40,15 @@ def _npz_split(data: Path, split: str | None, default: str) -> str | None:
     return None
 
 
+def _shown(path: Path) -> str:
+    """A path as printed: relative to the working folder when inside it (logs stay portable and
+    show no home or patient folder names), else its last two parts."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*path.resolve().parts[-2:]))
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder, e.g. --out runs/demo")] = Path(
@@ -109,6 +118,11 @@ def train(
     print(f"model written: {path}")
 
 
+def _portable(ref: str | Path) -> str:
+    """A model reference that Ray workers can open: files as absolute paths, entry points as is."""
+    return str(Path(ref).resolve()) if Path(ref).exists() else str(ref)
+
+
 @app.command()
 def run(
     model: Annotated[str, typer.Option(help="medfail model file, TorchScript (.pt), ONNX (.onnx) "
@@ -143,7 +157,18 @@ def run(
         "trust).")] = False,
     batch_size: Annotated[int | None, typer.Option(help="Batch size. Example: --batch-size 32")
                           ] = None,
-    device: Annotated[str, typer.Option(help="torch device. Example: --device cuda")] = "cpu",
+    device: Annotated[str | None, typer.Option(
+        help="torch device for the model and the perturbed batches: cpu, cuda, cuda:0 "
+        "(default: cuda when available, else cpu). Example: --device cuda")] = None,
+    executor: Annotated[str, typer.Option(
+        help="Where predictions run: local (this process) or ray (condition × shard tasks on "
+        "Ray actors; pip install 'medfail[ray]'). Example: --executor ray")] = "local",
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address for --executor ray (default: start a local Ray). "
+        "Example: --address ray://head:10001")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Ray actors for --executor ray, each holding the model (default: one per GPU, "
+        "else one per two CPUs). Example: --workers 4")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run the failure suite of a model on a dataset and write a run directory with a report.
@@ -151,12 +176,15 @@ def run(
     Example: medfail run --model seg.pt --data my_data/test --task segmentation --out runs/seg
     """
     from medfail.data.datasets import open_dataset
+    from medfail.engine.executors import ModelFiles
     from medfail.engine.runner import run_suite
     from medfail.engine.suite import SuiteConfig
+    from medfail.models.adapters import resolve_device
     from medfail.models.loading import describe_model, load_model
 
     try:
         _check_task(task)
+        device = resolve_device(device)
         overrides = {"seed": seed, "batch_size": batch_size}
         suite = SuiteConfig.from_yaml(config, **overrides) if config else SuiteConfig(
             **{k: v for k, v in overrides.items() if v is not None})
@@ -171,13 +199,17 @@ def run(
                                             ("shift", shift_data, "test")) if path is not None}
         members = [load_model(m, task, spec_path=model_spec, trust_pickle=trust_pickle,
                               device=device) for m in ensemble_model or []]
+        loader = ModelFiles(tuple(_portable(m) for m in [model, *(ensemble_model or [])]), task,
+                            None if model_spec is None else _portable(model_spec), trust_pickle,
+                            device)  # how Ray workers load the models
         run_dir = run_suite(adapter, dataset, out or Path("runs") / task, suite,
                             model_info=describe_model(model),
                             command=["medfail", *sys.argv[1:]], progress=not quiet,
-                            ensemble=members, **extra)
+                            ensemble=members, executor=executor, ray_address=address,
+                            ray_workers=workers, model_loader=loader, **extra)
     except MedfailInputError as exc:
         _fail(exc)
-    print(f"report: {run_dir / 'report.html'}")
+    print(f"report: {_shown(run_dir / 'report.html')} (+ report.pdf)")
 
 
 @app.command()
@@ -194,7 +226,8 @@ def report(
     if not (run_dir / "metrics.parquet").exists() or not (run_dir / "run.json").exists():
         _fail(MedfailInputError(run_dir, "not a run directory (run.json or metrics.parquet "
                                 "missing)"))
-    print(f"report: {render_report(run_dir)}")
+    html = render_report(run_dir)
+    print(f"report: {html} and {html.with_suffix('.pdf')}")
 
 
 @app.command()

@@ -95,5 +95,6 @@ def run_demo(out: str | Path = "runs/demo", tasks: tuple[str, ...] = DEMO_TASKS,
         reports[task] = run_dir / "report.html"
         if progress:
             status = "cached" if cached else f"trained in {t_train:.0f}s"
-            print(f"[{task}] baseline {status}; report: {reports[task]}")
+            print(f"[{task}] baseline {status}; report: {reports[task]} "
+                  f"(+ {reports[task].with_suffix('.pdf').name})")
     return reports

@@ -1,9 +1,10 @@
 """The runner: validate -> (perturb -> predict -> store) per condition -> aggregate -> report.
 
-Inference happens once per condition; everything after reads the run directory. Each finished
-condition is kept on disk (``predictions/<condition>.*`` and ``.parts/<condition>.parquet``,
-written atomically), so a crash never loses finished results and a re-run with the same model,
-data and options recomputes only the conditions that are missing.
+Inference happens once per condition, on an executor (``local`` or ``ray``,
+:mod:`medfail.engine.executors`); everything after reads the run directory. Each finished
+condition is kept on disk (``predictions/<condition>.*``, then ``.parts/<condition>.parquet`` as
+its commit marker, all written atomically), so a crash never loses finished results and a re-run
+with the same model, data and options recomputes only the conditions that are missing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -34,45 +36,26 @@ from medfail.analysis.aggregate import (
 )
 from medfail.analysis.calibration import calibration_table, fit_temperatures
 from medfail.analysis.mitigation import mitigation_table
-from medfail.analysis.per_sample import classification_rows, segmentation_rows
 from medfail.analysis.ranking import breaking_table
-from medfail.analysis.segmentation_calibration import (
-    add_pixel_bins,
-    image_confidences,
-    pixel_bin_table,
-    sampling_agreement,
-    segmentation_calibration_table,
-)
+from medfail.analysis.segmentation_calibration import segmentation_calibration_table
 from medfail.data.datasets import Dataset
-from medfail.data.prompts import Prompt, prompts_from_mask
-from medfail.data.sample import Sample
-from medfail.engine.predictions import (
-    MapWriter,
-    condition_path,
-    quantise,
-    write_table,
-)
+from medfail.engine.evidence import write_evidence
+from medfail.engine.executors import Executor, Job, ModelLoader, make_executor
+from medfail.engine.predictions import condition_path, quantise, write_table
+from medfail.engine.predictor import SHIFT, Predictor
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.errors import MedfailInputError
 from medfail.metrics.classification import threshold_max_f1
 from medfail.models.adapters import ModelAdapter
+from medfail.privacy import sanitize_command
 from medfail.slices.definitions import slice_membership
 from medfail.slices.features import mask_features
-from medfail.stress.corruptions import perturb_samples
-from medfail.stress.prompt_perturbations import perturb_prompts, prompt_table_rows
+from medfail.stress.prompt_perturbations import prompt_table_rows
 from medfail.uncertainty.postprocess import PostProcess, choose_params
-from medfail.uncertainty.postprocess import apply as apply_postprocess
-from medfail.uncertainty.sampling import (
-    NotApplicable,
-    ensemble_predict,
-    mc_dropout_predict,
-    tta_predict,
-)
 
 PARTS = ".parts"
 #: bump when what a finished condition stores changes, so older caches are recomputed
 PARTS_FORMAT = 2
-SHIFT = Condition("shift_data", "shift_data", "domain_shift", 1)
 PACKAGES = ("medfail", "torch", "monai", "numpy", "scipy", "scikit-image", "scikit-learn",
             "pandas", "pyarrow", "pydicom", "nibabel", "pillow", "onnxruntime", "matplotlib")
 
@@ -87,24 +70,27 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def hardware() -> dict[str, Any]:
+def hardware(device: str = "cpu") -> dict[str, Any]:
     return {"machine": platform.machine(), "processor": platform.processor(),
             "system": platform.system(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(), "device": str(device),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def _cache_key(model_info: dict[str, Any], data_hash: str, task: str,
-               config: SuiteConfig) -> str:
+               config: SuiteConfig, device: str = "cpu") -> str:
     """Identity of what finished conditions depend on; without a model hash nothing is reused
-    (a model known only by name may have changed since)."""
+    (a model known only by name may have changed since). The device type is part of it (GPU
+    kernels round differently); the executor is not (results do not depend on it)."""
     if not model_info.get("sha256"):
         return "uncacheable-" + os.urandom(8).hex()
     cfg = config.to_dict()
     cfg.pop("tests")
     cfg.pop("severities")
+    cfg.pop("checks", None)  # pass/fail limits are read by the report, not by inference
     blob = json.dumps({"model": model_info["sha256"],
                        "data": data_hash, "task": task, "config": cfg,
+                       "device": torch.device(device).type,
                        "medfail": medfail.__version__, "format": PARTS_FORMAT},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -117,145 +103,6 @@ def _check_compatible(adapter: ModelAdapter, dataset: Dataset) -> None:
             getattr(dataset, "root", None),
             f"labels have targets {list(dataset.target_names)} but the model predicts "
             f"{list(spec.target_names)}")
-
-
-class _Predictor:
-    """Runs one condition over the dataset in streamed batches and stores what it produced."""
-
-    def __init__(self, adapter: ModelAdapter, dataset: Dataset, run_dir: Path,
-                 config: SuiteConfig, spacing_mm: bool) -> None:
-        self.adapter, self.dataset, self.run_dir, self.config = adapter, dataset, run_dir, config
-        self.task = adapter.spec.task
-        self.targets = list(adapter.spec.target_names)
-        self.spacing_mm = spacing_mm
-        self.prompt_rows: list[dict[str, Any]] = []
-        self.postprocess: PostProcess | None = None
-        self.members: list[ModelAdapter] = [adapter]
-
-    def images(self, batch: list[Sample], cond: Condition) -> list[np.ndarray]:
-        src = cond.source
-        if src.severity == 0 or src.family == "prompt" or src.test == SHIFT.test:
-            return [s.image for s in batch]  # prompt tests and shift data keep the images
-        return perturb_samples(batch, src.name, self.config.seed)
-
-    def _predict(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
-                 prompts: list[list[Prompt]] | None = None) -> tuple[list[np.ndarray], list]:
-        """Predictions by the condition's method, and a per-sample spread (None if plain)."""
-        ids = [s.id for s in batch]
-        if cond.method == "tta":
-            return tta_predict(self.adapter, images, prompts)
-        if cond.method == "ensemble":
-            return ensemble_predict(self.members, images, prompts)
-        if cond.method == "mc_dropout":
-            return mc_dropout_predict(self.adapter, images, ids, self.config.seed,
-                                      self.config.mc_passes, prompts)
-        if cond.method == "morphology":
-            assert self.postprocess is not None and cond.base is not None
-            stored = np.load(condition_path(self.run_dir, cond.base.name, self.task))
-            out = []
-            for sid in ids:
-                fg = apply_postprocess(stored[sid][0].astype(np.float32), self.postprocess)
-                out.append(np.stack([1.0 - fg, fg]))
-            return out, [None] * len(ids)
-        if prompts is not None:
-            return list(self.adapter.predict_proba(images, prompts)), [None] * len(ids)
-        return list(self.adapter.predict_proba(images)), [None] * len(ids)
-
-    def run(self, cond: Condition, progress: bool) -> pd.DataFrame:
-        self.prompt_rows = []
-        self.confidence_rows: list[dict[str, Any]] = []
-        self.pixel_bins: dict[tuple[str, str], np.ndarray] = {}
-        out_path = condition_path(self.run_dir, cond.name, self.task)
-        writer = MapWriter(out_path) if self.task != "classification" else None
-        rows: list[Any] = []
-        n_batches = -(-len(self.dataset) // self.config.batch_size)
-        try:
-            for batch in tqdm(self.dataset.batches(self.config.batch_size), total=n_batches,
-                              desc=f"  {cond.name}", unit="batch", leave=False,
-                              disable=not progress):
-                images = self.images(batch, cond)
-                if self.task == "classification":
-                    rows.append(self._classify(batch, images, cond))
-                else:
-                    rows += self._segment(batch, images, writer, cond)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        if writer is not None:
-            writer.close()
-            per_sample = pd.DataFrame(rows)
-            if self.prompt_rows:
-                write_table(pd.DataFrame(self.prompt_rows),
-                            out_path.with_name(f"{cond.name}.prompts.parquet"))
-            write_table(pd.DataFrame(self.confidence_rows),
-                        out_path.with_name(f"{cond.name}.confidence.parquet"))
-            write_table(pixel_bin_table(self.pixel_bins),
-                        out_path.with_name(f"{cond.name}.pixel_bins.parquet"))
-        else:
-            pred = pd.concat(rows, ignore_index=True)
-            write_table(pred, out_path)
-            per_sample = classification_rows(pred)
-        for key, value in (("condition", cond.name), ("test", cond.test),
-                           ("family", cond.family), ("severity", cond.severity)):
-            per_sample[key] = value
-        return per_sample
-
-    def _classify(self, batch: list[Sample], images: list[np.ndarray],
-                  cond: Condition) -> pd.DataFrame:
-        probs_list, spreads = self._predict(batch, images, cond)
-        probs = np.stack(probs_list)
-        spread = np.stack([np.full(len(self.targets), np.nan) if sp is None else sp
-                           for sp in spreads])
-        labels = np.stack([self._one_hot(s) for s in batch])
-        k = len(self.targets)
-        return pd.DataFrame({
-            "id": np.repeat([s.id for s in batch], k), "condition": cond.name,
-            "test": cond.test, "family": cond.family, "severity": cond.severity,
-            "target": np.tile(self.targets, len(batch)),
-            "prob": probs.reshape(-1).astype(np.float64), "label": labels.reshape(-1),
-            "spread": spread.reshape(-1).astype(np.float64)})
-
-    def _one_hot(self, s: Sample) -> np.ndarray:
-        label = np.asarray(s.label)
-        if self.adapter.spec.multi_label:
-            return label.astype(np.int64).reshape(-1)
-        return np.eye(len(self.targets), dtype=np.int64)[int(label.reshape(-1)[0])]
-
-    def _segment(self, batch: list[Sample], images: list[np.ndarray],
-                 writer: MapWriter | None, cond: Condition) -> list[dict[str, object]]:
-        prompts = None
-        if self.task == "promptable":
-            prompts = [self.prompts(s) for s in batch]
-            src = cond.source
-            if src.family == "prompt":
-                prompts = perturb_prompts(prompts, [s.mask for s in batch],
-                                          [s.id for s in batch], src.name, self.config.seed)
-                self.prompt_rows += prompt_table_rows(prompts, [s.id for s in batch], cond.name)
-        probs, spreads = self._predict(batch, images, cond, prompts)
-        rows: list[dict[str, object]] = []
-        for s, p, spread in zip(batch, probs, spreads, strict=True):
-            fg = quantise(p)
-            assert writer is not None
-            writer.add(s.id, fg)
-            for k, target in enumerate(self.targets):
-                p = fg[k].astype(np.float32)
-                signals = image_confidences(p)
-                if spread is not None:
-                    signals["sampling_agreement"] = sampling_agreement(p, spread[k + 1])
-                self.confidence_rows += [{"id": s.id, "target": target, "signal": name,
-                                          "value": value} for name, value in signals.items()]
-                add_pixel_bins(self.pixel_bins, target, p, s.mask == k + 1)
-            rows += segmentation_rows(
-                s.id, fg, s.mask, self.targets, self.config.boundary_tolerance_px,
-                spacing=s.spacing if self.spacing_mm else None,
-                surface_tolerance=self.config.surface_tolerance_mm,
-                min_overlap=self.config.lesion_min_overlap)
-        return rows
-
-    @staticmethod
-    def prompts(sample: Sample) -> list[Prompt]:
-        return prompts_from_mask(sample.mask)
 
 
 def _index_table(dataset: Dataset, task: str) -> pd.DataFrame:
@@ -276,7 +123,7 @@ def _index_table(dataset: Dataset, task: str) -> pd.DataFrame:
 def _prompt_table(dataset: Dataset) -> pd.DataFrame:
     rows = []
     for s in dataset:
-        rows += prompt_table_rows([_Predictor.prompts(s)], [s.id])
+        rows += prompt_table_rows([Predictor.prompts(s)], [s.id])
     return pd.DataFrame(rows)
 
 
@@ -297,9 +144,9 @@ def calibration_predictions(adapter: ModelAdapter, calibration: Dataset, config:
                             progress: bool) -> pd.DataFrame:
     """Clean predictions on the calibration split (long table, as ``predictions/clean``)."""
     calibration.validate(progress=progress)
-    predictor = _Predictor(adapter, calibration, Path("."), config, spacing_mm=False)
+    predictor = Predictor([adapter], config, spacing_mm=False)
     cond = Condition("calibration", "calibration", "calibration", 0)
-    return pd.concat([predictor._classify(b, [s.image for s in b], cond)
+    return pd.concat([predictor.classify(b, [s.image for s in b], cond)
                       for b in calibration.batches(config.batch_size)], ignore_index=True)
 
 
@@ -316,19 +163,29 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
               config: SuiteConfig, model_info: dict[str, Any] | None = None,
               command: Sequence[str] | None = None, progress: bool = True,
               render: bool = True, calibration: Dataset | None = None,
-              shift: Dataset | None = None, ensemble: Sequence[ModelAdapter] = ()) -> Path:
+              shift: Dataset | None = None, ensemble: Sequence[ModelAdapter] = (),
+              executor: str = "local", ray_address: str | None = None,
+              ray_workers: int | None = None, model_loader: ModelLoader | None = None) -> Path:
     """Run every condition of ``config`` and write the run directory; returns its path.
 
     ``calibration``: a split used only to choose classification thresholds (F1-maximising per
     target). ``shift``: a second site's data, evaluated clean as condition ``shift_data`` and
     compared with the in-domain clean result (unpaired Δ). ``ensemble``: further models of the
     same task and targets; with them a deep-ensemble condition ``ensemble`` is stored.
+    ``executor``: ``local`` or ``ray`` (``ray_address``: an existing cluster, default a local
+    Ray; ``ray_workers``: actors, default one per GPU, else one per two CPUs; ``model_loader``:
+    how workers rebuild ``[adapter, *ensemble]``, default the adapters pickled). Models run on
+    the adapter's device.
     """
     run_dir = Path(out_dir)
     model_info = dict(model_info or {"name": adapter.name})
     task = adapter.spec.task
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
+    for member in ensemble:
+        if member.spec.task != task or member.spec.target_names != adapter.spec.target_names:
+            raise MedfailInputError(member.name, "ensemble members need the task and targets "
+                                    f"of the main model ({task}, {adapter.spec.target_names})")
     for ds in (dataset, calibration, shift):
         if ds is not None:
             _check_compatible(adapter, ds)
@@ -342,14 +199,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     stages["validate"] = time.perf_counter() - t0
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    parts = run_dir / PARTS
-    key = _cache_key(model_info, data_hash, task, config)
-    key_file = parts / "key.txt"
-    if not key_file.exists() or key_file.read_text() != key:
-        shutil.rmtree(parts, ignore_errors=True)
-        shutil.rmtree(run_dir / "predictions", ignore_errors=True)
-        parts.mkdir(parents=True)
-        key_file.write_text(key)
+    parts = _open_parts(run_dir, _cache_key(model_info, data_hash, task, config, adapter.device))
     write_table(index, run_dir / "predictions" / "index.parquet")
     if task == "promptable":
         write_table(_prompt_table(dataset), run_dir / "predictions" / "prompts.parquet")
@@ -364,72 +214,29 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
             thresholds = calibration_thresholds(cal_preds)
         stages["calibration"] = time.perf_counter() - t
 
-    per_condition_s: dict[str, float] = {}
-    cached: list[str] = []
-    not_applicable: dict[str, str] = {}
-    done: list[Condition] = []
-
-    def run_jobs(jobs: list[tuple[Condition, Dataset]], postprocess: PostProcess | None = None
-                 ) -> None:
-        bar = tqdm(jobs, desc=f"{task} suite", unit="condition", disable=not progress)
-        for cond, ds in bar:
-            part = parts / f"{cond.name}.parquet"
-            seconds = part.with_suffix(".seconds")
-            stored = condition_path(run_dir, cond.name, task)
-            complete = stored.exists() and (task == "classification" or stored.with_name(
-                f"{cond.name}.pixel_bins.parquet").exists())
-            if part.exists() and complete and cond is not SHIFT:
-                cached.append(cond.name)
-                per_condition_s[cond.name] = float(seconds.read_text()) \
-                    if seconds.exists() else 0.0
-                done.append(cond)
-                continue
-            t = time.perf_counter()
-            predictor = _Predictor(adapter, ds, run_dir, config, spacing_mm)
-            predictor.postprocess = postprocess
-            predictor.members = [adapter, *ensemble]
-            try:
-                write_table(predictor.run(cond, progress), part)
-            except NotApplicable as exc:
-                not_applicable[cond.name] = str(exc)
-                continue
-            per_condition_s[cond.name] = time.perf_counter() - t
-            seconds.write_text(repr(per_condition_s[cond.name]))
-            done.append(cond)
-
-    for member in ensemble:
-        if member.spec.task != task or member.spec.target_names != adapter.spec.target_names:
-            raise MedfailInputError(member.name, "ensemble members need the task and targets "
-                                    f"of the main model ({task}, {adapter.spec.target_names})")
     methods = config.method_conditions() + ([Condition(
         "ensemble", "ensemble", "uncertainty", 0, method="ensemble", base=conditions[0])]
         if ensemble else [])
-    run_jobs([(c, dataset) for c in conditions + methods]
-             + ([(SHIFT, shift)] if shift is not None else []))
-    membership = slice_membership(index, metadata, config.slices, config.size_threshold_px,
-                                  "mm2" if spacing_mm else "px")
-    write_table(membership, run_dir / "slices.parquet")
-    mitigation_info: dict[str, Any] = {}
-    if config.mitigate:
-        t = time.perf_counter()
-        per_sample = _per_sample(parts, conditions)
-        metrics = _aggregate(run_dir, task, adapter, conditions, per_sample, membership,
-                             thresholds, config, False, False)
-        worst = _worst_condition(breaking_table(metrics, task), conditions)
-        stages["mitigation_choice"] = time.perf_counter() - t
-        if worst is not None:
-            jobs = [(Condition(f"tta|{worst.name}", "tta", "mitigation", worst.severity,
-                               method="tta", base=worst), dataset)]
-            postprocess = None
-            if task != "classification" and calibration is not None:
-                postprocess, cal_dice = _choose_postprocess(adapter, calibration, config)
-                mitigation_info["postprocess"] = {**postprocess.to_dict(),
-                                                  "calibration_dice": cal_dice}
-                jobs.append((Condition(f"morphology|{worst.name}", "morphology", "mitigation",
-                                       worst.severity, method="morphology", base=worst),
-                             dataset))
-            mitigation_info["worst_condition"] = worst.name
-            run_jobs(jobs, postprocess)
+    record = _Record()
+    engine = make_executor(executor, Predictor([adapter, *ensemble], config, spacing_mm, run_dir),
+                           progress, ray_address, ray_workers, model_loader)
+    try:
+        _run_conditions([Job(c, dataset) for c in conditions + methods]
+                        + ([Job(SHIFT, shift)] if shift is not None else []),
+                        engine, run_dir, task, record, progress)
+        membership = slice_membership(index, metadata, config.slices, config.size_threshold_px,
+                                      "mm2" if spacing_mm else "px")
+        write_table(membership, run_dir / "slices.parquet")
+        mitigation_info: dict[str, Any] = {}
+        if config.mitigate:
+            t = time.perf_counter()
+            jobs, mitigation_info = _mitigation_jobs(run_dir, adapter, dataset, calibration,
+                                                     conditions, membership, thresholds, config)
+            stages["mitigation_choice"] = time.perf_counter() - t
+            _run_conditions(jobs, engine, run_dir, task, record, progress)
+    finally:
+        engine.close()
+    per_condition_s, cached, done = record.seconds, record.cached, record.done
     stages["predict"] = sum(v for k, v in per_condition_s.items() if k not in cached)
 
     t = time.perf_counter()
@@ -461,7 +268,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     run_info = {
         "medfail_version": medfail.__version__,
         "task": task,
-        "command": list(command) if command is not None else sys.argv,
+        "command": sanitize_command(command or sys.argv),
         "seed": config.seed,
         "config": config.to_dict(),
         "conditions": names,
@@ -479,12 +286,16 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
                      "name": Path(shift.root).name, "n_samples": len(shift),
                      "content_hash": shift.content_hash()}},
         "packages": package_versions(),
-        "hardware": hardware(),
+        "hardware": hardware(adapter.device),
         "wall_clock_s": {"stages": stages, "per_condition": per_condition_s},
         "cached_conditions": cached,
-        "not_applicable": not_applicable,
+        "not_applicable": record.not_applicable,
         "mitigation": mitigation_info,
     }
+    _write_json(run_dir / "run.json", run_info)
+    t = time.perf_counter()
+    write_evidence(run_dir, dataset, adapter, config, all_conditions, shift, progress)
+    stages["evidence"] = time.perf_counter() - t
     _write_json(run_dir / "run.json", run_info)
     if render:
         from medfail.report.html import render_report
@@ -494,6 +305,98 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         stages["report"] = time.perf_counter() - t
         _write_json(run_dir / "run.json", run_info)
     return run_dir
+
+
+@dataclass
+class _Record:
+    """Conditions run so far, in job order: seconds, reused, not applicable, done."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    done: list[Condition] = field(default_factory=list)
+
+
+def _open_parts(run_dir: Path, key: str) -> Path:
+    """``.parts/`` for cache ``key``: kept when its key matches, else emptied with
+    ``predictions/`` (the key is written last, so an interrupted reset is redone)."""
+    parts = run_dir / PARTS
+    key_file = parts / "key.txt"
+    if not key_file.exists() or key_file.read_text() != key:
+        shutil.rmtree(parts, ignore_errors=True)
+        shutil.rmtree(run_dir / "predictions", ignore_errors=True)
+        parts.mkdir(parents=True)
+        _write_text(key_file, key)
+    return parts
+
+
+def _is_finished(run_dir: Path, name: str, task: str) -> bool:
+    """A condition is finished when its part (the commit marker, written last) and its stored
+    predictions exist; anything less is recomputed."""
+    stored = condition_path(run_dir, name, task)
+    return ((run_dir / PARTS / f"{name}.parquet").exists() and stored.exists()
+            and (task == "classification"
+                 or stored.with_name(f"{name}.pixel_bins.parquet").exists()))
+
+
+def _run_conditions(jobs: list[Job], engine: Executor, run_dir: Path, task: str,
+                    record: _Record, progress: bool) -> None:
+    """Reuse finished conditions, predict the others on ``engine``; record all in job order."""
+    parts = run_dir / PARTS
+    todo = [j for j in jobs if j.cond is SHIFT or not _is_finished(run_dir, j.cond.name, task)]
+    finished = {}
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{task} suite",
+              unit="condition", disable=not progress) as bar:
+        for fin in engine.run(todo):
+            if fin.per_sample is not None:
+                _write_text(parts / f"{fin.cond.name}.seconds", repr(fin.seconds))
+                write_table(fin.per_sample, parts / f"{fin.cond.name}.parquet")
+            finished[fin.cond.name] = fin
+            bar.update()
+    for job in jobs:
+        name = job.cond.name
+        if name not in finished:
+            record.cached.append(name)
+            record.seconds[name] = _read_seconds(parts / f"{name}.seconds")
+        elif finished[name].per_sample is None:
+            record.not_applicable[name] = finished[name].not_applicable
+            continue
+        else:
+            record.seconds[name] = finished[name].seconds
+        record.done.append(job.cond)
+
+
+def _read_seconds(path: Path) -> float:
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):  # a cache from before the timing was recorded
+        return 0.0
+
+
+def _mitigation_jobs(run_dir: Path, adapter: ModelAdapter, dataset: Dataset,
+                     calibration: Dataset | None, conditions: list[Condition],
+                     membership: pd.DataFrame, thresholds: dict[str, float] | float,
+                     config: SuiteConfig) -> tuple[list[Job], dict[str, Any]]:
+    """Mitigations on the top breaking condition: TTA, and for segmentation with a calibration
+    split, post-processing chosen on it. Returns the jobs and run.json's ``mitigation``."""
+    task = adapter.spec.task
+    per_sample = _per_sample(run_dir / PARTS, conditions)
+    metrics = _aggregate(run_dir, task, adapter, conditions, per_sample, membership,
+                         thresholds, config, False, False)
+    worst = _worst_condition(breaking_table(metrics, task), conditions)
+    if worst is None:
+        return [], {}
+    jobs = [Job(Condition(f"tta|{worst.name}", "tta", "mitigation", worst.severity,
+                          method="tta", base=worst), dataset)]
+    info: dict[str, Any] = {}
+    if task != "classification" and calibration is not None:
+        postprocess, cal_dice = _choose_postprocess(adapter, calibration, config)
+        info["postprocess"] = {**postprocess.to_dict(), "calibration_dice": cal_dice}
+        jobs.append(Job(Condition(f"morphology|{worst.name}", "morphology", "mitigation",
+                                  worst.severity, method="morphology", base=worst),
+                        dataset, postprocess))
+    info["worst_condition"] = worst.name
+    return jobs, info
 
 
 def _per_sample(parts: Path, conditions: Sequence[Condition]) -> pd.DataFrame:
@@ -520,7 +423,7 @@ def _choose_postprocess(adapter: ModelAdapter, calibration: Dataset, config: Sui
     for batch in calibration.batches(config.batch_size):
         if adapter.spec.task == "promptable":
             out = adapter.predict_proba([s.image for s in batch],  # type: ignore[call-arg]
-                                        [_Predictor.prompts(s) for s in batch])
+                                        [Predictor.prompts(s) for s in batch])
         else:
             out = adapter.predict_proba([s.image for s in batch])
         for s, p in zip(batch, out, strict=True):
@@ -568,6 +471,11 @@ def _conditions_table(conditions: Sequence[Condition]) -> pd.DataFrame:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary name, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(text)
     tmp.replace(path)

@@ -15,6 +15,8 @@ Example ``suite.yaml``::
     uncertainty: [tta, mc_dropout]  # extra-pass methods run on clean images (stored conditions)
     mc_passes: 8
     mitigate: true          # measure mitigations on the top breaking condition
+    checks:                 # pass/fail conditions for the deployment checklist
+      - {metric: dice, max_drop: 0.05, severity: 2}   # default: primary metric, 0.05, sev. 2
 
 Which tests apply: a test applies to a task and modality when its family fits the task (``prompt``
 tests only for promptable segmenters) and its ``modalities`` contain ``any`` or the data's
@@ -91,6 +93,7 @@ class SuiteConfig:
     uncertainty: list[str] = field(default_factory=lambda: ["tta", "mc_dropout"])
     mc_passes: int = 8
     mitigate: bool = True
+    checks: list[dict[str, Any]] = field(default_factory=list)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -104,6 +107,12 @@ class SuiteConfig:
         if unknown:
             raise MedfailInputError(
                 None, f"unknown slice kind(s) {unknown}; valid: {', '.join(SLICE_KINDS)}")
+        for check in self.checks:
+            if not isinstance(check, dict) or set(check) - {"metric", "max_drop", "severity"} \
+                    or not {"metric", "max_drop"} <= set(check):
+                raise MedfailInputError(None, f"each check needs metric and max_drop (optional "
+                                        f"severity), e.g. {{metric: dice, max_drop: 0.05, "
+                                        f"severity: 2}}; got {check!r}")
         bad = [s for s in self.severities if s not in (1, 2, 3)]
         if bad:
             raise MedfailInputError(None, f"severities must be 1, 2 or 3, got {bad}")

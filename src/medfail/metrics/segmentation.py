@@ -17,12 +17,19 @@ its face neighbours is background or outside the image. This is what
 with a 1-pixel zero margin does not change the edges). Distances are exact Euclidean
 distances between boundary-pixel centres, scaled by ``spacing`` when given.
 
+``boundary_f1`` and ``nsd`` only need to know whether a distance is within the tolerance, so
+they dilate the other boundary by the tolerance ball (the pixel offsets no farther than the
+tolerance, with distances computed exactly as ``scipy.ndimage.distance_transform_edt`` does)
+instead of computing distance transforms: the counts are the same, the work is a few shifted
+ORs over the whole batch. Very large balls (in pixels) fall back to distance transforms.
+
 ``hd95`` is a distance (lower is better) and has its own empty-mask convention: both empty ->
 0.0, exactly one empty -> ``inf`` (or ``max_distance`` when given).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -89,17 +96,29 @@ def _check_spacing(spacing: float | Sequence[float] | None, n_spatial: int) -> t
     return tuple(float(s) for s in sp)
 
 
+def _axis_slice(ndim: int, axis: int, sl: slice) -> tuple[slice, ...]:
+    return tuple(sl if a == axis else slice(None) for a in range(ndim))
+
+
 def _boundary(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels of a batch of bool masks shaped (N, *spatial).
 
     ``mask XOR binary_erosion(mask)``, eroding each image independently with scipy's default
     cross (face-connectivity) element and ``border_value=0`` (pixels on the image border are
     boundary pixels). Identical to ``monai.metrics.utils.get_mask_edges`` per image.
+    The erosion is computed as shifted ANDs of the face neighbours (same result as
+    ``ndimage.binary_erosion``, several times faster).
     """
-    n_spatial = mask.ndim - 1
-    # A structuring element of extent 1 along the batch axis erodes images independently.
-    structure = ndimage.generate_binary_structure(n_spatial, 1)[None]
-    return mask ^ ndimage.binary_erosion(mask, structure=structure)
+    eroded = mask.copy()
+    for axis in range(1, mask.ndim):
+        def at(sl: slice, axis: int = axis) -> tuple[slice, ...]:
+            return _axis_slice(mask.ndim, axis, sl)
+
+        eroded[at(slice(1, None))] &= mask[at(slice(None, -1))]
+        eroded[at(slice(None, -1))] &= mask[at(slice(1, None))]
+        eroded[at(slice(0, 1))] = False
+        eroded[at(slice(-1, None))] = False
+    return mask & ~eroded
 
 
 def _surface_distances(
@@ -127,6 +146,88 @@ def _surface_distances(
         yield int(i), dist_to_true[bp], dist_to_pred[bt]
 
 
+# Dilation by the tolerance ball costs about one pass over the batch per ball row; beyond this
+# many passes the per-image distance transforms are cheaper.
+_MAX_DILATION_PASSES = 400
+
+#: A tolerance ball: (offset along every spatial axis but the last, half-width along the last).
+BallRows = tuple[tuple[tuple[int, ...], int], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _ball_rows(limit: float, spacing: tuple[float, ...], shape: tuple[int, ...]) -> BallRows | None:
+    """Pixel offsets within ``limit`` of the origin, as rows along the last axis.
+
+    Distances are computed like ``distance_transform_edt`` (``sqrt(sum((d_i * s_i)**2))`` in
+    float64, axes summed in order), so "within" agrees with the distance-transform path.
+    Offsets are capped at the image extent (larger shifts move nothing into the image). Rows
+    are sorted by half-width. None when the ball needs more than ``_MAX_DILATION_PASSES`` passes.
+    Cached: the suite asks for the same ball image after image.
+    """
+    radii = [min(int(limit / s) + 1, n - 1) for s, n in zip(spacing, shape, strict=True)]
+    n_prefix = int(np.prod([2 * r + 1 for r in radii[:-1]]))
+    if n_prefix + radii[-1] > _MAX_DILATION_PASSES:
+        return None
+    grids = np.meshgrid(*[np.arange(-r, r + 1) for r in radii], indexing="ij")
+    d2 = np.zeros(grids[0].shape, dtype=np.float64)
+    for g, s in zip(grids, spacing, strict=True):
+        t = g.astype(np.float64) * s
+        d2 = d2 + t * t
+    inside = np.sqrt(d2) <= limit
+    last = np.abs(grids[-1])
+    rows = []
+    for prefix in np.ndindex(*inside.shape[:-1]):
+        row = inside[prefix]
+        if row.any():
+            offset = tuple(int(i) - r for i, r in zip(prefix, radii[:-1], strict=True))
+            rows.append((offset, int(last[prefix][row].max())))
+    return tuple(sorted(rows, key=lambda r: r[1]))
+
+
+def _shift_slices(offsets: Sequence[int], shape: Sequence[int]
+                  ) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """(destination, source) slices moving an array by ``offsets`` (zero fill), or None if the
+    shift moves everything out. The batch axis is left whole."""
+    dst, src = [slice(None)], [slice(None)]
+    for k, n in zip(offsets, shape, strict=True):
+        if abs(k) >= n:
+            return None
+        dst.append(slice(k, None) if k >= 0 else slice(None, n + k))
+        src.append(slice(None, n - k) if k >= 0 else slice(-k, None))
+    return tuple(dst), tuple(src)
+
+
+def _dilate(b: np.ndarray, rows: BallRows) -> np.ndarray:
+    """Dilation of a boundary batch (N, *spatial) by the ball ``rows`` (zero outside)."""
+    spatial = b.shape[1:]
+    out = np.zeros_like(b)
+    run = b.copy()  # b dilated along the last axis by [-w, w]
+    w = 0
+    for offset, half in rows:
+        while w < half:
+            w += 1
+            if w < spatial[-1]:
+                run[..., w:] |= b[..., :-w]
+                run[..., :-w] |= b[..., w:]
+        sl = _shift_slices((*offset, 0), spatial)
+        if sl is not None:
+            out[sl[0]] |= run[sl[1]]
+    return out
+
+
+def _within_counts(b_src: np.ndarray, b_ref: np.ndarray, rows: BallRows) -> np.ndarray:
+    """Per image: the number of ``b_src`` pixels within the ball of a ``b_ref`` pixel, (N,)."""
+    axes = tuple(range(1, b_src.ndim))
+    out = np.empty(len(b_src), dtype=np.int64)
+    step = max(1, (1 << 24) // max(1, int(np.prod(b_src.shape[1:]))))
+    for start in range(0, len(b_src), step):
+        chunk = slice(start, start + step)
+        near = _dilate(b_ref[chunk], rows)
+        near &= b_src[chunk]
+        out[chunk] = near.sum(axis=axes, dtype=np.int64)
+    return out
+
+
 def _surface_counts(
     y_true: np.ndarray, y_pred: np.ndarray, tolerance: float, spacing: tuple[float, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -140,9 +241,14 @@ def _surface_counts(
     axes = tuple(range(1, y_true.ndim))
     n_true = b_true.sum(axis=axes, dtype=np.int64)
     n_pred = b_pred.sum(axis=axes, dtype=np.int64)
+    limit = tolerance * (1.0 + _TIE_RTOL)
+    rows = _ball_rows(limit, spacing, y_true.shape[1:])
+    if rows is not None:
+        ok_pred = _within_counts(b_pred, b_true, rows)
+        ok_true = _within_counts(b_true, b_pred, rows)
+        return ok_pred, n_pred, ok_true, n_true
     ok_pred = np.zeros(len(y_true), dtype=np.int64)
     ok_true = np.zeros(len(y_true), dtype=np.int64)
-    limit = tolerance * (1.0 + _TIE_RTOL)
     for i, d_pred_to_true, d_true_to_pred in _surface_distances(b_true, b_pred, spacing):
         ok_pred[i] = np.count_nonzero(d_pred_to_true <= limit)
         ok_true[i] = np.count_nonzero(d_true_to_pred <= limit)

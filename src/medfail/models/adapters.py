@@ -21,11 +21,29 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from medfail.data.prompts import Prompt
+from medfail.errors import MedfailInputError
 from medfail.models.preprocess import prompt_channels, to_tensor
 from medfail.models.spec import ModelSpec
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 SLIDING_WINDOW_OVERLAP = 0.25
+
+
+def resolve_device(device: str | None = None) -> str:
+    """The torch device to run on: ``device`` checked (``cpu``, ``cuda``, ``cuda:1``...), or by
+    default ``cuda`` when a GPU is available, else ``cpu``."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise MedfailInputError(None, f"unknown device {device!r} ({exc})") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedfailInputError(None, f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise MedfailInputError(None, f"device {device!r} requested but only "
+                                f"{torch.cuda.device_count()} CUDA device(s) exist")
+    return str(dev)
 
 
 def _groups_by_shape(images: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:

@@ -42,7 +42,8 @@ def degradation_plot(metrics: pd.DataFrame, metric: str, target: str, path: Path
     ax.set_xlabel("severity")
     ax.set_ylabel(f"{metric} ({target})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="best", ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6.5, loc="best", ncol=2)
     ax.set_title(title or f"{metric} under {family or 'stress'}, 95% bootstrap CI", fontsize=9)
     return _save(fig, path)
 
@@ -202,4 +203,72 @@ def compare_plot(table: pd.DataFrame, metric: str, target: str, path: Path) -> P
     ax.set_yticks(y, t["condition"], fontsize=6.5)
     ax.set_xlabel(f"Δ {metric} ({target}), B − A")
     ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+def _gray(image: np.ndarray, value_range: np.ndarray) -> np.ndarray:
+    lo, hi = float(value_range[0]), float(value_range[1])
+    x = image[0] if image.shape[0] == 1 else np.moveaxis(image[:3], 0, -1)
+    return np.clip((x - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+
+
+def segmentation_case_figure(case: dict[str, np.ndarray], path: Path) -> Path:
+    """Input with GT contour, clean and stressed probability overlays, and the entropy map."""
+    img, clean = _gray(case["image"], case["value_range"]), _gray(case["clean"],
+                                                                   case["value_range"])
+    gt = np.asarray(case["mask"]) == 1
+    p = case["prob"][0].astype(np.float32)
+    p_clean = case["prob_clean"][0].astype(np.float32)
+    eps = 1e-6
+    entropy = -(p * np.log2(p + eps) + (1 - p) * np.log2(1 - p + eps))
+    fig, axes = plt.subplots(1, 4, figsize=(9.6, 2.7), dpi=110)
+    panels = [(clean, None, "clean input + GT (green)"), (img, None, "stressed input + GT"),
+              (img, p, "prediction under stress\n(probability, contour p = 0.5)"),
+              (None, entropy, "entropy (bits) under stress")]
+    for k, (ax, (base, over, label)) in enumerate(zip(axes, panels, strict=True)):
+        if base is not None:
+            ax.imshow(base, cmap="gray", vmin=0, vmax=1)
+        if k == 3:
+            im = ax.imshow(over, cmap="magma", vmin=0, vmax=1)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        elif over is not None:
+            ax.imshow(np.ma.masked_less(over, 0.05), cmap="autumn", alpha=0.55, vmin=0, vmax=1)
+            ax.contour(over, levels=[0.5], colors="red", linewidths=0.8)
+        if k < 3 and gt.any():
+            ax.contour(gt, levels=[0.5], colors="lime", linewidths=0.8)
+        if k == 0 and p_clean.max() >= 0.5:
+            ax.contour(p_clean, levels=[0.5], colors="red", linewidths=0.6, linestyles="--")
+        ax.set_title(label, fontsize=7.5)
+        ax.set_axis_off()
+    return _save(fig, path)
+
+
+def classification_case_figure(case: dict[str, np.ndarray], probs: pd.DataFrame, target: str,
+                               path: Path) -> Path:
+    """Clean and stressed input with occlusion saliency, and the probabilities per target."""
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 2.8), dpi=110,
+                             gridspec_kw={"width_ratios": [1, 1, 1.3]})
+    for ax, key, sal, label in ((axes[0], "clean", "saliency_clean", "clean input"),
+                                (axes[1], "image", "saliency", "stressed input")):
+        base = _gray(case[key], case["value_range"])
+        ax.imshow(base, cmap="gray", vmin=0, vmax=1)
+        s = np.asarray(case[sal], np.float32)
+        lim = max(float(np.abs(s).max()), 1e-6)
+        ax.imshow(s, cmap="coolwarm", alpha=0.45, vmin=-lim, vmax=lim,
+                  extent=(-0.5, base.shape[1] - 0.5, base.shape[0] - 0.5, -0.5),
+                  interpolation="nearest")
+        ax.set_title(f"{label}; occlusion saliency for {target}\n(red = supports it)",
+                     fontsize=7.5)
+        ax.set_axis_off()
+    ax = axes[2]
+    y = np.arange(len(probs))
+    ax.barh(y - 0.2, probs["prob_clean"], height=0.4, label="clean", color="#4c72b0")
+    ax.barh(y + 0.2, probs["prob"], height=0.4, label="stressed", color="#dd8452")
+    for yy, lab in zip(y, probs["label"], strict=True):
+        ax.text(1.02, yy, "label 1" if lab else "label 0", fontsize=7, va="center")
+    ax.set_yticks(y, probs["target"], fontsize=7.5)
+    ax.set_xlim(0, 1)
+    ax.axvline(0.5, color="k", lw=0.5, ls=":")
+    ax.set_xlabel("probability", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)

@@ -10,6 +10,7 @@ import base64
 import json
 import math
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +19,26 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER
+from medfail.analysis.case_studies import diagnose
+from medfail.analysis.checklist import build_checklist
 from medfail.analysis.ranking import (
-    PRIMARY_METRIC,
     breaking_sentence,
-    breaking_table,
-    primary_target,
 )
+from medfail.analysis.run_tables import RunTables
+from medfail.analysis.taxonomy import build_taxonomy
 from medfail.metrics.selective import risk_coverage_curve
 from medfail.report.figures import (
     binned_reliability_plot,
     calibration_drift_plot,
+    classification_case_figure,
     degradation_plot,
     prompt_sensitivity_plot,
     reliability_plot,
     risk_coverage_plot,
+    segmentation_case_figure,
     slice_forest_plot,
 )
+from medfail.report.pdf import render_pdf
 from medfail.uncertainty.temperature import apply_temperature_binary, apply_temperature_multiclass
 
 FAMILY_TITLES = {"corruption": "Common corruptions", "domain_shift": "Domain shift",
@@ -114,7 +119,7 @@ def _mitigation_rows(run_dir: Path) -> list[dict[str, Any]]:
         return []
     rows = []
     for r in pd.read_parquet(path).itertuples():
-        ci = "" if math.isnan(r.ci_low) else _ci(r.ci_low, r.ci_high)
+        ci = "" if math.isnan(r.ci_low) or math.isnan(r.ci_high) else _ci(r.ci_low, r.ci_high)
         cost = []
         if r.forward_passes:
             cost.append(f"{r.forward_passes} passes")
@@ -282,62 +287,164 @@ def _segmentation_calibration_section(run_dir: Path, run: dict[str, Any], worst:
             "sentence": sentence, "temperatures": "not applied to segmentation in this run"}
 
 
+def _problem(run: dict[str, Any], task: str, primary: str, target: str,
+             metrics: pd.DataFrame) -> str:
+    """Section 1's paragraph: what the model does, on what, and how it was tested."""
+    spec = run["model"]["spec"]
+    kind = {"classification": f"{'multi-label' if spec.get('multi_label') else 'multi-class'} "
+                              "classifier",
+            "segmentation": "segmenter", "promptable": "promptable segmenter (box/point prompts)"}
+    clean = metrics[(metrics["condition"] == "clean") & (metrics["metric"] == primary)
+                    & (metrics["target"] == target) & (metrics["slice"] == ALL)]
+    clean_text = f" Clean {primary} ({target}): {clean['value'].iloc[0]:.3f} " \
+        f"[{clean['ci_low'].iloc[0]:.3f}, {clean['ci_high'].iloc[0]:.3f}]." if len(clean) else ""
+    n_stress = sum(1 for c in run["conditions"] if "@" in c and "|" not in c)
+    return (f"A {kind[task]} predicting {', '.join(run['data']['targets'])} is tested on "
+            f"{run['data']['n_samples']} images under {n_stress} stress conditions (stress tests × "
+            f"severities), slices by lesion size, location, shape and metadata, "
+            f"calibration and uncertainty methods, and mitigations on its worst condition."
+            + clean_text)
+
+
+def _figures_in_order(groups: list[list[dict[str, Any]]]) -> dict[str, int]:
+    """Number every figure in display order; returns stem -> figure number."""
+    numbers: dict[str, int] = {}
+    for group in groups:
+        for f in group:
+            f["num"] = numbers.setdefault(f["stem"], len(numbers) + 1)
+    return numbers
+
+
+def _sized(fig: dict[str, str], size: str) -> dict[str, Any]:
+    return {**fig, "size": size, "stem": Path(fig["file"]).stem}
+
+
+def _case_studies(tables: RunTables, checklist: dict[str, Any], figdir: Path,
+                  run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "cases" / "cases.json"
+    if not path.exists():
+        return []
+    out = []
+    for k, case in enumerate(json.loads(path.read_text())):
+        arrays = dict(np.load(run_dir / "cases" / f"case_{k}.npz"))
+        text = diagnose(tables, case, checklist["deferral_threshold"])
+        fig_path = figdir / f"case_{k + 1}.png"
+        if tables.task == "classification":
+            clean = tables.predictions("clean")
+            cond = tables.predictions(case["condition"])
+            probs = clean[clean["id"] == case["id"]][["target", "prob", "label"]].merge(
+                cond[cond["id"] == case["id"]][["target", "prob"]], on="target",
+                suffixes=("_clean", ""))
+            classification_case_figure(arrays, probs, case["target"], fig_path)
+        else:
+            segmentation_case_figure(arrays, fig_path)
+        out.append({**text, "figure": _sized(_figure(fig_path, run_dir, f"case {k + 1}: "
+                                                     f"{case['id']} under {case['condition']}"),
+                                             "full")})
+    return out
+
+
+def _checklist_view(checklist: dict[str, Any]) -> dict[str, Any]:
+    drift = checklist["drift"]
+    fired = [r["condition"] for r in drift["rows"] if r["fires"]]
+    silent = [r["condition"] for r in drift["rows"] if not r["fires"]]
+    text = (f"alarm when the mean confidence of {drift['window']} consecutive cases falls under "
+            f"{drift['limit']:.3f} (clean mean {drift['clean_mean']:.3f}). "
+            + (f"It fires for {', '.join(fired)}" if fired else "It fires for no breaking test")
+            + (f"; it stays silent for {', '.join(silent)} — these need the input monitors."
+               if silent else "."))
+    summary: dict[str, dict[str, Any]] = {}
+    for c in checklist["checks"]:
+        row = summary.setdefault(c["check"], {"check": c["check"], "n_pass": 0, "n_fail": 0,
+                                              "failing": []})
+        row["n_pass" if c["verdict"] == "pass" else "n_fail"] += 1
+        if c["verdict"] == "fail":
+            row["failing"].append(c["condition"])
+    for row in summary.values():
+        row["cls"] = "fail" if row["n_fail"] else "pass"
+        row["failing"] = ", ".join(row["failing"])
+    return {**checklist, "drift_text": text, "check_summary": list(summary.values()),
+            "monitors": checklist["monitors"][:8]}
+
+
+def _taxonomy_rows(entries: list[Any], numbers: dict[str, int]) -> list[dict[str, Any]]:
+    rows = []
+    for e in entries:
+        effect = "" if e.effect is None else f"{e.effect:+.3f}" if e.ci_low is None \
+            else f"{e.effect:+.3f} {_ci(e.ci_low, e.ci_high)}"
+        if e.ci_low is None and e.effect is not None and e.status != "breaks":
+            effect = ""
+        rows.append({**e.to_dict(), "effect": effect,
+                     "cls": {"breaks": "breaks", "not probed": "notprobed"}.get(e.status, ""),
+                     "link": numbers.get(e.figure or "")})
+    return rows
+
+
 def render_report(run_dir: str | Path) -> Path:
-    """Write ``figures/`` and ``report.html`` into ``run_dir`` from its stored results."""
+    """Write ``figures/``, ``report.html`` and ``report.pdf`` into ``run_dir`` from its stored
+    results (see docs/report.md for the section order)."""
     run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    metrics = pd.read_parquet(run_dir / "metrics.parquet")
-    task = run["task"]
-    primary = PRIMARY_METRIC[task]
-    target = primary_target(metrics, primary)
-    ranking = breaking_table(metrics, task)
+    tables = RunTables(run_dir)
+    run, metrics, task = tables.run, tables.metrics, tables.task
+    primary, target = tables.primary, tables.target
+    ranking = tables.ranking
     figdir = run_dir / "figures"
+    shutil.rmtree(figdir, ignore_errors=True)
     present = set(metrics["metric"])
     metric_list = [primary] + [m for m in SECONDARY[task] if m in present]
-    families = []
+    families, main_stress, appendix = [], [], []
     for family in ("corruption", "domain_shift", "prompt"):
         if not (metrics["family"] == family).any():
             continue
-        figs = []
-        for metric in metric_list[:2]:
+        for k, metric in enumerate(metric_list[:2]):
             path = degradation_plot(metrics, metric, target,
                                     figdir / f"degradation_{family}_{metric}.png", family=family)
-            figs.append(_figure(path, run_dir, f"{metric} vs severity, {family}"))
+            fig = _sized(_figure(path, run_dir, f"{metric} vs severity, {family}"), "third")
+            (main_stress if k == 0 else appendix).append(fig)
         if family == "prompt":
             path = prompt_sensitivity_plot(metrics, primary, target,
                                            figdir / "prompt_sensitivity.png")
-            figs.append(_figure(path, run_dir, "prompt sensitivity curves"))
-        families.append({"title": FAMILY_TITLES[family], "figures": figs,
+            main_stress.append(_sized(_figure(path, run_dir, "prompt sensitivity curves"),
+                                      "third"))
+        families.append({"title": FAMILY_TITLES[family],
                          "table": _family_table(metrics, family, metric_list, target)})
-    slice_figs = []
     if (metrics["slice"] != ALL).any():
-        for metric in metric_list[:2]:
+        for k, metric in enumerate(metric_list[:2]):
             if ((metrics["metric"] == metric) & (metrics["slice"] != ALL)).any():
                 path = slice_forest_plot(metrics, metric, target, figdir / f"slices_{metric}.png")
-                slice_figs.append(_figure(path, run_dir, f"{metric} per slice (clean)"))
-    top = ranking[(ranking["kind"] == "condition") & ranking["significant"]]
-    if len(top):
-        worst = str(top["name"].iloc[0])
-        has = (metrics["condition"] == worst) & (metrics["slice"] != ALL)
-        if has.any():
-            path = slice_forest_plot(metrics, primary, target, figdir / "slices_worst.png",
-                                     condition=worst)
-            slice_figs.append(_figure(path, run_dir, f"{primary} per slice under {worst}, "
-                                      "the top breaking condition"))
+                fig = _sized(_figure(path, run_dir, f"{metric} per slice (clean)"), "half")
+                (main_stress if k == 0 else appendix).append(fig)
+    top = tables.breaking
     worst_cond = str(top["name"].iloc[0]) if len(top) else None
+    if worst_cond and ((metrics["condition"] == worst_cond) & (metrics["slice"] != ALL)).any():
+        path = slice_forest_plot(metrics, primary, target, figdir / "slices_worst.png",
+                                 condition=worst_cond)
+        main_stress.append(_sized(_figure(path, run_dir, f"{primary} per slice under "
+                                          f"{worst_cond}, the top breaking condition"), "half"))
     calibration = _calibration_section(run_dir, run, worst_cond) if task == "classification" \
         else _segmentation_calibration_section(run_dir, run, worst_cond, target)
+    main_cal = [_sized(f, "third") for f in (calibration or {}).get("figures", [])]
+    checklist = build_checklist(tables)
+    cases = _case_studies(tables, checklist, figdir, run_dir)
+    numbers = _figures_in_order([main_stress, main_cal, [c["figure"] for c in cases], appendix])
     shift = metrics[(metrics["condition"] == "shift_data") & (metrics["target"] == target)
                     & (metrics["slice"] == ALL)]
+    mitigations = _mitigation_rows(run_dir)
+    log = run["model"].get("training_log") or {}
     env = Environment(loader=PackageLoader("medfail.report", "templates"),
                       autoescape=select_autoescape(["html"]))
     html = env.get_template("report.html").render(
         task=task, model_name=run["model"].get("name", ""), data_name=run["data"].get("name", ""),
         n_samples=run["data"]["n_samples"], seed=run["seed"], version=run["medfail_version"],
         n_conditions=len(run["conditions"]), summary=breaking_sentence(ranking),
-        ranking=_ranking_rows(ranking), primary=primary, target=target, families=families,
-        slice_figures=slice_figs, calibration=calibration,
-        mitigations=_mitigation_rows(run_dir), n_bootstrap=run["config"]["n_bootstrap"],
+        problem=_problem(run, task, primary, target, metrics),
+        taxonomy=_taxonomy_rows(build_taxonomy(tables), numbers),
+        ranking=_ranking_rows(ranking, 8), ranking_full=_ranking_rows(ranking, 30),
+        primary=primary, target=target, families=families, main_stress_figures=main_stress,
+        main_calibration_figures=main_cal, appendix_figures=appendix, calibration=calibration,
+        mitigations=[r for r in mitigations if r["slice"] == "all"][:10],
+        mitigation_notes=sorted({f"{r['mitigation']}: {r['note']}" for r in mitigations}),
+        cases=cases, checklist=_checklist_view(checklist), n_bootstrap=run["config"]["n_bootstrap"],
         shift=[{"metric": r.metric, "value": _fmt(r.value), "delta": f"{r.delta_vs_clean:+.3f}",
                 "ci": _ci(r.delta_ci_low, r.delta_ci_high), "n": r.n,
                 "cls": "drop" if _harmful(r.metric, r.delta_ci_low, r.delta_ci_high) else ""}
@@ -345,7 +452,12 @@ def render_report(run_dir: str | Path) -> Path:
         shift_name=(run["data"].get("shift") or {}).get("name", ""),
         modality=run.get("modality") or "unknown", distance_unit=run.get("distance_unit", "px"),
         command=shlex.join(run["command"]), stages=run["wall_clock_s"]["stages"],
-        packages=run["packages"], hardware=run["hardware"])
+        per_condition=run["wall_clock_s"]["per_condition"], cached=run.get("cached_conditions"),
+        epochs=[e for e in log.get("epochs") or [] if isinstance(e, dict)],
+        train_seconds=log.get("wall_clock_s") or 0.0, packages=run["packages"],
+        hardware=run["hardware"], data_hash=run["data"].get("content_hash", ""),
+        model_hash=run["model"].get("sha256", "n/a"))
     out = run_dir / "report.html"
     out.write_text(html, encoding="utf-8")
+    render_pdf(out, run_dir / "report.pdf")
     return out

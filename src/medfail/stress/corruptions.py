@@ -78,10 +78,10 @@ def _normalised(kernel: Kernel) -> ApplyFn:
         hi = value_range[:, 1].reshape(shape)
         span = hi - lo
         span = torch.where(span > 0, span, torch.ones_like(span))
-        x01 = (images - lo) / span
-        y01 = kernel(x01, params, rngs).clamp_(0.0, 1.0)
-        out = y01 * span + lo
-        return torch.minimum(torch.maximum(out, lo), hi)
+        x01 = (images - lo).div_(span)
+        # the kernel returns a new tensor: finish in place (same roundings as y * span + lo)
+        out = kernel(x01, params, rngs).clamp_(0.0, 1.0).mul_(span).add_(lo)
+        return out.clamp_(min=lo, max=hi)
 
     apply.__name__ = getattr(kernel, "__name__", "apply")
     apply.__doc__ = kernel.__doc__
@@ -204,8 +204,9 @@ def _speckle(
 def _filter2d(x: torch.Tensor, kernels: np.ndarray) -> torch.Tensor:
     """Per-image 2D filtering with odd ``(N, K, K)`` kernels and index-based reflect padding.
 
-    A sum of shifted slices (elementwise, so exactly per image); taps that are zero for the whole
-    batch are skipped, which adds exactly nothing to the others.
+    A sum of shifted slices (elementwise, so exactly per image); taps that are zero for an image
+    are skipped for it, which adds exactly nothing. One kernel shared by the batch runs as one
+    batched loop, different kernels (motion blur angles) image by image.
     """
     n, _, h, w = x.shape
     size = kernels.shape[-1]
@@ -213,14 +214,17 @@ def _filter2d(x: torch.Tensor, kernels: np.ndarray) -> torch.Tensor:
     padded = x.index_select(-2, _reflect_index(h, radius, x.device))
     padded = padded.index_select(-1, _reflect_index(w, radius, x.device))
     k32 = np.ascontiguousarray(kernels, dtype=np.float32)
-    used = np.abs(k32).max(axis=0) > 0
     weights = torch.from_numpy(k32).to(device=x.device, dtype=x.dtype)
     out = torch.zeros_like(x)
-    for dy in range(size):
-        for dx in range(size):
-            if used[dy, dx]:
-                tap = weights[:, dy, dx].reshape(n, 1, 1, 1)
-                out += tap * padded[:, :, dy : dy + h, dx : dx + w]
+    if (k32 == k32[:1]).all():
+        groups = [(slice(None), np.argwhere(k32[0] != 0), weights[:, None, None, None])]
+    else:
+        groups = [(slice(i, i + 1), np.argwhere(k32[i] != 0), weights[i : i + 1, None, None, None])
+                  for i in range(n)]
+    for rows, taps, wts in groups:
+        acc, src = out[rows], padded[rows]
+        for dy, dx in taps.tolist():
+            acc += wts[..., dy, dx] * src[:, :, dy : dy + h, dx : dx + w]
     return out
 
 
@@ -296,8 +300,11 @@ def _pixelate(
     f = int(params["factor"])
     n, c, h, w = x.shape
     hb, wb = -(-h // f), -(-w // f)
-    padded = x.new_zeros((n, c, hb * f, wb * f))
-    padded[:, :, :h, :w] = x
+    if (h, w) == (hb * f, wb * f):
+        padded = x
+    else:
+        padded = x.new_zeros((n, c, hb * f, wb * f))
+        padded[:, :, :h, :w] = x
     sums = x.new_zeros((n, c, hb, wb))
     for a in range(f):
         for b in range(f):
@@ -305,8 +312,10 @@ def _pixelate(
     rows = (h - torch.arange(hb, device=x.device) * f).clamp(max=f)
     cols = (w - torch.arange(wb, device=x.device) * f).clamp(max=f)
     means = sums / (rows[:, None] * cols[None, :]).to(x.dtype)
-    means = means.index_select(-2, torch.arange(h, device=x.device) // f)
-    return means.index_select(-1, torch.arange(w, device=x.device) // f)
+    # nearest upsampling: every block mean repeated f x f times, cropped to (h, w)
+    up = means[:, :, :, None, :, None].expand(n, c, hb, f, wb, f).contiguous()
+    up = up.view(n, c, hb * f, wb * f)
+    return up if (h, w) == up.shape[-2:] else up[:, :, :h, :w].contiguous()
 
 
 def _gamma(
@@ -518,15 +527,21 @@ def corrupt(
     else:
         lo, hi = float(value_range[0]), float(value_range[1])
 
-    chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    x = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[None]
+    # channels first in the input dtype (a small copy), then float32 on a contiguous array
+    chw = arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+    x = torch.from_numpy(chw.astype(np.float32))[None]
     vr = torch.tensor([[lo, hi]], dtype=torch.float32)
     y = apply_corruption(x, vr, name, severity, [np.random.default_rng(seed)])[0].numpy()
-    out = y[0] if arr.ndim == 2 else y.transpose(1, 2, 0)
     if is_int:
         info = np.iinfo(arr.dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return np.ascontiguousarray(out.astype(arr.dtype))
+        y = np.clip(np.rint(y, out=y), info.min, info.max, out=y)
+    out = y.astype(arr.dtype, copy=False)
+    if arr.ndim == 2:
+        return np.ascontiguousarray(out[0])
+    hwc = np.empty(arr.shape, dtype=arr.dtype)
+    for c in range(arr.shape[2]):  # channel by channel: faster than a strided transpose copy
+        hwc[..., c] = out[c]
+    return hwc
 
 
 def perturb_samples(

@@ -1,0 +1,236 @@
+"""Engine benchmarks: suite overhead over bare forward passes, memory growth, Ray scaling.
+
+The model is the demo's segmenter (``runs/demo/models/segmenter.pt``) when ``make demo`` has
+written it, else the same U-Net untrained with seeded weights (identical forward cost). Data are
+synthetic phantom test splits written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ratio
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL = ROOT / "runs" / "demo" / "models" / "segmenter.pt"
+N_OVERHEAD = 64  # two thirds of the demo's test split, to keep `make bench` short
+MEMORY_N = (16, 160)
+ROUNDS = 2
+THREADS = 1
+
+
+def _model(tmp: Path) -> tuple[Path, str]:
+    """The demo segmenter if present, else the same architecture untrained (seed 0)."""
+    if DEMO_MODEL.exists():
+        return DEMO_MODEL, f"trained demo segmenter ({DEMO_MODEL.relative_to(ROOT)})"
+    import torch
+
+    from medfail.models.bundle import save_model
+    from medfail.models.networks import build_network
+    from medfail.models.spec import ModelSpec
+
+    torch.manual_seed(0)
+    spec = ModelSpec(task="segmentation", target_names=["lesion"], input_size=(64, 64),
+                     normalisation={"mean": [55.5], "std": [50.3]}, arch="unet")
+    path = save_model(tmp / "segmenter.pt", spec, build_network("unet", 1, 2), {})
+    return path, "untrained demo U-Net (seeded; runs/demo/models/segmenter.pt not found)"
+
+
+def _data(tmp: Path, n: int) -> Path:
+    from medfail.data.phantoms import PhantomConfig, write_split
+
+    return write_split(tmp / f"data_{n}", "test", n, PhantomConfig())
+
+
+def _config(tests: list[str]) -> Any:
+    from medfail.engine.suite import SuiteConfig
+
+    return SuiteConfig(tests=tests, severities=[2], uncertainty=[], mitigate=False)
+
+
+def _run(model: Path, data: Path, out: Path, tests: list[str], **kwargs: Any) -> Path:
+    from medfail.data.datasets import open_dataset
+    from medfail.engine.runner import run_suite
+    from medfail.models.loading import describe_model, load_model
+
+    return run_suite(load_model(model, "segmentation"), open_dataset(data, "segmentation"), out,
+                     _config(tests), model_info=describe_model(model), progress=False,
+                     render=False, **kwargs)
+
+
+def _corruptions() -> list[str]:
+    from medfail.stress.corruptions import CORRUPTIONS
+
+    return [t.name for t in CORRUPTIONS]
+
+
+def overhead(tmp: Path, model: Path) -> dict[str, Any]:
+    """Whole ``run_suite`` ÷ the same forward passes alone (inputs perturbed beforehand)."""
+    import torch
+
+    from medfail.data.datasets import open_dataset
+    from medfail.models.loading import load_model
+    from medfail.stress.corruptions import perturb_samples
+
+    torch.set_num_threads(THREADS)
+    data = _data(tmp, N_OVERHEAD)
+    tests = _corruptions()
+    config = _config(tests)
+    conditions = config.conditions("segmentation", "")
+    dataset = open_dataset(data, "segmentation")
+    adapter = load_model(model, "segmentation")
+    t0 = time.perf_counter()
+    inputs = [[s.image for s in batch] if c.severity == 0 else
+              perturb_samples(batch, c.name, config.seed)
+              for c in conditions for batch in dataset.batches(config.batch_size)]
+    perturb_s = time.perf_counter() - t0
+
+    def forward_only() -> None:
+        for images in inputs:
+            adapter.predict_proba(images)
+
+    forward, suite, stages = float("inf"), float("inf"), {}
+    for k in range(ROUNDS):
+        t0 = time.perf_counter()
+        forward_only()
+        forward = min(forward, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run = _run(model, data, tmp / f"overhead_{k}", tests)
+        seconds = time.perf_counter() - t0
+        if seconds < suite:
+            suite = seconds
+            stages = json.loads((run / "run.json").read_text())["wall_clock_s"]["stages"]
+    return {
+        "config": f"{N_OVERHEAD} phantom images 128x128, clean + {len(tests)} corruptions at "
+                  f"severity 2 ({len(conditions)} plain conditions), batch "
+                  f"{config.batch_size}, n_bootstrap {config.n_bootstrap}, no uncertainty "
+                  "methods, no mitigation, render=False (no HTML report)",
+        "threads": f"torch {THREADS} in both",
+        "timing": f"best of {ROUNDS} interleaved rounds",
+        "suite_s": round(suite, 3), "forward_only_s": round(forward, 3),
+        "perturbation_s_outside_timing": round(perturb_s, 3),
+        "suite_stages_s": {k: round(v, 3) for k, v in stages.items()},
+        "overhead": ratio(suite, forward),
+    }
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS: ``VmHWM`` where /proc has it, else ``ru_maxrss``.
+
+    ``ru_maxrss`` (RUSAGE_SELF or RUSAGE_CHILDREN) of a child started by fork+exec includes the
+    parent's RSS at the fork (Linux folds the old memory map's high-water mark into it at exec),
+    so it would report the benchmark driver's size; ``VmHWM`` belongs to the new map only.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(model: str, data: str, out: str) -> None:
+    """Child process: one run, then print its own peak RSS (MiB) as JSON."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    from medfail.engine import runner  # noqa: F401  (imports count towards the baseline)
+
+    before = _peak_rss_mib()
+    t0 = time.perf_counter()
+    _run(Path(model), Path(data), Path(out), ["gaussian_noise", "jpeg"])
+    print(json.dumps({"peak_rss_mib": _peak_rss_mib(), "peak_rss_after_imports_mib": before,
+                      "seconds": time.perf_counter() - t0}))
+
+
+def memory(tmp: Path, model: Path) -> dict[str, Any]:
+    """Peak RSS of a run on 10x the samples ÷ on 1x, each in a fresh process."""
+    runs = {}
+    for n in MEMORY_N:
+        data = _data(tmp, n)
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_suite", "memory-child", str(model),
+             str(data), str(tmp / f"memory_{n}")],
+            cwd=ROOT, capture_output=True, text=True, check=True)
+        runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    small, large = (runs[n]["peak_rss_mib"] for n in MEMORY_N)
+    base_small, base_large = (runs[n]["peak_rss_after_imports_mib"] for n in MEMORY_N)
+    return {
+        "config": f"{MEMORY_N[0]} vs {MEMORY_N[1]} phantom images 128x128, clean + "
+                  "gaussian_noise@2 + jpeg@2, render=False",
+        "measure": "peak RSS (VmHWM) of each child process at exit; ru_maxrss is not used: "
+                   "after fork+exec it includes the parent's RSS",
+        "peak_rss_mib": {str(n): round(runs[n]["peak_rss_mib"], 1) for n in MEMORY_N},
+        "peak_rss_after_imports_mib": {str(n): round(runs[n]["peak_rss_after_imports_mib"], 1)
+                                       for n in MEMORY_N},
+        "seconds": {str(n): round(runs[n]["seconds"], 2) for n in MEMORY_N},
+        "growth": ratio(large, small),
+        # the same ratio without the ~570 MiB of imports (torch, MONAI) both runs share
+        "growth_above_imports": round(ratio(large - base_large, small - base_small), 3),
+    }
+
+
+def ray_scaling(tmp: Path, model: Path) -> dict[str, Any]:
+    """Wall-clock of ``executor="ray"`` with 1 vs 2 workers; metrics.parquet must be equal."""
+    from medfail.engine.runner import run_suite
+
+    params = inspect.signature(run_suite).parameters
+    if "executor" not in params:
+        return {"speedup": None, "reason": "run_suite has no executor= parameter yet"}
+    if importlib.util.find_spec("ray") is None:
+        return {"speedup": None, "reason": "ray is not installed in this environment"}
+    import pandas as pd
+
+    extra: dict[str, Any] = {}
+    if "model_loader" in params:
+        from medfail.engine.executors import ModelFiles
+
+        extra["model_loader"] = ModelFiles((str(model),), "segmentation")
+    data = _data(tmp, N_OVERHEAD)
+    tests = _corruptions()
+    seconds, metrics = {}, {}
+    for workers in (1, 2):
+        t0 = time.perf_counter()
+        run = _run(model, data, tmp / f"ray_{workers}", tests, executor="ray",
+                   ray_workers=workers, ray_address=None, **extra)
+        seconds[workers] = time.perf_counter() - t0
+        metrics[workers] = pd.read_parquet(run / "metrics.parquet")
+    pd.testing.assert_frame_equal(metrics[1], metrics[2])
+    return {"config": f"as suite_overhead ({N_OVERHEAD} images, clean + {len(tests)} "
+                      "corruptions), a local Ray started by run_suite (its start-up included)",
+            "seconds": {str(k): round(v, 3) for k, v in seconds.items()},
+            "metrics_equal": True, "speedup": ratio(seconds[1], seconds[2])}
+
+
+def run() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="medfail-bench-") as name:
+        tmp = Path(name)
+        model, model_desc = _model(tmp)
+        out: dict[str, Any] = {"model": model_desc}
+        out["overhead"] = overhead(tmp, model)
+        out["memory"] = memory(tmp, model)
+        try:
+            out["ray"] = ray_scaling(tmp, model)
+        except Exception as exc:  # the Ray executor is new: report, do not abort the benchmark
+            out["ray"] = {"speedup": None, "reason": f"ray run failed: {exc!r}"}
+        if out["ray"].get("speedup") is not None:  # the same config on the local executor
+            out["ray"]["local_executor_s"] = out["overhead"]["suite_s"]
+        return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "memory-child":
+        memory_child(*sys.argv[2:])
+    else:
+        print(json.dumps(run(), indent=2))

@@ -1,0 +1,101 @@
+"""Run every benchmark in this process and write ``benchmarks/latest.json`` (``make bench``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks import bench_bootstrap, bench_boundary, bench_corruptions, bench_suite
+from benchmarks.common import goal, machine, versions
+
+OUT = Path(__file__).resolve().parent / "latest.json"
+
+
+def _corruption_ratios(details: dict[str, Any]) -> dict[str, Any]:
+    rgb = bench_corruptions.summary(details, "rgb")
+    grey = bench_corruptions.summary(details, "grey")
+    out = {}
+    for peer, target in (("imagecorruptions", 5.0), ("albumentations", None)):
+        out[f"corruption_speedup_vs_{peer}_min"] = goal(
+            rgb[peer]["min"], target, True, slowest=rgb[peer]["slowest"],
+            per_corruption=rgb[peer]["per_corruption"],
+            definition=f"min over shared corruptions of ({peer} ms/image) / (medfail corrupt() "
+                       "ms/image), 256x256 RGB uint8, single-threaded",
+            grey_min=grey[peer]["min"], grey_per_corruption=grey[peer]["per_corruption"],
+            batched_min=rgb[peer]["batched_min"])
+    return out
+
+
+def _suite_ratios(details: dict[str, Any]) -> dict[str, Any]:
+    ray = details["ray"]
+    return {
+        "suite_overhead": goal(details["overhead"]["overhead"], 1.10, False,
+                               definition="run_suite wall-clock / the same forward passes alone"),
+        "memory_growth_10x": goal(details["memory"]["growth"], 1.2, False,
+                                  definition="peak RSS of a 10x-samples run / 1x run"),
+        "ray_speedup_2_workers": goal(ray.get("speedup"), None, True,
+                                      definition="wall-clock with 1 Ray worker / with 2",
+                                      **({"reason": ray["reason"]} if "reason" in ray else {})),
+    }
+
+
+STEPS: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], dict]]] = [
+    ("corruptions", bench_corruptions.run, _corruption_ratios),
+    ("boundary", bench_boundary.run, lambda d: {"boundary_speedup_vs_monai": goal(
+        d["speedup"], 5.0, True, definition="MONAI (compute_surface_dice + boundary-F1 "
+        "reference) seconds / medfail (nsd + boundary_f1) seconds, values asserted equal")}),
+    ("bootstrap", bench_bootstrap.run, lambda d: {"bootstrap_speedup_vs_sklearn": goal(
+        d["speedup"], 50.0, True, definition="loop of roc_auc_score over the same 1000 "
+        "resamples / auroc_bootstrap, CIs asserted equal")}),
+    ("suite", bench_suite.run, _suite_ratios),
+]
+
+
+def _print(ratios: dict[str, Any]) -> None:
+    print(f"\n{'ratio':<48}{'value':>10}  {'goal':<8}  met")
+    for name, r in ratios.items():
+        value = "null" if r.get("value") is None else f"{r['value']:.3f}"
+        met = {True: "yes", False: "NO", None: "-"}[r.get("met")]
+        print(f"{name:<48}{value:>10}  {r.get('goal') or '-':<8}  {met}")
+
+
+def main() -> int:
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(), "packages": versions(), "ratios": {}, "details": {},
+        "seconds": {}}
+    failed = False
+    for name, fn, ratios in STEPS:
+        print(f"[bench] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            details = fn()
+            record["details"][name] = details
+            record["ratios"].update(ratios(details))
+        except Exception as exc:
+            failed = True
+            traceback.print_exc()
+            record["details"][name] = {"error": repr(exc)}
+        record["seconds"][name] = round(time.perf_counter() - t0, 1)
+        print(f"[bench] {name} done in {record['seconds'][name]:.0f} s", flush=True)
+    record["seconds"]["total"] = round(time.perf_counter() - started, 1)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    record["machine"]["load_average_at_end"] = None if load is None else [round(x, 2)
+                                                                          for x in load]
+    OUT.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    _print(record["ratios"])
+    print(f"\nwrote {OUT.relative_to(Path.cwd()) if OUT.is_relative_to(Path.cwd()) else OUT} "
+          f"({record['seconds']['total']:.0f} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Predict one condition (perturb -> predict -> per-sample results) and write its files.
+
+A :class:`Part` is what consecutive samples of one condition produced. Parts concatenate in
+sample order, and pixel-bin sums add exactly (float16 probabilities summed in float64 stay exact
+below 2**29 per bin), so a condition written from one streamed pass or from shards merged by an
+executor gives identical files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from medfail.analysis.per_sample import classification_rows, segmentation_rows
+from medfail.analysis.segmentation_calibration import (
+    add_pixel_bins,
+    image_confidences,
+    pixel_bin_table,
+    sampling_agreement,
+)
+from medfail.data.datasets import Dataset
+from medfail.data.prompts import Prompt, prompts_from_mask
+from medfail.data.sample import Sample
+from medfail.engine.predictions import MapWriter, condition_path, quantise, write_table
+from medfail.engine.prefetch import prefetch
+from medfail.engine.suite import Condition, SuiteConfig
+from medfail.models.adapters import ModelAdapter
+from medfail.stress.corruptions import perturb_samples
+from medfail.stress.prompt_perturbations import perturb_prompts, prompt_table_rows
+from medfail.uncertainty.postprocess import PostProcess
+from medfail.uncertainty.postprocess import apply as apply_postprocess
+from medfail.uncertainty.sampling import ensemble_predict, mc_dropout_predict, tta_predict
+
+#: the shift-data condition: clean images of a second dataset
+SHIFT = Condition("shift_data", "shift_data", "domain_shift", 1)
+
+
+@dataclass
+class Part:
+    """Results of consecutive samples of one condition, in sample order."""
+
+    predictions: list[pd.DataFrame] = field(default_factory=list)  # classification rows
+    maps: list[tuple[str, np.ndarray]] = field(default_factory=list)  # stored float16 maps
+    rows: list[dict[str, Any]] = field(default_factory=list)  # segmentation per-sample rows
+    confidence: list[dict[str, Any]] = field(default_factory=list)
+    prompts: list[dict[str, Any]] = field(default_factory=list)
+    pixel_bins: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+    def extend(self, other: Part) -> None:
+        """Append the results of the samples that follow this part's."""
+        self.predictions += other.predictions
+        self.maps += other.maps
+        self.rows += other.rows
+        self.confidence += other.confidence
+        self.prompts += other.prompts
+        for key, stats in other.pixel_bins.items():
+            self.pixel_bins[key] = self.pixel_bins[key] + stats if key in self.pixel_bins \
+                else stats
+
+
+class ConditionWriter:
+    """Writes one condition's ``predictions/`` files from its parts, added in sample order.
+
+    Maps stream to disk as they come; every file is written to a temporary name and renamed.
+    """
+
+    def __init__(self, run_dir: Path, cond: Condition, task: str) -> None:
+        self.cond = cond
+        self.path = condition_path(run_dir, cond.name, task)
+        self.maps = MapWriter(self.path) if task != "classification" else None
+        self.results = Part()
+
+    def add(self, part: Part) -> None:
+        if self.maps is not None:
+            for sid, fg in part.maps:
+                self.maps.add(sid, fg)
+        self.results.extend(replace(part, maps=[]))
+
+    def close(self) -> pd.DataFrame:
+        """Finish the files; returns the condition's per-sample table."""
+        res, cond = self.results, self.cond
+        if self.maps is None:
+            pred = pd.concat(res.predictions, ignore_index=True)
+            write_table(pred, self.path)
+            per_sample = classification_rows(pred)
+        else:
+            self.maps.close()
+            per_sample = pd.DataFrame(res.rows)
+            if res.prompts:
+                write_table(pd.DataFrame(res.prompts),
+                            self.path.with_name(f"{cond.name}.prompts.parquet"))
+            write_table(pd.DataFrame(res.confidence),
+                        self.path.with_name(f"{cond.name}.confidence.parquet"))
+            write_table(pixel_bin_table(res.pixel_bins),
+                        self.path.with_name(f"{cond.name}.pixel_bins.parquet"))
+        for key, value in (("condition", cond.name), ("test", cond.test),
+                           ("family", cond.family), ("severity", cond.severity)):
+            per_sample[key] = value
+        return per_sample
+
+    def abort(self) -> None:
+        if self.maps is not None:
+            self.maps.abort()
+
+
+class Predictor:
+    """Predicts conditions with ``models[0]`` (the others are deep-ensemble members).
+
+    ``run_dir`` is read only by ``morphology`` conditions (their base's stored predictions).
+    """
+
+    def __init__(self, models: Sequence[ModelAdapter], config: SuiteConfig, spacing_mm: bool,
+                 run_dir: Path = Path(".")) -> None:
+        self.adapter, self.members = models[0], list(models)
+        self.config, self.spacing_mm, self.run_dir = config, spacing_mm, run_dir
+        self.task = self.adapter.spec.task
+        self.targets = list(self.adapter.spec.target_names)
+
+    def run(self, cond: Condition, dataset: Dataset, sink: Callable[[Part], None],
+            postprocess: PostProcess | None = None, progress: bool = False) -> None:
+        """Predict ``cond`` over ``dataset`` batch by batch, giving each batch's part to ``sink``.
+
+        The next batch is read, decoded and perturbed in a background thread meanwhile.
+        """
+        bs = self.config.batch_size
+        inputs = ((b, self.images(b, cond)) for b in dataset.batches(bs))
+        with closing(prefetch(inputs, depth=2)) as batches:
+            for batch, images in tqdm(batches, total=-(-len(dataset) // bs),
+                                      desc=f"  {cond.name}", unit="batch", leave=False,
+                                      disable=not progress):
+                sink(self.predict(batch, images, cond, postprocess))
+
+    def images(self, batch: list[Sample], cond: Condition) -> list[np.ndarray]:
+        src = cond.source
+        if src.severity == 0 or src.family == "prompt" or src.test == SHIFT.test:
+            return [s.image for s in batch]  # prompt tests and shift data keep the images
+        return perturb_samples(batch, src.name, self.config.seed, device=self.adapter.device)
+
+    def predict(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
+                postprocess: PostProcess | None = None) -> Part:
+        if self.task == "classification":
+            return Part(predictions=[self.classify(batch, images, cond)])
+        return self._segment(batch, images, cond, postprocess)
+
+    def _model_output(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
+                      prompts: list[list[Prompt]] | None = None,
+                      postprocess: PostProcess | None = None) -> tuple[list[np.ndarray], list]:
+        """Predictions by the condition's method, and a per-sample spread (None if plain)."""
+        ids = [s.id for s in batch]
+        if cond.method == "tta":
+            return tta_predict(self.adapter, images, prompts)
+        if cond.method == "ensemble":
+            return ensemble_predict(self.members, images, prompts)
+        if cond.method == "mc_dropout":
+            return mc_dropout_predict(self.adapter, images, ids, self.config.seed,
+                                      self.config.mc_passes, prompts)
+        if cond.method == "morphology":
+            assert postprocess is not None and cond.base is not None
+            stored = np.load(condition_path(self.run_dir, cond.base.name, self.task))
+            out = []
+            for sid in ids:
+                fg = apply_postprocess(stored[sid][0].astype(np.float32), postprocess)
+                out.append(np.stack([1.0 - fg, fg]))
+            return out, [None] * len(ids)
+        if prompts is not None:
+            return list(self.adapter.predict_proba(images, prompts)), [None] * len(ids)
+        return list(self.adapter.predict_proba(images)), [None] * len(ids)
+
+    def classify(self, batch: list[Sample], images: list[np.ndarray],
+                 cond: Condition) -> pd.DataFrame:
+        """Long prediction rows (``predictions/<condition>.parquet``) of one batch."""
+        probs_list, spreads = self._model_output(batch, images, cond)
+        probs = np.stack(probs_list)
+        spread = np.stack([np.full(len(self.targets), np.nan) if sp is None else sp
+                           for sp in spreads])
+        labels = np.stack([self._one_hot(s) for s in batch])
+        k = len(self.targets)
+        return pd.DataFrame({
+            "id": np.repeat([s.id for s in batch], k), "condition": cond.name,
+            "test": cond.test, "family": cond.family, "severity": cond.severity,
+            "target": np.tile(self.targets, len(batch)),
+            "prob": probs.reshape(-1).astype(np.float64), "label": labels.reshape(-1),
+            "spread": spread.reshape(-1).astype(np.float64)})
+
+    def _one_hot(self, s: Sample) -> np.ndarray:
+        label = np.asarray(s.label)
+        if self.adapter.spec.multi_label:
+            return label.astype(np.int64).reshape(-1)
+        return np.eye(len(self.targets), dtype=np.int64)[int(label.reshape(-1)[0])]
+
+    def _segment(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
+                 postprocess: PostProcess | None) -> Part:
+        part = Part()
+        prompts = None
+        if self.task == "promptable":
+            prompts = [self.prompts(s) for s in batch]
+            src = cond.source
+            if src.family == "prompt":
+                prompts = perturb_prompts(prompts, [s.mask for s in batch],
+                                          [s.id for s in batch], src.name, self.config.seed)
+                part.prompts = prompt_table_rows(prompts, [s.id for s in batch], cond.name)
+        probs, spreads = self._model_output(batch, images, cond, prompts, postprocess)
+        for s, p, spread in zip(batch, probs, spreads, strict=True):
+            fg = quantise(p)
+            part.maps.append((s.id, fg))
+            for k, target in enumerate(self.targets):
+                p = fg[k].astype(np.float32)
+                signals = image_confidences(p)
+                if spread is not None:
+                    signals["sampling_agreement"] = sampling_agreement(p, spread[k + 1])
+                part.confidence += [{"id": s.id, "target": target, "signal": name,
+                                     "value": value} for name, value in signals.items()]
+                add_pixel_bins(part.pixel_bins, target, p, s.mask == k + 1)
+            part.rows += segmentation_rows(
+                s.id, fg, s.mask, self.targets, self.config.boundary_tolerance_px,
+                spacing=s.spacing if self.spacing_mm else None,
+                surface_tolerance=self.config.surface_tolerance_mm,
+                min_overlap=self.config.lesion_min_overlap)
+        return part
+
+    @staticmethod
+    def prompts(sample: Sample) -> list[Prompt]:
+        return prompts_from_mask(sample.mask)
