@@ -229,3 +229,54 @@ def test_auprc_and_sens_bootstrap_equal_loops(seed: int) -> None:
         assert sens[b] == pytest.approx(sens_at_spec(yb, sb, 0.95), abs=1e-12)
     tiny = np.array([[0, 0, 0], [0, 1, 2]])
     assert np.isnan(auprc_bootstrap(np.array([0, 1, 1]), np.array([0.1, 0.5, 0.7]), tiny)[0])
+
+
+@pytest.mark.parametrize("pos_rate", [0.1, 0.5, 0.9])  # 0.9: the class-swapped path
+@pytest.mark.parametrize("n_levels", [2, 5, 40, None])  # None: continuous scores, no ties
+def test_auroc_bootstrap_equals_sklearn_loop_heavy_ties(pos_rate, n_levels, monkeypatch):
+    rng = np.random.default_rng(11)
+    n = 257
+    y = (rng.random(n) < pos_rate).astype(int)
+    raw = rng.normal(size=n) + 0.7 * y
+    s = raw if n_levels is None else np.floor(rng.random(n) * n_levels) + (raw > 1.0)
+    s[:5] = -s[:5] * 0.0  # -0.0 and 0.0 must tie, as in sklearn
+    idx = bootstrap_indices(n, 150, seed=5)
+    ref = naive_auroc_loop(y, s, idx)
+    np.testing.assert_allclose(auroc_bootstrap(y, s, idx), ref, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(auroc_bootstrap(1 - y, -s, idx), ref, atol=1e-12, rtol=0)
+    monkeypatch.setattr(bs, "_BLOCK_ELEMS", 7)  # one resample per block
+    np.testing.assert_allclose(auroc_bootstrap(y == 1, s, idx), ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("y", [[0, 1, 1], [1, 0, 0], [0, 1, 0]])
+@pytest.mark.parametrize("s", [[0.2, 0.2, 0.2], [0.1, 0.5, 0.3], [0.5, 0.5, 0.1]])
+def test_auroc_bootstrap_tiny_n_all_resamples(y, s):
+    y, s = np.array(y), np.array(s)
+    idx = np.array(np.meshgrid(*[range(3)] * 3)).reshape(3, -1).T  # all 27 resamples
+    got = auroc_bootstrap(y, s, idx)
+    one_class = np.array([y[row].min() == y[row].max() for row in idx])
+    assert one_class.any() and np.all(np.isnan(got[one_class]))  # convention: NaN
+    np.testing.assert_allclose(got[~one_class], naive_auroc_loop(y, s, idx[~one_class]),
+                               atol=1e-12, rtol=0)
+    assert auroc_bootstrap(y, s, idx[:0]).shape == (0,)
+
+
+def test_auprc_and_sens_bootstrap_binary_scores_and_blocks(monkeypatch) -> None:
+    from sklearn.metrics import average_precision_score
+
+    from medfail.metrics.bootstrap import auprc_bootstrap, sens_at_spec_bootstrap
+    from medfail.metrics.classification import sens_at_spec
+
+    rng = np.random.default_rng(3)
+    n = 60
+    y = (rng.random(n) < 0.7).astype(int)
+    s = (rng.random(n) + 0.3 * y > 0.6).astype(float)  # two score levels
+    idx = bootstrap_indices(n, 80, seed=1)
+    monkeypatch.setattr(bs, "_BLOCK_ELEMS", 5 * n)
+    ap, sens = auprc_bootstrap(y, s, idx), sens_at_spec_bootstrap(y, s, idx, 0.9)
+    for b, row in enumerate(idx):
+        yb, sb = y[row], s[row]
+        if yb.min() == yb.max():
+            continue
+        assert ap[b] == pytest.approx(average_precision_score(yb, sb), abs=1e-12)
+        assert sens[b] == pytest.approx(sens_at_spec(yb, sb, 0.9), abs=1e-12)

@@ -29,8 +29,9 @@ __all__ = [
     "statistic_ci",
 ]
 
-# Resamples are processed in row blocks of about this many elements to bound memory.
-_BLOCK_ELEMS = 1 << 22
+# Resamples are processed in row blocks of about this many elements: bounds memory, and a
+# block of int64 counts (8 MiB) stays mostly in cache.
+_BLOCK_ELEMS = 1 << 20
 
 
 def _row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
@@ -222,37 +223,10 @@ def paired_statistic_delta_ci(
     return percentile_ci(stats_b - stats_a, a)
 
 
-def auroc_bootstrap(y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """AUROC of every resample at once, shape (B,); no Python loop over resamples.
-
-    Scores are sorted once and grouped into tied-score groups g (ascending). The index matrix
-    is turned into per-resample multiplicities, summed per group and class into pos_g and
-    neg_g, and ``AUC_b = Σ_g pos_g · (Σ_{h<g} neg_h + ½ neg_g) / (P_b · N_b)`` (ties count
-    ½), computed in exact integer arithmetic until the final division. Equals
-    ``roc_auc_score`` on each resample.
-
-    Edge cases: a resample with only one class -> NaN.
-
-    Raises:
-        ValueError: not 1-D, lengths differ, y_true not 0/1, NaN scores, or bad indices.
-    """
-    out = np.empty(len(indices), dtype=np.float64)
-    for rows, pos, neg in _group_counts(y_true, y_score, indices):
-        neg_before = np.cumsum(neg, axis=1) - neg
-        twice_u = np.sum(pos * (2 * neg_before + neg), axis=1)
-        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-        denom = 2 * n_pos * n_neg
-        block = np.full(len(pos), np.nan)
-        np.divide(twice_u, denom, out=block, where=denom > 0)
-        out[rows] = block
-    return out
-
-
-def _group_counts(
+def _check_binary(
     y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray
-) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-    """Per block of resamples: (rows, pos, neg), each (b, G) int64 multiplicities of positives
-    and negatives in the G tied-score groups, groups in ascending score order."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (y as bool, scores as float64, indices) for the set-level bootstraps."""
     t = _check_1d("y_true", y_true)
     s = _check_1d("y_score", y_score)
     if t.shape != s.shape:
@@ -265,9 +239,106 @@ def _group_counts(
     s = s.astype(np.float64)
     if np.isnan(s).any():
         raise ValueError(f"y_score contains {int(np.isnan(s).sum())} NaN value(s)")
-    t = t.astype(np.int64)
+    return t.astype(bool), s, _check_indices(indices, t.size)
+
+
+def _resample_counts(
+    key: np.ndarray, idx: np.ndarray, width: int, buf: np.ndarray | None = None
+) -> np.ndarray:
+    """(b, width) int64 multiplicities: ``out[r, k] = #{j : key[idx[r, j]] == k}``.
+
+    One ``np.bincount`` over the flattened (resample, key) positions; ``idx`` must already be
+    validated to lie in ``[0, len(key))`` (``mode="wrap"`` then only skips the bounds check).
+    ``buf``: optional reusable int64 scratch of at least ``idx.size`` elements.
+    """
+    n_rows = idx.shape[0]
+    if buf is None:
+        buf = np.empty(idx.size, dtype=np.int64)
+    flat = buf[: idx.size].reshape(idx.shape)
+    np.take(key, idx, mode="wrap", out=flat)
+    flat += (np.arange(n_rows, dtype=np.int64) * width)[:, None]
+    return np.bincount(flat.ravel(), minlength=n_rows * width).reshape(n_rows, width)
+
+
+def auroc_bootstrap(y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """AUROC of every resample at once, shape (B,); no Python loop over resamples.
+
+    Mann–Whitney with half credit for ties, as ``roc_auc_score``: with ``x_b[i]`` the
+    multiplicity of sample i in resample b,
+    ``AUC_b = Σ_{i pos} Σ_{j neg} x_b[i] x_b[j] ([s_i > s_j] + ½[s_i = s_j]) / (P_b · N_b)``,
+    ``P_b = Σ_{i pos} x_b[i]``, ``N_b = Σ_{j neg} x_b[j]``.
+
+    Computation (exact integer arithmetic until the final division): scores are sorted once.
+    The negatives, in ascending score order, get columns ``0..N−1``; a positive i is summarised
+    by ``lo_i = #{neg j : s_j < s_i}`` and ``hi_i = #{neg j : s_j ≤ s_i}`` and shares a column
+    with the positives of the same ``(lo, hi)`` pair. One ``np.bincount`` per block of
+    resamples gives the negative multiplicities ``neg_b`` and the per-pair positive
+    multiplicities ``Q_b[p]``; with ``C_b[k] = Σ_{j<k} neg_b[j]`` (a cumulative sum over the
+    negatives only), ``2·U_b = Σ_p Q_b[p] · (C_b[lo_p] + C_b[hi_p])`` and
+    ``AUC_b = 2·U_b / (2 · P_b · N_b)``. The classes are swapped (labels flipped, scores
+    negated, which leaves the AUROC unchanged) so that the cumulated class is the larger one
+    and the positive columns are at most ``N + 1``.
+
+    Edge cases: a resample with only one class -> NaN.
+
+    Raises:
+        ValueError: not 1-D, lengths differ, y_true not 0/1, NaN scores, or bad indices.
+    """
+    y, s, idx = _check_binary(y_true, y_score, indices)
+    n = y.size
+    if 2 * int(y.sum()) > n:  # AUROC(y, s) == AUROC(1 - y, -s): cumulate the larger class
+        y, s = ~y, -s
+    order = np.argsort(s, kind="mergesort")
+    y_sorted = y[order]
+    neg_scores, pos_scores = s[order][~y_sorted], s[order][y_sorted]
+    n_neg = neg_scores.size
+    lo = np.searchsorted(neg_scores, pos_scores, side="left")
+    hi = np.searchsorted(neg_scores, pos_scores, side="right")
+    key_sorted = np.empty(n, dtype=np.int64)
+    key_sorted[~y_sorted] = np.arange(n_neg)
+    ties = bool(np.any(lo != hi))
+    if ties:  # one column per distinct (lo, hi) pair
+        pairs, slot = np.unique(np.stack([lo, hi]), axis=1, return_inverse=True)
+        key_sorted[y_sorted] = n_neg + slot.ravel()
+        n_slots = pairs.shape[1]
+    else:  # lo == hi: the column is lo itself (some may stay empty)
+        key_sorted[y_sorted] = n_neg + lo
+        n_slots = n_neg + 1
+    key = np.empty(n, dtype=np.int64)
+    key[order] = key_sorted
+    width = n_neg + n_slots
+
+    out = np.empty(idx.shape[0], dtype=np.float64)
+    blocks = list(_row_blocks(idx.shape[0], width))
+    max_rows = max((r.stop - r.start for r in blocks), default=0)
+    scratch = np.empty(max_rows * n, dtype=np.int64)  # reused: no page faults per block
+    cum_buf = np.zeros((max_rows, n_neg + 1), dtype=np.int64)  # column 0 stays 0
+    for rows in blocks:
+        counts = _resample_counts(key, idx[rows], width, scratch)
+        q = counts[:, n_neg:]
+        cum_neg = cum_buf[: q.shape[0]]
+        np.cumsum(counts[:, :n_neg], axis=1, out=cum_neg[:, 1:])
+        if ties:
+            twice_u = (np.einsum("ij,ij->i", q, cum_neg[:, pairs[0]])
+                       + np.einsum("ij,ij->i", q, cum_neg[:, pairs[1]]))
+        else:
+            twice_u = 2 * np.einsum("ij,ij->i", q, cum_neg)
+        n_neg_b = cum_neg[:, -1]
+        denom = 2 * (n - n_neg_b) * n_neg_b  # P_b = n - N_b: every resample draws n samples
+        block = np.full(q.shape[0], np.nan)
+        np.divide(twice_u, denom, out=block, where=denom > 0)
+        out[rows] = block
+    return out
+
+
+def _group_counts(
+    y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """Per block of resamples: (rows, pos, neg), each (b, G) int64 multiplicities of positives
+    and negatives in the G tied-score groups, groups in ascending score order."""
+    y, s, idx = _check_binary(y_true, y_score, indices)
+    t = y.astype(np.int64)
     n = t.size
-    idx = _check_indices(indices, n)
 
     order = np.argsort(s, kind="mergesort")
     s_sorted = s[order]
@@ -280,10 +351,10 @@ def _group_counts(
     # key = 2·group + class: one bincount per block gives (B, G, 2) multiplicities
     key = 2 * group + t
     width = 2 * n_groups
-    for rows in _row_blocks(*idx.shape):
-        n_rows = rows.stop - rows.start
-        flat = key[idx[rows]] + width * np.arange(n_rows, dtype=np.int64)[:, None]
-        counts = np.bincount(flat.ravel(), minlength=n_rows * width).reshape(n_rows, n_groups, 2)
+    blocks = list(_row_blocks(idx.shape[0], width))
+    scratch = np.empty(max((r.stop - r.start for r in blocks), default=0) * n, dtype=np.int64)
+    for rows in blocks:
+        counts = _resample_counts(key, idx[rows], width, scratch).reshape(-1, n_groups, 2)
         yield rows, counts[..., 1], counts[..., 0]
 
 
