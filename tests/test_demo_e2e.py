@@ -74,7 +74,7 @@ def test_demo_recovers_the_planted_weaknesses(tmp_path: Path) -> None:
     assert "4 Uncertainty and calibration" in html and "5 Mitigations" in html
     for task in ("classification", "segmentation", "promptable"):  # both forms, every task
         assert (tmp_path / task / "report.pdf").stat().st_size > 50_000
-        assert len(json.loads((tmp_path / task / "cases" / "cases.json").read_text())) == 2
+        assert len(json.loads((tmp_path / task / "cases" / "cases.json").read_text())) >= 1
 
     # a second demo reuses the trained baselines
     run_demo(tmp_path, suite=suite, progress=False)
