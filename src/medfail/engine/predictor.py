@@ -9,6 +9,7 @@ executor gives identical files.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -131,11 +132,18 @@ class Predictor:
         """
         bs = self.config.batch_size
         inputs = ((b, self.images(b, cond)) for b in dataset.batches(bs))
-        with closing(prefetch(inputs, depth=2)) as batches:
+        pending: Future[Part] | None = None
+        with closing(prefetch(inputs, depth=2)) as batches, \
+                ThreadPoolExecutor(1, thread_name_prefix="medfail-score") as scorer:
             for batch, images in tqdm(batches, total=-(-len(dataset) // bs),
                                       desc=f"  {cond.name}", unit="batch", leave=False,
                                       disable=not progress):
-                sink(self.predict(batch, images, cond, postprocess))
+                output = self.forward(batch, images, cond, postprocess)
+                if pending is not None:
+                    sink(pending.result())  # batch k-1, scored while batch k was predicted
+                pending = scorer.submit(self.score, batch, cond, output)
+            if pending is not None:
+                sink(pending.result())
 
     def images(self, batch: list[Sample], cond: Condition) -> list[np.ndarray]:
         src = cond.source
@@ -145,9 +153,34 @@ class Predictor:
 
     def predict(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
                 postprocess: PostProcess | None = None) -> Part:
+        """One batch's results: :meth:`forward` then :meth:`score`."""
+        return self.score(batch, cond, self.forward(batch, images, cond, postprocess))
+
+    def forward(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
+                postprocess: PostProcess | None = None) -> tuple[Part, list, list]:
+        """The model stage: a part holding what needs no scoring, the outputs and spreads."""
         if self.task == "classification":
-            return Part(predictions=[self.classify(batch, images, cond)])
-        return self._segment(batch, images, cond, postprocess)
+            return Part(predictions=[self.classify(batch, images, cond)]), [], []
+        part = Part()
+        prompts = None
+        if self.task == "promptable":
+            prompts = [self.prompts(s) for s in batch]
+            src = cond.source
+            if src.family == "prompt":
+                prompts = perturb_prompts(prompts, [s.mask for s in batch],
+                                          [s.id for s in batch], src.name, self.config.seed)
+                part.prompts = prompt_table_rows(prompts, [s.id for s in batch], cond.name)
+        probs, spreads = self._model_output(batch, images, cond, prompts, postprocess)
+        return part, probs, spreads
+
+    def score(self, batch: list[Sample], cond: Condition,
+              output: tuple[Part, list, list]) -> Part:
+        """The scoring stage (segmentation maps → stored maps, confidences, per-sample metrics);
+        :meth:`run` overlaps it with the next batch's forward pass."""
+        part, probs, spreads = output
+        if self.task == "classification":
+            return part
+        return self._segment(batch, part, probs, spreads)
 
     def _model_output(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
                       prompts: list[list[Prompt]] | None = None,
@@ -195,18 +228,8 @@ class Predictor:
             return label.astype(np.int64).reshape(-1)
         return np.eye(len(self.targets), dtype=np.int64)[int(label.reshape(-1)[0])]
 
-    def _segment(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
-                 postprocess: PostProcess | None) -> Part:
-        part = Part()
-        prompts = None
-        if self.task == "promptable":
-            prompts = [self.prompts(s) for s in batch]
-            src = cond.source
-            if src.family == "prompt":
-                prompts = perturb_prompts(prompts, [s.mask for s in batch],
-                                          [s.id for s in batch], src.name, self.config.seed)
-                part.prompts = prompt_table_rows(prompts, [s.id for s in batch], cond.name)
-        probs, spreads = self._model_output(batch, images, cond, prompts, postprocess)
+    def _segment(self, batch: list[Sample], part: Part, probs: list[np.ndarray],
+                 spreads: list) -> Part:
         for s, p, spread in zip(batch, probs, spreads, strict=True):
             fg = quantise(p)
             part.maps.append((s.id, fg))
