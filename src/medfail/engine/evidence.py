@@ -1,6 +1,8 @@
-"""Evidence the report needs from the images themselves, computed once after the suite.
+"""Evidence the report needs from the images themselves.
 
-* ``evidence.parquet`` — long table ``id, condition, feature, value``, streamed in batches:
+* ``evidence.parquet`` — long table ``id, condition, feature, value``, gathered after the suite
+  from the per-condition ``predictions/<condition>.evidence.parquet`` that the predictor's
+  scoring thread writes (:func:`evidence_rows`, on the very images the model saw):
   input-quality features (:mod:`medfail.analysis.input_quality`) of every image under clean and
   each image stress condition (and ``shift_data``); on clean images also ``intensity_p1`` /
   ``intensity_p99`` (native units) and, with masks, ``gt_dice_erode1`` / ``gt_dice_dilate1`` (Dice
@@ -24,7 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from medfail.analysis.case_studies import select_cases
 from medfail.analysis.input_quality import quality_features
@@ -47,8 +48,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 THRESHOLDS = (0.3, 0.5, 0.7)
 
 
-def _clean_rows(s: Sample, clean_probs: Any) -> list[dict[str, Any]]:
-    """Intensity percentiles, annotation variability and threshold sensitivity of one image."""
+def _clean_rows(s: Sample, foreground: np.ndarray | None) -> list[dict[str, Any]]:
+    """Intensity percentiles, annotation variability and threshold sensitivity of one clean
+    image (``foreground``: its stored float16 probability maps, None for classifiers)."""
     p1, p99 = np.percentile(np.asarray(s.image, np.float64), [1, 99])
     values = {"intensity_p1": float(p1), "intensity_p99": float(p99)}
     if s.mask is not None:
@@ -56,41 +58,43 @@ def _clean_rows(s: Sample, clean_probs: Any) -> list[dict[str, Any]]:
         if gt.any():
             values["gt_dice_erode1"] = _dice(gt, ndimage.binary_erosion(gt))
             values["gt_dice_dilate1"] = _dice(gt, ndimage.binary_dilation(gt))
-        if clean_probs is not None:
-            p = clean_probs[s.id][0].astype(np.float32)
+        if foreground is not None:
+            p = foreground[0].astype(np.float32)
             values.update({f"dice_at_{t}": _dice(gt, p > t) for t in THRESHOLDS})
     return [{"id": s.id, "condition": "clean", "feature": k, "value": v}
             for k, v in values.items()]
 
 
-def _quality_rows(batch: list[Sample], images: Sequence[np.ndarray],
-                  condition: str) -> list[dict[str, Any]]:
-    return [{"id": s.id, "condition": condition, "feature": k, "value": v}
+def has_evidence(cond: Condition) -> bool:
+    """Conditions whose images get quality features: clean, plain image stress tests, shift."""
+    return cond.method == "plain" and cond.base is None and (
+        cond.severity == 0 or cond.family in IMAGE_FAMILIES)
+
+
+def evidence_rows(batch: Sequence[Sample], images: Sequence[np.ndarray], cond: Condition,
+                  foreground: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """One batch's rows of ``evidence.parquet`` under ``cond`` (computed by the predictor's
+    scoring thread on the images the model saw, so nothing is perturbed twice)."""
+    if not has_evidence(cond):
+        return []
+    rows = [{"id": s.id, "condition": cond.name, "feature": k, "value": v}
             for s, img in zip(batch, images, strict=True)
             for k, v in quality_features(img, s.value_range).items()]
+    if cond.name == "clean":
+        maps = foreground if foreground is not None else [None] * len(batch)
+        for s, fg in zip(batch, maps, strict=True):
+            rows += _clean_rows(s, fg)
+    return rows
 
 
-def evidence_table(run_dir: Path, dataset: Dataset, conditions: Sequence[Condition],
-                   config: SuiteConfig, task: str, shift: Dataset | None = None,
-                   progress: bool = False) -> pd.DataFrame:
-    """The rows of ``evidence.parquet`` (see the module docstring)."""
-    stress = [c for c in conditions if c.method == "plain" and c.base is None
-              and c.family in IMAGE_FAMILIES and c.severity > 0]
-    rows: list[dict[str, Any]] = []
-    clean_probs = np.load(condition_path(run_dir, "clean", task)) \
-        if task != "classification" else None
-    n_batches = -(-len(dataset) // config.batch_size)
-    for batch in tqdm(dataset.batches(config.batch_size), total=n_batches, leave=False,
-                      desc="  input quality", unit="batch", disable=not progress):
-        rows += _quality_rows(batch, [s.image for s in batch], "clean")
-        for s in batch:
-            rows += _clean_rows(s, clean_probs)
-        for cond in stress:
-            rows += _quality_rows(batch, perturb_samples(batch, cond.name, config.seed), cond.name)
-    if shift is not None:
-        for batch in shift.batches(config.batch_size):
-            rows += _quality_rows(batch, [s.image for s in batch], "shift_data")
-    return pd.DataFrame(rows, columns=["id", "condition", "feature", "value"])
+def evidence_table(run_dir: Path, conditions: Sequence[Condition], task: str) -> pd.DataFrame:
+    """``evidence.parquet``: the per-condition evidence files of the run's conditions."""
+    paths = [condition_path(run_dir, c.name, task).with_name(f"{c.name}.evidence.parquet")
+             for c in conditions if has_evidence(c)]
+    tables = [pd.read_parquet(p) for p in paths if p.exists()]
+    columns = ["id", "condition", "feature", "value"]
+    return pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame(
+        columns=columns)
 
 
 def occlusion_map(adapter: ModelAdapter, image: np.ndarray, target: int,
@@ -140,9 +144,8 @@ def write_cases(run_dir: Path, dataset: Dataset, adapter: ModelAdapter,
 
 
 def write_evidence(run_dir: Path, dataset: Dataset, adapter: ModelAdapter, config: SuiteConfig,
-                   conditions: Sequence[Condition], shift: Dataset | None = None,
-                   progress: bool = False) -> None:
-    """Write ``evidence.parquet`` and ``cases/`` (see the module docstring)."""
-    write_table(evidence_table(run_dir, dataset, conditions, config, adapter.spec.task, shift,
-                               progress), run_dir / "evidence.parquet")
+                   conditions: Sequence[Condition]) -> None:
+    """Write ``evidence.parquet`` (from the conditions' evidence files) and ``cases/``."""
+    write_table(evidence_table(run_dir, conditions, adapter.spec.task),
+                run_dir / "evidence.parquet")
     write_cases(run_dir, dataset, adapter, config)

@@ -29,6 +29,7 @@ from medfail.analysis.segmentation_calibration import (
 from medfail.data.datasets import Dataset
 from medfail.data.prompts import Prompt, prompts_from_mask
 from medfail.data.sample import Sample
+from medfail.engine.evidence import evidence_rows, has_evidence
 from medfail.engine.predictions import MapWriter, condition_path, quantise, write_table
 from medfail.engine.prefetch import prefetch
 from medfail.engine.suite import Condition, SuiteConfig
@@ -53,6 +54,7 @@ class Part:
     confidence: list[dict[str, Any]] = field(default_factory=list)
     prompts: list[dict[str, Any]] = field(default_factory=list)
     pixel_bins: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # engine/evidence.py rows
 
     def extend(self, other: Part) -> None:
         """Append the results of the samples that follow this part's."""
@@ -61,6 +63,7 @@ class Part:
         self.rows += other.rows
         self.confidence += other.confidence
         self.prompts += other.prompts
+        self.evidence += other.evidence
         for key, stats in other.pixel_bins.items():
             self.pixel_bins[key] = self.pixel_bins[key] + stats if key in self.pixel_bins \
                 else stats
@@ -101,6 +104,10 @@ class ConditionWriter:
                         self.path.with_name(f"{cond.name}.confidence.parquet"))
             write_table(pixel_bin_table(res.pixel_bins),
                         self.path.with_name(f"{cond.name}.pixel_bins.parquet"))
+        if has_evidence(cond):
+            write_table(pd.DataFrame(res.evidence, columns=["id", "condition", "feature",
+                                                            "value"]),
+                        self.path.with_name(f"{cond.name}.evidence.parquet"))
         for key, value in (("condition", cond.name), ("test", cond.test),
                            ("family", cond.family), ("severity", cond.severity)):
             per_sample[key] = value
@@ -141,7 +148,7 @@ class Predictor:
                 output = self.forward(batch, images, cond, postprocess)
                 if pending is not None:
                     sink(pending.result())  # batch k-1, scored while batch k was predicted
-                pending = scorer.submit(self.score, batch, cond, output)
+                pending = scorer.submit(self.score, batch, images, cond, output)
             if pending is not None:
                 sink(pending.result())
 
@@ -154,7 +161,7 @@ class Predictor:
     def predict(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
                 postprocess: PostProcess | None = None) -> Part:
         """One batch's results: :meth:`forward` then :meth:`score`."""
-        return self.score(batch, cond, self.forward(batch, images, cond, postprocess))
+        return self.score(batch, images, cond, self.forward(batch, images, cond, postprocess))
 
     def forward(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
                 postprocess: PostProcess | None = None) -> tuple[Part, list, list]:
@@ -173,14 +180,16 @@ class Predictor:
         probs, spreads = self._model_output(batch, images, cond, prompts, postprocess)
         return part, probs, spreads
 
-    def score(self, batch: list[Sample], cond: Condition,
+    def score(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
               output: tuple[Part, list, list]) -> Part:
-        """The scoring stage (segmentation maps → stored maps, confidences, per-sample metrics);
-        :meth:`run` overlaps it with the next batch's forward pass."""
+        """The scoring stage (segmentation maps → stored maps, confidences, per-sample metrics;
+        input-quality evidence); :meth:`run` overlaps it with the next batch's forward pass."""
         part, probs, spreads = output
-        if self.task == "classification":
-            return part
-        return self._segment(batch, part, probs, spreads)
+        if self.task != "classification":
+            part = self._segment(batch, part, probs, spreads)
+        maps = [fg for _, fg in part.maps] if self.task != "classification" else None
+        part.evidence = evidence_rows(batch, images, cond, maps)
+        return part
 
     def _model_output(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
                       prompts: list[list[Prompt]] | None = None,

@@ -55,7 +55,7 @@ from medfail.uncertainty.postprocess import PostProcess, choose_params
 
 PARTS = ".parts"
 #: bump when what a finished condition stores changes, so older caches are recomputed
-PARTS_FORMAT = 2
+PARTS_FORMAT = 3
 PACKAGES = ("medfail", "torch", "monai", "numpy", "scipy", "scikit-image", "scikit-learn",
             "pandas", "pyarrow", "pydicom", "nibabel", "pillow", "onnxruntime", "matplotlib")
 
@@ -294,7 +294,8 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     }
     _write_json(run_dir / "run.json", run_info)
     t = time.perf_counter()
-    write_evidence(run_dir, dataset, adapter, config, all_conditions, shift, progress)
+    write_evidence(run_dir, dataset, adapter, config,
+                   all_conditions + ([SHIFT] if shift is not None else []))
     stages["evidence"] = time.perf_counter() - t
     _write_json(run_dir / "run.json", run_info)
     if render:
