@@ -51,6 +51,16 @@ LESION_COUNTS = ("lesion_tp", "lesion_fn", "lesion_fp")
 LOWER_IS_BETTER = frozenset({"hd95", "brier", "ece", "nll", "aurc", "eaurc"})
 
 
+def harmful(metric: str, lo: float, hi: float) -> bool:
+    """The 95 % CI [lo, hi] of a Δ lies entirely on the harmful side of 0 for ``metric``."""
+    return bool(lo > 0) if metric in LOWER_IS_BETTER else bool(hi < 0)
+
+
+def beneficial(metric: str, lo: float, hi: float) -> bool:
+    """The 95 % CI [lo, hi] of a Δ lies entirely on the helpful side of 0 for ``metric``."""
+    return bool(hi < 0) if metric in LOWER_IS_BETTER else bool(lo > 0)
+
+
 @dataclass
 class Estimate:
     """A point value with its bootstrap draws (aligned resamples across estimates)."""

@@ -148,7 +148,7 @@ def _deferral(t: RunTables) -> str:
         return "no calibration table: deferral not measured"
     thr = deferral_threshold(t)
     method = "max_prob" if t.task == "classification" else "mask_confidence"
-    target = t.target if t.target in set(cal["target"]) else str(cal["target"].iloc[0])
+    target = t.calibration_target
     v = cal[(cal["condition"] == "clean") & (cal["method"] == method)
             & (cal["target"] == target)].set_index("metric")["value"]
     if t.task == "classification":

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER, Estimate, Key
+from medfail.analysis.aggregate import ALL, Estimate, Key, beneficial
 from medfail.analysis.ranking import PRIMARY_METRIC, primary_target
 from medfail.metrics.bootstrap import percentile_ci
 from medfail.uncertainty.sampling import TTA_FLIPS
@@ -34,10 +34,6 @@ MIT_COLUMNS = ["mitigation", "base", "slice", "target", "metric", "before", "aft
                "ci_low", "ci_high", "helps", "time_ratio", "forward_passes", "coverage", "note"]
 SECOND_METRIC = {"classification": "f1", "segmentation": "lesion_f1", "promptable": "lesion_f1"}
 PASSES = {"tta": len(TTA_FLIPS), "morphology": 1}
-
-
-def _helps(metric: str, lo: float, hi: float) -> bool:
-    return bool(hi < 0) if metric in LOWER_IS_BETTER else bool(lo > 0)
 
 
 def mitigation_table(task: str, conditions: Sequence[Any], draws: dict[Key, Estimate],
@@ -68,7 +64,7 @@ def mitigation_table(task: str, conditions: Sequence[Any], draws: dict[Key, Esti
                     "mitigation": cond.method, "base": base, "slice": sl, "target": target,
                     "metric": metric, "before": before.value, "after": after.value,
                     "effect": after.value - before.value, "ci_low": lo, "ci_high": hi,
-                    "helps": _helps(metric, lo, hi),
+                    "helps": beneficial(metric, lo, hi),
                     "time_ratio": seconds.get(cond.name, np.nan) / seconds[base]
                     if seconds.get(base) else np.nan,
                     "forward_passes": 0 if cond.method == "morphology" else passes,

@@ -57,6 +57,14 @@ class RunTables:
         return _optional(self.run_dir / "calibration.parquet")
 
     @cached_property
+    def calibration_target(self) -> str:
+        """The primary target when the calibration table has it, else its first target."""
+        cal = self.calibration
+        if cal is None or self.target in set(cal["target"]):
+            return self.target
+        return str(cal["target"].iloc[0])
+
+    @cached_property
     def mitigations(self) -> pd.DataFrame | None:
         return _optional(self.run_dir / "mitigations.parquet")
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER
+from medfail.analysis.aggregate import ALL, harmful
 from medfail.analysis.causes import cause_of
 from medfail.analysis.run_tables import RunTables
 
@@ -46,11 +46,6 @@ class Entry:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _harmful(metric: str, lo: float, hi: float) -> bool:
-    """The 95 % CI of a Δ lies on the harmful side of 0."""
-    return bool(lo > 0) if metric in LOWER_IS_BETTER else bool(hi < 0)
 
 
 def _not_probed(bucket: str, entry: str, why: str) -> Entry:
@@ -185,7 +180,7 @@ def _ece(t: RunTables, condition: str) -> float | None:
     if cal is None:
         return None
     metric, method = _ece_metric(t)
-    target = t.target if t.target in set(cal["target"]) else str(cal["target"].iloc[0])
+    target = t.calibration_target
     rows = cal[(cal["condition"] == condition) & (cal["metric"] == metric)
                & (cal["method"] == method) & (cal["target"] == target)]
     return None if rows.empty else float(rows["value"].iloc[0])
@@ -212,7 +207,7 @@ def _drift(t: RunTables) -> Entry:
     if cal is None or clean is None:
         return _not_probed("model", "calibration drift", "no calibration table")
     metric, method = _ece_metric(t)
-    target = t.target if t.target in set(cal["target"]) else str(cal["target"].iloc[0])
+    target = t.calibration_target
     rows = cal[(cal["metric"] == metric) & (cal["method"] == method) & (cal["target"] == target)
                & (cal["severity"] > 0) & ~cal["condition"].str.contains("|", regex=False)]
     if rows.empty:
@@ -224,10 +219,6 @@ def _drift(t: RunTables) -> Entry:
                  f"{w['condition']} (+{rise:.3f})", rise, figure="calibration_drift")
 
 
-def _delta_row(t: RunTables, metric: str, condition: str) -> pd.Series | None:
-    return t.metric(metric, condition)
-
-
 def _boundary(t: RunTables) -> Entry:
     if t.task == "classification":
         return _not_probed("model", "boundary errors", "classification has no boundaries")
@@ -235,8 +226,8 @@ def _boundary(t: RunTables) -> Entry:
         return Entry("model", "boundary errors", "measured", "boundary_f1, nsd",
                      "no condition breaks the model's Dice")
     worst = str(t.breaking["name"].iloc[0])
-    d, b = _delta_row(t, "dice", worst), _delta_row(t, "boundary_f1", worst)
-    clean_b = _delta_row(t, "boundary_f1", "clean")
+    d, b = t.metric("dice", worst), t.metric("boundary_f1", worst)
+    clean_b = t.metric("boundary_f1", "clean")
     if d is None or b is None or clean_b is None:
         return _not_probed("model", "boundary errors", "boundary_f1 not computed")
     sig = b["delta_ci_high"] < 0
@@ -270,8 +261,8 @@ def _blind_spots(t: RunTables) -> Entry:
     for sec in SECONDARY[t.task]:
         both = prim.join(m[m["metric"] == sec].set_index("condition"), rsuffix="_s", how="inner")
         for cond, r in both.iterrows():
-            p_harm = _harmful(t.primary, r["delta_ci_low"], r["delta_ci_high"])
-            s_harm = _harmful(sec, r["delta_ci_low_s"], r["delta_ci_high_s"])
+            p_harm = harmful(t.primary, r["delta_ci_low"], r["delta_ci_high"])
+            s_harm = harmful(sec, r["delta_ci_low_s"], r["delta_ci_high_s"])
             if p_harm == s_harm:
                 continue
             gap = abs(r["delta_vs_clean_s"]) + (1.0 if s_harm else 0.0)  # misses first

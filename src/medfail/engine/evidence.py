@@ -33,6 +33,7 @@ from medfail.data.datasets import Dataset
 from medfail.data.sample import Sample
 from medfail.engine.predictions import condition_path, write_table
 from medfail.engine.suite import Condition, SuiteConfig
+from medfail.metrics.segmentation import dice
 from medfail.models.adapters import ModelAdapter
 from medfail.stress.corruptions import perturb_samples
 
@@ -41,8 +42,8 @@ OCCLUSION_GRID = 8
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+    """Dice of one pair of masks (the project's metric: both empty -> 1.0)."""
+    return float(dice(a[None], b[None])[0])
 
 
 THRESHOLDS = (0.3, 0.5, 0.7)

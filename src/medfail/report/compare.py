@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from medfail.analysis.aggregate import LOWER_IS_BETTER
+from medfail.analysis.aggregate import beneficial, harmful
 from medfail.analysis.compare import compare_runs
 from medfail.analysis.ranking import PRIMARY_METRIC
 from medfail.report.figures import compare_plot
@@ -32,8 +32,8 @@ def render_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) ->
         figs.append(_figure(path, out_dir, f"Δ {metric} (B − A) per condition"))
     rows = []
     for r in table.itertuples():
-        better = (r.ci_low > 0) if r.metric not in LOWER_IS_BETTER else (r.ci_high < 0)
-        worse = (r.ci_high < 0) if r.metric not in LOWER_IS_BETTER else (r.ci_low > 0)
+        better = beneficial(r.metric, r.ci_low, r.ci_high)
+        worse = harmful(r.metric, r.ci_low, r.ci_high)
         rows.append({"condition": r.condition, "target": r.target, "metric": r.metric,
                      "a": _fmt(r.value_a), "b": _fmt(r.value_b),
                      "delta": "n/a" if math.isnan(r.delta) else f"{r.delta:+.3f}",

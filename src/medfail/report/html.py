@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER
+from medfail.analysis.aggregate import ALL, harmful
 from medfail.analysis.case_studies import diagnose
 from medfail.analysis.checklist import build_checklist
 from medfail.analysis.ranking import (
@@ -64,10 +64,6 @@ def _figure(path: Path, run_dir: Path, alt: str) -> dict[str, str]:
     return {"src": _data_uri(path), "file": path.relative_to(run_dir).as_posix(), "alt": alt}
 
 
-def _harmful(metric: str, lo: float, hi: float) -> bool:
-    return (hi < 0) if metric not in LOWER_IS_BETTER else (lo > 0)
-
-
 def _family_table(metrics: pd.DataFrame, family: str, metric_list: list[str],
                   target: str) -> dict[str, Any]:
     """Rows = conditions of one family (plus clean); cells = value and Δ [CI] per metric."""
@@ -88,7 +84,7 @@ def _family_table(metrics: pd.DataFrame, family: str, metric_list: list[str],
                 continue
             cells.append({"text": f"{_fmt(r.value)} (Δ {r.delta_vs_clean:+.3f} "
                                   f"{_ci(r.delta_ci_low, r.delta_ci_high)})",
-                          "cls": "drop" if _harmful(metric, r.delta_ci_low, r.delta_ci_high)
+                          "cls": "drop" if harmful(metric, r.delta_ci_low, r.delta_ci_high)
                           else ""})
         rows.append({"condition": cond, "cells": cells})
     return {"metrics": metric_list, "rows": rows}
@@ -447,7 +443,7 @@ def render_report(run_dir: str | Path) -> Path:
         cases=cases, checklist=_checklist_view(checklist), n_bootstrap=run["config"]["n_bootstrap"],
         shift=[{"metric": r.metric, "value": _fmt(r.value), "delta": f"{r.delta_vs_clean:+.3f}",
                 "ci": _ci(r.delta_ci_low, r.delta_ci_high), "n": r.n,
-                "cls": "drop" if _harmful(r.metric, r.delta_ci_low, r.delta_ci_high) else ""}
+                "cls": "drop" if harmful(r.metric, r.delta_ci_low, r.delta_ci_high) else ""}
                for r in shift.itertuples()],
         shift_name=(run["data"].get("shift") or {}).get("name", ""),
         modality=run.get("modality") or "unknown", distance_unit=run.get("distance_unit", "px"),
