@@ -29,12 +29,31 @@ TABLES = ("metrics.parquet", "per_sample.parquet", "calibration.parquet", "ranki
           "mitigations.parquet")
 
 
+#: What the test's local Ray may use, whatever the machine's free memory: a fixed 128 MiB
+#: object store (the payloads here are a few MB) and Ray's out-of-memory monitor off. With the
+#: monitor on, Ray kills workers once *node* memory passes 95 %, which on a busy shared machine
+#: depends on other processes, not on this test.
+RAY_TEST_ENV = {"RAY_memory_monitor_refresh_ms": "0"}
+RAY_OBJECT_STORE_BYTES = 128 * 1024**2
+
+
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Any:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in RAY_TEST_ENV.items():  # read by the raylet when it starts
+            mp.setenv(key, value)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, object_store_memory=RAY_OBJECT_STORE_BYTES)
+        yield
+        ray.shutdown()
+
+
+def test_local_ray_is_bounded_and_not_memory_monitored() -> None:
+    """The fixture's Ray has the fixed object store and no out-of-memory killer."""
+    assert 0 < ray.cluster_resources()["object_store_memory"] <= RAY_OBJECT_STORE_BYTES
+    refresh = ray.get(ray.remote(lambda: __import__("os").environ.get(
+        "RAY_memory_monitor_refresh_ms")).remote())
+    assert refresh == "0"
 
 
 class Threshold(torch.nn.Module):
