@@ -16,3 +16,18 @@ class MedfailInputError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
+
+
+class MedfailModelError(MedfailInputError):
+    """A model returned something medfail cannot use, or refused the input medfail built from the
+    spec: wrong type, dtype, shape, non-finite values, probabilities out of range.
+
+    Raised on the first probe (before a run writes anything) or on any later call; the message
+    names the model, what it returned and what was expected, e.g. ``model seg.onnx: returned
+    shape (4, 3) but a segmenter must return (4, 2, 64, 64) = (batch, 1 + foreground classes,
+    H, W) ...``.
+    """
+
+    def __init__(self, model: str, problem: str) -> None:
+        self.model = str(model)
+        super().__init__(f"model {model}", problem)

@@ -47,6 +47,7 @@ from medfail.engine.suite import Condition, SuiteConfig
 from medfail.errors import MedfailInputError
 from medfail.metrics.classification import threshold_max_f1
 from medfail.models.adapters import ModelAdapter
+from medfail.models.output_checks import probe_models
 from medfail.privacy import sanitize_command
 from medfail.slices.definitions import slice_membership
 from medfail.slices.features import mask_features
@@ -196,6 +197,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     modality = data_modality(index, metadata, config)
     conditions = config.conditions(task, modality)
     spacing_mm = task != "classification" and bool(index["spacing"].notna().all())
+    probe_models([adapter, *ensemble], dataset, Predictor.prompts)  # outputs checked first
     stages["validate"] = time.perf_counter() - t0
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,9 @@ A *forward* maps a preprocessed (N, C, H, W) float tensor to a raw (N, K) or (N,
 * :class:`PromptableSegmenter` -> ``predict_proba(images, prompts)``: one forward per prompt on a
   crop around the prompt (see :meth:`PromptableSegmenter.prompt_region`), and the image's
   foreground probability is the pixel-wise maximum over its prompts.
+
+Every forward output is checked before use (shape, dtype, finite, probability range:
+:mod:`medfail.models.output_checks`); a bad one raises ``MedfailModelError`` naming the model.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from monai.inferers import sliding_window_inference
 
 from medfail.data.prompts import Prompt
 from medfail.errors import MedfailInputError
+from medfail.models.output_checks import check_output
 from medfail.models.preprocess import prompt_channels, to_tensor
 from medfail.models.spec import ModelSpec
 
@@ -79,7 +83,8 @@ class ModelAdapter:
 
     @torch.no_grad()
     def _probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.forward(x))
+        """Checked forward (:func:`~medfail.models.output_checks.check_output`), activated."""
+        return self.activate(check_output(self.forward(x), x, self.spec, self.name))
 
 
 class Classifier(ModelAdapter):

@@ -10,7 +10,8 @@ Accepted references:
   (N, C, H, W) tensor to outputs; spec from ``--model-spec`` or a ``medfail_spec`` attribute;
 * a pickled ``nn.Module`` - refused unless ``trust_pickle=True``.
 
-The sidecar JSON is ``--model-spec FILE`` or ``<model file>.json`` beside the model.
+The sidecar JSON is ``--model-spec FILE`` or ``<model file>.json`` beside the model. An ONNX
+model's fixed input dimensions are checked against the spec at load time (channels, input_size).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medfail.errors import MedfailInputError
+from medfail.errors import MedfailInputError, MedfailModelError
 from medfail.models.adapters import ADAPTERS, Forward, ModelAdapter
 from medfail.models.bundle import is_bundle, module_from_bundle
 from medfail.models.spec import ModelSpec
@@ -43,28 +44,113 @@ def _torch_forward(module: nn.Module, device: str) -> Forward:
 
 
 def _callable_forward(fn: Any, device: str) -> Forward:
+    """``fn`` on the device; numeric numpy/list outputs become tensors, anything else is passed
+    through for the adapter's output check to name."""
     def forward(x: torch.Tensor) -> torch.Tensor:
         out = fn(x.to(device))
-        return out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+        if isinstance(out, torch.Tensor | dict) or out is None or (
+                isinstance(out, tuple | list) and any(isinstance(o, torch.Tensor) for o in out)):
+            return out
+        try:
+            arr = np.asarray(out)
+        except (ValueError, TypeError, RuntimeError):
+            return out
+        return torch.from_numpy(arr) if arr.dtype.kind in "biuf" and arr.ndim else out
 
     return forward
 
 
-def _onnx_forward(path: Path) -> tuple[Forward, dict[str, str]]:
+#: ONNX input element types medfail can feed, as numpy dtypes
+ONNX_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+                    "tensor(double)": np.float64}
+
+
+def _onnx_forward(path: Path) -> tuple[Forward, dict[str, str], list[Any]]:
+    """ONNX Runtime forward (CPU), the model's metadata and its input shape (ints for fixed
+    dimensions, names or ``None`` for dynamic ones). A fixed batch size is fed in chunks of it
+    (the last one padded by repeating its final image)."""
     import onnxruntime as ort
 
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several private types
         raise MedfailInputError(path, f"cannot load ONNX model ({exc})") from exc
-    input_name = session.get_inputs()[0].name
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise MedfailInputError(path, f"the ONNX model has {len(inputs)} inputs "
+                                f"({', '.join(i.name for i in inputs)}); medfail feeds one "
+                                "(N, C, H, W) image tensor")
+    inp = inputs[0]
+    dtype = ONNX_INPUT_TYPES.get(inp.type)
+    if dtype is None:
+        raise MedfailInputError(path, f"the ONNX input {inp.name!r} has type {inp.type}; medfail "
+                                "feeds float images (float, float16 or double)")
+    shape = list(inp.shape or [])
     meta = dict(session.get_modelmeta().custom_metadata_map)
+    batch = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(session.run(None, {inp.name: x})[0])
+        except Exception as exc:  # InvalidArgument, Fail, RuntimeException...
+            detail = " ".join(str(exc).split())
+            raise MedfailModelError(
+                path.name, f"ONNX Runtime refused a {tuple(x.shape)} input (the model's input "
+                f"{inp.name!r} has shape {_onnx_dims(shape)}): {detail[:400]}") from exc
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
-        return torch.from_numpy(np.asarray(out))
+        arr = x.detach().cpu().numpy().astype(dtype)
+        if batch is None or batch == len(arr):
+            return torch.from_numpy(run(arr))
+        outs = []
+        for s in range(0, len(arr), batch):
+            chunk = arr[s:s + batch]
+            pad = batch - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            outs.append(run(chunk)[:batch - pad])
+        return torch.from_numpy(np.concatenate(outs))
 
-    return forward, meta
+    return forward, meta, shape
+
+
+def _onnx_dims(shape: list[Any]) -> str:
+    return "(" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + ")"
+
+
+def _check_onnx_input(path: Path, shape: list[Any], spec: ModelSpec) -> None:
+    """The ONNX input's fixed dimensions against the spec: rank 4, channels = ``in_channels``
+    (+ 2 prompt channels for a promptable model), H and W = ``input_size``."""
+    if not shape:
+        return
+    dims = _onnx_dims(shape)
+    if len(shape) != 4:
+        raise MedfailInputError(path, f"the ONNX input has shape {dims}; medfail feeds "
+                                "(N, C, H, W) images")
+    channels = spec.in_channels + (2 if spec.task == "promptable" else 0)
+    c = shape[1]
+    if isinstance(c, int) and c > 0 and c != channels:
+        what = (f"in_channels {spec.in_channels} + 2 prompt channels" if spec.task ==
+                "promptable" else f"in_channels {spec.in_channels}")
+        raise MedfailInputError(path, f"the ONNX model takes {c} input channels (input shape "
+                                f"{dims}) but the spec has {what}; fix in_channels in the "
+                                "model spec (--model-spec)")
+    fixed = [(i, d) for i, d in zip(("H", "W"), shape[2:], strict=True)
+             if isinstance(d, int) and d > 0]
+    if not fixed:
+        return
+    want = spec.input_size
+    if want is None:
+        size = [d if isinstance(d, int) and d > 0 else "?" for d in shape[2:]]
+        raise MedfailInputError(path, f"the ONNX model has a fixed input size {dims} but the "
+                                f"spec has no input_size; add \"input_size\": {size} to the "
+                                "model spec (--model-spec), or re-export with dynamic H/W axes")
+    for axis, d in fixed:
+        if d != want[0 if axis == "H" else 1]:
+            raise MedfailInputError(
+                path, f"the ONNX model takes inputs of shape {dims} but the spec says "
+                f"input_size {list(want)}; set input_size to match the model (--model-spec) "
+                "or re-export it with that size or dynamic H/W axes")
 
 
 def _read_spec(path: Path | None, spec_path: str | Path | None, embedded: str | bytes | None,
@@ -124,8 +210,9 @@ def load_model(ref: str | Path, task: str | None = None, *, spec_path: str | Pat
     elif not path.exists():
         raise MedfailInputError(path, "model file not found")
     elif path.suffix == ".onnx":
-        forward, meta = _onnx_forward(path)
+        forward, meta, onnx_shape = _onnx_forward(path)
         spec = _read_spec(path, spec_path, meta.get("medfail_spec"))
+        _check_onnx_input(path, onnx_shape, spec)
         name = path.name
     elif _is_torchscript(path):
         extra = {"medfail_spec.json": ""}

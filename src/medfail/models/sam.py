@@ -36,6 +36,7 @@ import torch
 from scipy.special import expit
 
 from medfail.data.prompts import Prompt
+from medfail.errors import MedfailModelError
 from medfail.models.adapters import PromptableSegmenter
 from medfail.models.spec import ModelSpec
 
@@ -145,8 +146,12 @@ class SamAdapter(PromptableSegmenter):
         if logits.ndim == 2:
             logits = logits[None]
         if logits.ndim != 3 or logits.shape[-2:] != tuple(shape):
-            raise ValueError(f"SAM predictor returned masks of shape {logits.shape}, expected "
-                             f"(K, {shape[0]}, {shape[1]})")
+            raise MedfailModelError(self.name, f"SAM predictor returned masks of shape "
+                                    f"{logits.shape}, expected (K, {shape[0]}, {shape[1]})")
+        if not np.isfinite(logits).all():
+            raise MedfailModelError(self.name, f"SAM predictor returned "
+                                    f"{int((~np.isfinite(logits)).sum())} non-finite mask "
+                                    f"logit(s) (NaN or inf) of {logits.size}")
         k = int(np.argmax(_numpy(scores).reshape(-1))) if logits.shape[0] > 1 else 0
         return expit(logits[k]).astype(np.float32)
 
