@@ -68,6 +68,9 @@ def unnormalised_cls():
 def three_channel_seg():
     return lambda x: torch.cat([_seg(x), torch.zeros_like(x[:, :1])], dim=1)
 
+def foreground_only_seg():
+    return lambda x: _seg(x)[:, 1:]
+
 def three_target_cls():
     return lambda x: torch.cat([_cls(x), torch.zeros(x.shape[0], 1)], dim=1) / 1.0
 
@@ -185,6 +188,8 @@ def test_wrong_number_of_classes(models: Any, tmp_path: Path) -> None:
     assert ("returned shape (2, 3, 32, 32) but a segmenter must return (2, 2, 32, 32) = "
             "(batch, 1 + foreground classes, H, W)") in msg
     assert "3 channels but the spec has 2 = background + 1 foreground class(es) (lesion)" in msg
+    msg = refused(tmp_path / "f", f"{MODULE}:foreground_only_seg", SEG)
+    assert "1 channels but the spec has 2" in msg and "one sigmoid foreground map?" in msg
     msg = refused(tmp_path / "c", f"{MODULE}:three_target_cls", CLS)
     assert "returned shape (2, 3) but a classifier must return (2, 2) = (batch, targets)" in msg
     assert "3 outputs per image but the spec has 2 targets (disc, bar)" in msg

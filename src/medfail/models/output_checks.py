@@ -103,8 +103,10 @@ def _shape_hint(shape: tuple[int, ...], x_shape: tuple[int, ...], spec: ModelSpe
     if shape[0] != n:
         return f"batch dimension {shape[0]} for a batch of {n} inputs"
     if shape[1] != k:
+        single = (" (one sigmoid foreground map? return background 1 - p first, then p)"
+                  if shape[1] == 1 and k == 2 else "")
         return (f"{shape[1]} channels but the spec has {k} = background + {k - 1} foreground "
-                f"class(es) ({names})")
+                f"class(es) ({names}){single}")
     return (f"spatial size {tuple(shape[2:])} differs from its input window "
             f"{tuple(x_shape[2:])}; medfail never resizes outputs (upsample inside the model, "
             "or fix the spec's input_size)")
