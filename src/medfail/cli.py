@@ -186,8 +186,8 @@ def run(
         _check_task(task)
         device = resolve_device(device)
         overrides = {"seed": seed, "batch_size": batch_size}
-        suite = SuiteConfig.from_yaml(config, **overrides) if config else SuiteConfig(
-            **{k: v for k, v in overrides.items() if v is not None})
+        suite = SuiteConfig.from_yaml(config, **overrides)  # config None: the defaults
+        suite.check_task(task)  # before the model loads
         adapter = load_model(model, task, spec_path=model_spec, trust_pickle=trust_pickle,
                              device=device)
         names = adapter.spec.target_names if task == "classification" else None

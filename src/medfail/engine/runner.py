@@ -181,6 +181,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     run_dir = Path(out_dir)
     model_info = dict(model_info or {"name": adapter.name})
     task = adapter.spec.task
+    config.check_task(task)  # check metrics this task computes
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     for member in ensemble:
