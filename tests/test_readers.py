@@ -51,19 +51,20 @@ def test_png_gray8(tmp_path: Path) -> None:
     assert r.spacing is None and r.modality == ""
 
 
-def test_png_16bit_uses_own_range(tmp_path: Path) -> None:
+def test_png_16bit_scaled_by_bit_depth(tmp_path: Path) -> None:
+    # was: per-image (min, max) range in raw counts; now 16-bit is put on the 8-bit full scale
     a = np.linspace(100, 40000, 120).astype(np.uint16).reshape(12, 10)
     img = Image.fromarray(a)
     assert img.mode == "I;16"
     img.save(tmp_path / "g16.png")
     r = read_image(tmp_path / "g16.png")
-    np.testing.assert_array_equal(r.array[0], a)
-    assert r.value_range == (100.0, 40000.0) and r.integer
+    np.testing.assert_allclose(r.array[0], a / 257.0, rtol=1e-6)
+    assert r.value_range == (0.0, 255.0) and not r.integer
 
 
-def test_constant_16bit_range_is_widened(tmp_path: Path) -> None:
+def test_constant_16bit_range_is_the_full_scale(tmp_path: Path) -> None:
     Image.fromarray(np.full((4, 4), 7, np.uint16)).save(tmp_path / "c.png")
-    assert read_image(tmp_path / "c.png").value_range == (7.0, 8.0)
+    assert read_image(tmp_path / "c.png").value_range == (0.0, 255.0)
 
 
 def test_rgb_jpeg(tmp_path: Path) -> None:
@@ -101,8 +102,8 @@ def test_tiff_16bit(tmp_path: Path) -> None:
     a = np.arange(30, dtype=np.uint16).reshape(5, 6) * 1000
     tifffile.imwrite(tmp_path / "t.tif", a)
     r = read_image(tmp_path / "t.tif")
-    np.testing.assert_array_equal(r.array[0], a)
-    assert r.value_range == (0.0, 29000.0) and r.integer
+    np.testing.assert_allclose(r.array[0], a / 257.0, rtol=1e-6)  # BitsPerSample 16 -> 0..255
+    assert r.value_range == (0.0, 255.0) and not r.integer
 
 
 def test_tiff_float(tmp_path: Path) -> None:
@@ -141,7 +142,10 @@ def test_npy_layouts(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "chw.npy").array, a)
     r = read_image(tmp_path / "hwc.npy")
     np.testing.assert_array_equal(r.array, a)
-    assert not r.integer and r.value_range == (float(a.min()), float(a.max()))
+    assert not r.integer and r.value_range == (0.0, 1.0)  # floats within [0, 1]: unit scale
+    np.save(tmp_path / "wide.npy", a * 3 - 1)  # other floats: the image's own range
+    assert read_image(tmp_path / "wide.npy").value_range == (float((a * 3 - 1).min()),
+                                                             float((a * 3 - 1).max()))
 
 
 def test_npy_volume_rejected(tmp_path: Path) -> None:

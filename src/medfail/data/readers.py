@@ -1,14 +1,32 @@
-"""Read one 2D image or mask file into numpy, in native intensity units.
+"""Read one 2D image or mask file into numpy, in medfail's intensity units.
 
 Supported suffixes: ``.png .jpg .jpeg .tif .tiff .dcm .nii .nii.gz .npy`` (case-insensitive).
 
 Conventions (every reader follows them):
 
 * Images come back as float32 ``(C, H, W)``; masks as int64 ``(H, W)``.
-* ``value_range``: ``(0, 255)`` for 8-bit data; for every other type (16-bit, signed, float,
-  rescaled DICOM such as CT in HU) the ``(min, max)`` of the image itself, with ``hi = lo + 1``
-  when the image is constant. Boolean data gets ``(0, 1)``.
-* ``integer``: the stored pixels are integers (for DICOM: after RescaleSlope/Intercept).
+* Intensity units (docs/data.md, "Intensities"). Formats without physical units (PNG, JPEG,
+  TIFF) holding unsigned integers of bit depth ``b`` (PNG bit depth, TIFF BitsPerSample; JPEG
+  and Pillow's 8-bit modes are 8) are put on one full scale, 8-bit grey levels:
+  ``x * 255 / (2**b - 1)``, with ``value_range = (0, 255)``. So the same picture saved as 8-bit
+  or 16-bit PNG/TIFF reaches a model the same (within 8-bit quantisation), whatever was used
+  for training; 8-bit files are unchanged. Bilevel TIFFs become 0/255 like 1-bit PNGs.
+  Everything else keeps its stored values: DICOM after the Modality LUT (CT in HU), NIfTI after
+  ``scl_slope``/``scl_inter``, ``.npy`` arrays (an array dump states no bit depth, and often
+  holds HU or other units), signed or float TIFFs. Their ``value_range``: ``(0, 255)`` for
+  uint8, ``(0, 1)`` for boolean data and for floats that all lie in ``[0, 1]`` (the usual
+  normalised export), else the ``(min, max)`` of the image itself (``hi = lo + 1`` when
+  constant): these files declare no display scale (BitsStored often overstates the range used,
+  e.g. 12-bit MR in 16 bits), so the image's own range is the only reference one file gives.
+* ``integer``: the pixels as returned are integers, so stress tests round perturbed images back
+  (for DICOM: after RescaleSlope/Intercept; 16-bit PNG/TIFF on the 0..255 scale are not).
+* Size limit: the declared size is checked from the header before any pixel is decoded (Pillow
+  header, tifffile page shape, DICOM Rows/Columns/NumberOfFrames/SamplesPerPixel/
+  BitsAllocated, NIfTI header, ``.npy`` header). An image or mask that would hold more than
+  :func:`max_image_bytes` once decoded (elements x max(stored bytes, 4 for images / 8 for
+  masks)) is refused with :class:`MedfailInputError`. The limit is ``MEDFAIL_MAX_IMAGE_BYTES``
+  (bytes, or with a K/M/G/T suffix; ``0`` = no limit), else 1/64 of the machine's memory (the
+  cgroup limit when lower). Pillow's own ``Image.MAX_IMAGE_PIXELS`` check still applies.
 * ``spacing``: mm per spatial axis in array order ``(row, col)``, from the file header only
   (DICOM PixelSpacing, else ImagerPixelSpacing; NIfTI zooms); ``None`` for PNG/JPEG/TIFF/npy.
 * Orientation: arrays are ``(rows, cols)`` as displayed. NIfTI stores ``(X, Y)`` voxel axes, so
@@ -26,12 +44,21 @@ Conventions (every reader follows them):
 
 from __future__ import annotations
 
+import functools
+import math
+import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from medfail.errors import MedfailInputError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 IMAGE_SUFFIXES: tuple[str, ...] = (
     ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz", ".npy",
@@ -39,6 +66,12 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
 _PILLOW = (".png", ".jpg", ".jpeg")
 _TIFF = (".tif", ".tiff")
 _PIL_GREY = ("L", "I", "I;16", "I;16B", "I;16L", "F")
+_PIL_16BIT = ("I;16", "I;16B", "I;16L")
+#: environment variable overriding :func:`max_image_bytes`
+MAX_BYTES_ENV = "MEDFAIL_MAX_IMAGE_BYTES"
+#: default limit: this fraction of the machine's memory
+MEMORY_FRACTION = 1 / 64
+FULL_SCALE = 255.0  # the common unit of PNG/JPEG/TIFF unsigned integers: 8-bit grey levels
 
 
 @dataclass
@@ -60,6 +93,7 @@ class _Raw:
     spacing: tuple[float, ...] | None = None
     modality: str = ""
     integer: bool | None = None  # overrides the dtype rule (rescaled DICOM)
+    full_scale: float | None = None  # 2**bits - 1 of unsigned PNG/JPEG/TIFF pixels, else None
 
 
 def image_suffix(path: str | Path) -> str:
@@ -85,15 +119,107 @@ def supported_list() -> str:
     return ", ".join(IMAGE_SUFFIXES)
 
 
+# --------------------------------------------------------------------------------------------
+# size limit
+
+_BYTES = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=1)
+def memory_bytes() -> int | None:
+    """This machine's memory in bytes (psutil if installed, else ``os.sysconf``), lowered to the
+    cgroup (container) memory limit when there is one; ``None`` when it cannot be told."""
+    total: int | None = None
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().total)
+    except Exception:  # psutil is optional
+        try:
+            total = int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            total = None
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(cgroup).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) > 0:
+            total = int(text) if total is None else min(total, int(text))
+    return total if total and total > 0 else None
+
+
+def max_image_bytes() -> int | None:
+    """Largest decoded image/mask medfail accepts, in bytes; ``None`` = no limit.
+
+    ``MEDFAIL_MAX_IMAGE_BYTES`` when set (``2000000000``, ``500M``, ``2G``, ``1.5GiB``; ``0``
+    disables the check), else :data:`MEMORY_FRACTION` of :func:`memory_bytes` (256 MiB when
+    the memory cannot be told).
+    """
+    text = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if text:
+        match = _BYTES.match(text)
+        if match is None:
+            raise MedfailInputError(
+                MAX_BYTES_ENV, f"{text!r} is not a byte count (examples: 2000000000, 500M, 2G; "
+                "0 = no limit)")
+        power = " kmgt".index(match.group(2).lower() or " ")
+        limit = int(float(match.group(1)) * 1024**power)
+        return None if limit == 0 else limit
+    memory = memory_bytes()
+    return 256 * 1024**2 if memory is None else int(memory * MEMORY_FRACTION)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def check_declared_size(path: str | Path, shape: tuple[int, ...], itemsize: int,
+                        mask: bool = False) -> None:
+    """Refuse a file whose header declares more than :func:`max_image_bytes` once decoded.
+
+    ``shape``: the declared array shape (any axis order); ``itemsize``: stored bytes per
+    element. Held bytes = elements x max(itemsize, 4 for float32 images, 8 for int64 masks).
+    """
+    limit = max_image_bytes()
+    if limit is None:
+        return
+    elements = math.prod(int(n) for n in shape)
+    held = elements * max(int(itemsize), 8 if mask else 4)
+    if held <= limit:
+        return
+    what = "mask" if mask else "image"
+    dims = " x ".join(str(int(n)) for n in shape)
+    source = f"{MAX_BYTES_ENV}={os.environ[MAX_BYTES_ENV].strip()}" if os.environ.get(
+        MAX_BYTES_ENV, "").strip() else f"default: 1/{round(1 / MEMORY_FRACTION)} of this " \
+        "machine's memory"
+    raise MedfailInputError(
+        path, f"declares a {dims} {what} ({_size(held)} once decoded), over medfail's limit of "
+        f"{_size(limit)} ({source}); downsample or crop it, or raise the limit with "
+        f"{MAX_BYTES_ENV} (e.g. {MAX_BYTES_ENV}=8G) on a machine with the memory")
+
+
 def read_image(path: str | Path) -> ImageRead:
     """Read a 2D image file; any failure is a :class:`MedfailInputError` naming the file."""
     path = Path(path)
     raw = _read_raw(path, mask=False)
-    value_range, integer = intensity_range(raw.array, path)
-    if raw.integer is not None:
-        integer = raw.integer
+    if raw.full_scale is not None:  # display formats: onto the 0..255 scale by bit depth
+        array = np.asarray(raw.array, dtype=np.float32)
+        if raw.full_scale != FULL_SCALE:
+            array = (raw.array.astype(np.float64) * (FULL_SCALE / raw.full_scale)).astype(
+                np.float32)
+        value_range, integer = (0.0, FULL_SCALE), FULL_SCALE % raw.full_scale == 0
+    else:
+        array = raw.array
+        value_range, integer = intensity_range(raw.array, path)
+        if raw.integer is not None:
+            integer = raw.integer
     return ImageRead(
-        array=np.ascontiguousarray(raw.array, dtype=np.float32),
+        array=np.ascontiguousarray(array, dtype=np.float32),
         value_range=value_range,
         integer=integer,
         spacing=raw.spacing,
@@ -102,7 +228,8 @@ def read_image(path: str | Path) -> ImageRead:
 
 
 def intensity_range(arr: np.ndarray, path: str | Path) -> tuple[tuple[float, float], bool]:
-    """``(value_range, integer)`` of stored pixels, following the module conventions.
+    """``(value_range, integer)`` of pixels that keep their stored values (module conventions:
+    uint8 -> ``(0, 255)``; bool and floats within ``[0, 1]`` -> ``(0, 1)``; else own min/max).
 
     Raises :class:`MedfailInputError` (naming ``path``) for NaN/inf or non-numeric pixels.
     """
@@ -116,6 +243,8 @@ def intensity_range(arr: np.ndarray, path: str | Path) -> tuple[tuple[float, flo
     if kind == "f" and not np.all(np.isfinite(arr)):
         raise MedfailInputError(path, "image contains NaN or infinite values")
     lo, hi = float(arr.min()), float(arr.max())
+    if kind == "f" and lo >= 0.0 and hi <= 1.0:
+        return (0.0, 1.0), False
     return (lo, hi if hi > lo else lo + 1.0), kind != "f"
 
 
@@ -164,9 +293,9 @@ def _read_raw(path: Path, mask: bool) -> _Raw:
         elif suffix == ".dcm":
             raw = _read_dicom(path, mask)
         elif suffix == ".npy":
-            raw = _read_npy(path, what)
+            raw = _read_npy(path, mask)
         else:
-            raw = _read_nifti(path, what)
+            raw = _read_nifti(path, mask)
     except MedfailInputError:
         raise
     except Exception as exc:
@@ -195,10 +324,49 @@ def _channels_first(arr: np.ndarray) -> np.ndarray:
 # formats
 
 
-def _read_pillow(path: Path, mask: bool) -> _Raw:
+def _open_pillow(fp: BinaryIO, path: Path, mask: bool) -> PILImage:
+    """Open with Pillow (header only) and check the declared size before anything is decoded.
+
+    PNG and JPEG are opened by their Pillow plugins directly, so medfail's limit (with its
+    message) replaces Pillow's ``MAX_IMAGE_PIXELS`` bomb check; other formats, and every format
+    when medfail's limit is off, go through ``Image.open`` and its check.
+    """
     from PIL import Image
 
-    with Image.open(path) as img:
+    img = None
+    if max_image_bytes() is not None:
+        Image.preinit()
+        prefix = fp.read(16)
+        for fmt in ("PNG", "JPEG"):
+            factory, accept = Image.OPEN.get(fmt, (None, None))
+            if factory is not None and (accept is None or accept(prefix) is True):
+                fp.seek(0)
+                img = factory(fp, str(path))
+                break
+        fp.seek(0)
+    if img is None:
+        with warnings.catch_warnings():  # medfail's own limit below replaces this warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(fp)
+            except Image.DecompressionBombError as exc:
+                raise MedfailInputError(
+                    path, f"cannot read {'mask' if mask else 'image'} ({_reason(exc)}); Pillow "
+                    "refuses images over 2 x PIL.Image.MAX_IMAGE_PIXELS: downsample or crop "
+                    "it") from exc
+    try:
+        w, h = img.size
+        bands = 3 if img.mode in ("P", "PA") and not mask else len(img.getbands())
+        itemsize = 2 if img.mode in _PIL_16BIT else 4 if img.mode in ("I", "F") else 1
+        check_declared_size(path, (h, w, bands), itemsize, mask)
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+
+def _read_pillow(path: Path, mask: bool) -> _Raw:
+    with open(path, "rb") as fp, _open_pillow(fp, path, mask) as img:
         img.load()
         mode = img.mode
         if mask and mode in ("P", "PA", "LA", "1", *_PIL_GREY):
@@ -214,7 +382,8 @@ def _read_pillow(path: Path, mask: bool) -> _Raw:
     arr = _channels_first(arr)
     if mode in ("P", "PA") and all(np.array_equal(arr[0], arr[c]) for c in (1, 2)):
         arr = arr[:1]  # grey palette
-    return _Raw(arr, modality="RGB" if arr.shape[0] == 3 else "")
+    full_scale = 65535.0 if mode in _PIL_16BIT else 255.0 if arr.dtype == np.uint8 else None
+    return _Raw(arr, modality="RGB" if arr.shape[0] == 3 else "", full_scale=full_scale)
 
 
 def _read_tiff(path: Path, mask: bool) -> _Raw:
@@ -225,40 +394,52 @@ def _read_tiff(path: Path, mask: bool) -> _Raw:
         page = series.keyframe
         if page.photometric == tifffile.PHOTOMETRIC.PALETTE and not mask:
             return _read_pillow(path, mask)
-        arr = series.asarray()
-        axes = series.axes
+        shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
+        keep = [i for i, (ax, n) in enumerate(zip(axes, shape, strict=True))
+                if ax in "YX" or n > 1]
+        shape = tuple(shape[i] for i in keep)
+        axes = "".join(axes[i] for i in keep)
+        other = [ax for ax in axes if ax not in "YX"]
+        if "Y" not in axes or "X" not in axes or len(other) > 1 or (
+                other and other[0] not in "SC"):
+            raise MedfailInputError(
+                path, f"multi-page/3D TIFF (shape {shape}, axes {axes}) not supported yet; "
+                "medfail reads 2D images")
+        check_declared_size(path, shape, dtype.itemsize, mask)
+        bits = int(page.bitspersample)
+        arr = series.asarray().reshape(shape)
         n_alpha = sum(1 for e in page.extrasamples if int(e) in (1, 2))  # (un)associated alpha
-    keep = [i for i, (ax, n) in enumerate(zip(axes, arr.shape, strict=True)) if ax in "YX" or n > 1]
-    arr = arr.reshape([arr.shape[i] for i in keep])
-    axes = "".join(axes[i] for i in keep)
-    other = [ax for ax in axes if ax not in "YX"]
-    if "Y" not in axes or "X" not in axes or len(other) > 1 or (other and other[0] not in "SC"):
-        raise MedfailInputError(
-            path, f"multi-page/3D TIFF (shape {arr.shape}, axes {axes}) not supported yet; "
-            "medfail reads 2D images")
     order = [axes.index(ax) for ax in (*other, "Y", "X")]
     arr = np.transpose(arr, order)
     if not other:
         arr = arr[None]
     elif 0 < n_alpha < arr.shape[0]:
         arr = arr[: arr.shape[0] - n_alpha]
-    return _Raw(arr, modality="RGB" if arr.shape[0] == 3 else "")
+    full_scale = None  # signed and float TIFFs keep their values
+    if arr.dtype.kind == "b":
+        full_scale = 1.0
+    elif arr.dtype.kind == "u":
+        full_scale = float(2 ** min(bits, 8 * arr.dtype.itemsize) - 1)
+    return _Raw(arr, modality="RGB" if arr.shape[0] == 3 else "", full_scale=full_scale)
 
 
 def _read_dicom(path: Path, mask: bool) -> _Raw:
     import pydicom
     from pydicom.pixels import apply_rescale
 
-    ds = pydicom.dcmread(path, force=True)
+    ds = pydicom.dcmread(path, force=True, defer_size="64 KB")  # pixel data read on use only
     if "PixelData" not in ds:
         what = "mask" if mask else "image"
         raise MedfailInputError(path, f"cannot read {what} (DICOM file has no pixel data)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
     if frames > 1:
         raise MedfailInputError(
             path, f"3D/multi-frame DICOM not supported yet ({frames} frames); "
             "medfail reads single 2D slices")
+    check_declared_size(path, (rows, cols, samples), -(-bits // 8), mask)
     pixels = ds.pixel_array
     if pixels.ndim != (3 if samples > 1 else 2):
         raise MedfailInputError(
@@ -281,7 +462,25 @@ def _read_dicom(path: Path, mask: bool) -> _Raw:
     return _Raw(_channels_first(pixels), spacing=spacing, modality=modality, integer=integer)
 
 
-def _read_npy(path: Path, what: str) -> _Raw:
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """``(shape, dtype)`` from a ``.npy`` header without reading the data; ``None`` when the file
+    is not a plain ``.npy`` array (``np.load`` then says what it is)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (ValueError, OSError, SyntaxError):
+        return None
+    return tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+def _read_npy(path: Path, mask: bool) -> _Raw:
+    what = "mask" if mask else "image"
+    header = _npy_header(path)
+    if header is not None:
+        check_declared_size(path, header[0], header[1].itemsize, mask)
     arr = np.load(path, allow_pickle=False)
     if not isinstance(arr, np.ndarray):
         raise MedfailInputError(path, f"cannot read {what} (.npy file does not hold one array)")
@@ -299,9 +498,10 @@ def _read_npy(path: Path, what: str) -> _Raw:
         "(H, W, C) or (C, H, W) with C <= 4")
 
 
-def _read_nifti(path: Path, what: str) -> _Raw:
+def _read_nifti(path: Path, mask: bool) -> _Raw:
     import nibabel as nib
 
+    what = "mask" if mask else "image"
     img = nib.load(str(path))
     shape = tuple(int(n) for n in img.shape)
     if len(shape) < 2:
@@ -310,6 +510,7 @@ def _read_nifti(path: Path, what: str) -> _Raw:
         raise MedfailInputError(
             path, f"3D NIfTI volume not supported yet (shape {shape}); medfail reads 2D images "
             "stored as (X, Y) or (X, Y, 1)")
+    check_declared_size(path, shape, np.dtype(img.get_data_dtype()).itemsize, mask)
     data = np.asanyarray(img.dataobj)
     if data.dtype.names is not None:
         raise MedfailInputError(path, f"cannot read {what} (RGB NIfTI not supported)")

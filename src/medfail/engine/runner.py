@@ -47,6 +47,7 @@ from medfail.engine.suite import Condition, SuiteConfig
 from medfail.errors import MedfailInputError
 from medfail.metrics.classification import threshold_max_f1
 from medfail.models.adapters import ModelAdapter
+from medfail.models.intensity import check_intensity
 from medfail.models.output_checks import probe_models
 from medfail.privacy import sanitize_command
 from medfail.slices.definitions import slice_membership
@@ -199,6 +200,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     conditions = config.conditions(task, modality)
     spacing_mm = task != "classification" and bool(index["spacing"].notna().all())
     probe_models([adapter, *ensemble], dataset, Predictor.prompts)  # outputs checked first
+    intensity = check_intensity(adapter.spec, dataset)  # warns: test units vs training units
     stages["validate"] = time.perf_counter() - t0
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -294,6 +296,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         "cached_conditions": cached,
         "not_applicable": record.not_applicable,
         "mitigation": mitigation_info,
+        "intensity": intensity,
     }
     _write_json(run_dir / "run.json", run_info)
     t = time.perf_counter()

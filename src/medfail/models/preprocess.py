@@ -2,7 +2,10 @@
 
 * Channels: a grey image given to a 3-channel model is repeated; an RGB image given to a grey
   model is averaged; other mismatches are an error.
-* Normalisation: ``(x - mean) / std`` per channel with the model's stored statistics.
+* Normalisation: ``(x - mean) / std`` per channel with the model's stored statistics, in
+  medfail's intensity units (:mod:`medfail.data.readers`: unsigned PNG/JPEG/TIFF on the 8-bit
+  0..255 scale whatever their bit depth, so 8- and 16-bit copies of a picture give the same
+  input; DICOM/NIfTI/.npy keep their values).
 * Classification resize rule: the whole image is resized to the model's ``input_size`` with
   bilinear interpolation (anti-aliased when shrinking), aspect ratio not preserved.
 * Segmentation never resizes: a sliding window of ``input_size`` runs at native resolution.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 TASKS: tuple[str, ...] = ("classification", "segmentation", "promptable")
+#: keys of :attr:`ModelSpec.intensity`, one value per channel each
+INTENSITY_KEYS: tuple[str, ...] = ("p01", "p99", "min", "max")
 
 
 @dataclass
@@ -22,8 +25,13 @@ class ModelSpec:
         input_size: (H, W) the network expects. Classification inputs are resized to it;
             segmentation runs a sliding window of this size at native resolution. ``None`` = any.
         in_channels: channels the network expects (1 = grey, 3 = RGB).
-        normalisation: ``{"mean": [...], "std": [...]}`` per channel in native intensity units,
-            applied as ``(x - mean) / std``; ``None`` feeds native units unchanged.
+        normalisation: ``{"mean": [...], "std": [...]}`` per channel in medfail's intensity units
+            (docs/data.md: 8-bit grey levels for PNG/JPEG/TIFF, HU for CT...), applied as
+            ``(x - mean) / std``; ``None`` feeds those units unchanged.
+        intensity: optional summary of the training images in the same units, per channel:
+            ``{"p01": [...], "p99": [...], "min": [...], "max": [...]}`` (1st/99th percentile,
+            extremes). ``medfail run`` warns when the test data falls clearly outside it
+            (:mod:`medfail.models.intensity`); ``None`` (older model files) = unknown.
         output: ``"logits"`` (medfail applies sigmoid/softmax) or ``"probabilities"``.
         arch / arch_kwargs: how to rebuild the network (medfail model files only).
         prompt_channels: promptable only: extra input channels ("box", "point").
@@ -39,6 +47,7 @@ class ModelSpec:
     arch: str = ""
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     prompt_channels: list[str] = field(default_factory=list)
+    intensity: dict[str, list[float]] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -48,6 +57,8 @@ class ModelSpec:
         if self.input_size is not None:
             self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         self.target_names = [str(t) for t in self.target_names]
+        if self.intensity is not None:
+            self.intensity = _intensity(self.intensity, self.in_channels)
 
     @property
     def n_classes(self) -> int:
@@ -68,3 +79,20 @@ class ModelSpec:
         if unknown:
             raise ValueError(f"unknown model spec fields: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+def _intensity(value: Any, channels: int) -> dict[str, list[float]]:
+    """Validate an ``intensity`` summary: the four keys, ``channels`` finite numbers each."""
+    if not isinstance(value, dict) or set(value) != set(INTENSITY_KEYS):
+        raise ValueError(f"intensity must be a dict with keys {', '.join(INTENSITY_KEYS)}, "
+                         f"got {value!r}")
+    out: dict[str, list[float]] = {}
+    for key in INTENSITY_KEYS:
+        v = value[key]
+        vals = [v] if isinstance(v, int | float) else list(v)
+        if len(vals) != channels or not all(
+                isinstance(x, int | float) and math.isfinite(x) for x in vals):
+            raise ValueError(f"intensity[{key!r}] must hold {channels} finite number(s) (one per "
+                             f"channel), got {v!r}")
+        out[key] = [float(x) for x in vals]
+    return out

@@ -33,6 +33,7 @@ from medfail.data.datasets import Dataset
 from medfail.data.prompts import Prompt, objects
 from medfail.data.sample import Sample
 from medfail.models.bundle import save_model
+from medfail.models.intensity import summarise
 from medfail.models.networks import DEFAULT_ARCH, build_network
 from medfail.models.preprocess import adapt_channels, prompt_channels, to_tensor
 from medfail.models.spec import ModelSpec
@@ -217,7 +218,8 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
         task=config.task, target_names=targets, multi_label=bool(dataset.multi_label),
         input_size=(config.size, config.size), in_channels=in_channels,
         normalisation=_normalisation(samples, in_channels), output="logits",
-        arch=str(config.arch), prompt_channels=extra)
+        arch=str(config.arch), prompt_channels=extra,
+        intensity=summarise([s.image for s in samples], in_channels))
     module = build_network(spec.arch, in_channels + len(extra), spec.n_classes).to(config.device)
     optimiser = torch.optim.Adam(module.parameters(), lr=config.lr)
     loss_fn = _loss_fn(spec)
