@@ -187,3 +187,13 @@ def test_cli_prints_one_error_line(tmp_path: Path) -> None:
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "bomb.png" in errors[0] and f"{BIG} x {BIG}" in errors[0]
     assert "Traceback" not in result.output
+
+
+def test_other_formats_and_broken_headers_behind_a_png_suffix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "gif.png", format="GIF")
+    assert read_image(tmp_path / "gif.png").array.shape == (1, 40, 40)  # sniffed, not by suffix
+    monkeypatch.setenv(MAX_BYTES_ENV, "1K")
+    assert "40 x 40" in _message(read_image, tmp_path / "gif.png")  # limit still applies
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)
+    assert "cannot identify image file" in _message(read_image, tmp_path / "broken.jpg")

@@ -48,6 +48,7 @@ import functools
 import math
 import os
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,14 +342,17 @@ def _open_pillow(fp: BinaryIO, path: Path, mask: bool) -> PILImage:
             factory, accept = Image.OPEN.get(fmt, (None, None))
             if factory is not None and (accept is None or accept(prefix) is True):
                 fp.seek(0)
-                img = factory(fp, str(path))
+                try:
+                    img = factory(fp, str(path))
+                except (SyntaxError, IndexError, TypeError, struct.error):
+                    img = None  # not this format after all: Image.open tries the others
                 break
         fp.seek(0)
     if img is None:
         with warnings.catch_warnings():  # medfail's own limit below replaces this warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
-                img = Image.open(fp)
+                img = Image.open(path)
             except Image.DecompressionBombError as exc:
                 raise MedfailInputError(
                     path, f"cannot read {'mask' if mask else 'image'} ({_reason(exc)}); Pillow "
