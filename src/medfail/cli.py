@@ -82,15 +82,25 @@ def train(
                                        "or a MedMNIST .npz. Example: --data my_data/train")],
     out: Annotated[Path, typer.Option(help="Model file to write, e.g. --out model.pt")],
     arch: Annotated[str | None, typer.Option(
-        help="densenet121 (classification), unet (segmentation), prompt_unet (promptable); "
-        "default by task. Example: --arch unet")] = None,
-    size: Annotated[int, typer.Option(help="Network input size in px (classification resizes "
-                                      "to it; segmentation trains on patches of it). "
-                                      "Example: --size 64")] = 64,
-    epochs: Annotated[int, typer.Option(help="Epochs, 1-15. Example: --epochs 8")] = 8,
+        help="Network: resnet18 (default; MONAI ResNet-18 at half width, CPU-friendly) or "
+        "densenet121 (MONAI DenseNet121, input 32 px or more) for classification; unet "
+        "(segmentation); prompt_unet (promptable). Example: --arch densenet121")] = None,
+    size: Annotated[int | None, typer.Option(
+        help="Network input size in px (classification resizes to it; segmentation trains on "
+        "patches of it). Default from the data: the median image side clipped to [28, 128] "
+        "(classification), the median shorter side rounded up to a multiple of 8 and clipped "
+        "to [32, 64] (segmentation). Example: --size 64")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs, 1-15 (at most; see --patience). "
+                                        "Example: --epochs 8")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed. Example: --seed 0")] = 0,
     val: Annotated[Path | None, typer.Option(help="Validation folder: loss per epoch is "
-                                             "logged. Example: --val my_data/val")] = None,
+                                             "logged and drives early stopping. "
+                                             "Example: --val my_data/val")] = None,
+    patience: Annotated[int, typer.Option(
+        help="With --val: stop after this many epochs without a lower val loss and keep the "
+        "best epoch's weights; 0 = run every epoch. Example: --patience 3")] = 3,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Batch size (default 64 for resnet18, else 16). Example: --batch-size 32")] = None,
     split: Annotated[str | None, typer.Option(
         help="Split of a MedMNIST .npz file (default train). Example: --split train")] = None,
     device: Annotated[str, typer.Option(help="torch device. Example: --device cuda")] = "cpu",
@@ -107,12 +117,13 @@ def train(
     try:
         _check_task(task)
         config = TrainConfig(task=task, arch=arch, size=size, epochs=epochs, seed=seed,
-                             device=device)
+                             device=device, patience=patience, batch_size=batch_size)
         dataset = open_dataset(data, task, split=_npz_split(data, split, "train"))
         val_ds = None if val is None else open_dataset(
             val, task, split=_npz_split(val, None, "val"),
             target_names=dataset.target_names or None)
-        path = train_model(dataset, config, out, val_dataset=val_ds, progress=not quiet)
+        path = train_model(dataset, config, out, val_dataset=val_ds, progress=not quiet,
+                           echo=typer.echo)
     except (MedfailInputError, ValueError) as exc:
         _fail(exc)
     print(f"model written: {path}")

@@ -23,11 +23,15 @@ from medfail.models.training import TrainConfig, train
 DEMO_TASKS: tuple[str, ...] = ("classification", "segmentation", "promptable")
 MODEL_FILES = {"classification": "classifier.pt", "segmentation": "segmenter.pt",
                "promptable": "promptable.pt"}
+#: Every training option explicit (the demo's planted effects are calibrated on these models):
+#: DenseNet121 at 64 px, batch 16, every epoch run and the last weights kept (patience off).
 TRAINING = {
-    "classification": TrainConfig(task="classification", size=64, epochs=8, seed=0),
-    "segmentation": TrainConfig(task="segmentation", size=64, epochs=12, seed=0,
-                                patches_per_image=2),
-    "promptable": TrainConfig(task="promptable", size=64, epochs=12, seed=0),
+    "classification": TrainConfig(task="classification", arch="densenet121", size=64, epochs=8,
+                                  seed=0, batch_size=16, lr=1e-3, patience=None),
+    "segmentation": TrainConfig(task="segmentation", arch="unet", size=64, epochs=12, seed=0,
+                                batch_size=16, lr=1e-2, patches_per_image=2, patience=None),
+    "promptable": TrainConfig(task="promptable", arch="prompt_unet", size=64, epochs=12, seed=0,
+                              batch_size=16, lr=1e-2, patience=None),
 }
 
 

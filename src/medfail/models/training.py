@@ -1,23 +1,35 @@
 """Train the light baselines (≤15 epochs on CPU) on any dataset in the folder format.
 
-* classification: MONAI DenseNet121 on whole images resized to ``size`` (the classification
-  resize rule), BCE-with-logits for multi-label targets or cross-entropy for multi-class, random
-  horizontal flips;
+* classification: a half-width MONAI ResNet-18 (default; ``arch="densenet121"`` for MONAI
+  DenseNet121) on whole images resized to ``size`` (the classification resize rule),
+  BCE-with-logits for multi-label targets or cross-entropy for multi-class, random horizontal
+  flips;
 * segmentation: MONAI U-Net on random ``size`` patches at native resolution (half of them centred
   on a foreground pixel so small structures are seen), Dice + cross-entropy loss;
 * promptable: the same U-Net with box and point channels; one example per object with a jittered
   box (±10 % of its size) and a random interior point, target = that object only.
 
-Optimiser Adam: lr 1e-3 for DenseNet121, 1e-2 for the U-Nets (at 1e-3 the U-Net needs far more
-than 15 epochs to separate 1 %-of-pixel lesions from background). Everything random is drawn
-from generators seeded by ``seed``.
+Defaults that fit a CPU (:func:`resolve_config`): classification ``size`` = the median image
+side clipped to ``CLASSIFICATION_SIZE_RANGE`` (never upsampling 28 px images to 64 px), the
+segmentation patch = the median shorter side rounded up to a multiple of 8, clipped to
+``SEGMENTATION_SIZE_RANGE``; batch 64 for resnet18, 16 otherwise. The choice is printed as one
+line and stored in the training log (``setup``).
+
+Optimiser Adam: lr 1e-3 for the classifiers, 1e-2 for the U-Nets (at 1e-3 the U-Net needs far
+more than 15 epochs to separate 1 %-of-pixel lesions from background). With a validation set and
+``patience``, training stops after ``patience`` epochs without a lower validation loss and the
+best epoch's weights are kept (the log records ``best_epoch`` and ``stop_reason``); without one,
+every epoch runs. Everything random is drawn from generators seeded by ``seed``; progress and
+early stopping draw nothing, so the same config trains the same weights.
 """
 
 from __future__ import annotations
 
+import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,34 +46,103 @@ from medfail.data.prompts import Prompt, objects
 from medfail.data.sample import Sample
 from medfail.models.bundle import save_model
 from medfail.models.intensity import summarise
-from medfail.models.networks import DEFAULT_ARCH, build_network
+from medfail.models.networks import (
+    ARCH_LABELS,
+    ARCHS,
+    DEFAULT_ARCH,
+    MIN_SIZE,
+    TASK_ARCHS,
+    arch_kwargs,
+    build_network,
+    size_problem,
+)
 from medfail.models.preprocess import adapt_channels, prompt_channels, to_tensor
 from medfail.models.spec import ModelSpec
 
 MAX_EPOCHS = 15
+#: classification input side: the median image side clipped to this range (px)
+CLASSIFICATION_SIZE_RANGE = (28, 128)
+#: segmentation/promptable patch side: the median shorter side (rounded up to a multiple of 8)
+#: clipped to this range (px)
+SEGMENTATION_SIZE_RANGE = (32, 64)
+#: batch size by architecture when not given (others: 16)
+DEFAULT_BATCH_SIZE: dict[str, int] = {"resnet18": 64}
 
 
 @dataclass
 class TrainConfig:
-    """Training options (the CLI's ``medfail train`` flags)."""
+    """Training options (the CLI's ``medfail train`` flags).
+
+    ``None`` means "choose": ``arch`` and ``lr`` by task here; ``size`` and ``batch_size`` from
+    the data and the architecture by :func:`resolve_config`. ``patience``: with a validation
+    set, stop after this many epochs without a lower validation loss and keep the best epoch's
+    weights; ``None`` (or 0) trains every epoch and keeps the last weights.
+    """
 
     task: str
     arch: str | None = None
-    size: int = 64
+    size: int | None = None
     epochs: int = 8
     seed: int = 0
-    batch_size: int = 16
-    lr: float | None = None  # default: 1e-3 for DenseNet121, 1e-2 for the U-Nets
+    batch_size: int | None = None
+    lr: float | None = None  # default: 1e-3 for the classifiers, 1e-2 for the U-Nets
     patches_per_image: int = 2
     device: str = "cpu"
+    patience: int | None = 3
 
     def __post_init__(self) -> None:
+        if self.task not in TASK_ARCHS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASK_ARCHS)}")
         if not 1 <= self.epochs <= MAX_EPOCHS:
             raise ValueError(f"epochs must be between 1 and {MAX_EPOCHS}, got {self.epochs}")
-        if self.size < 16:
-            raise ValueError(f"size must be at least 16 px, got {self.size}")
         self.arch = self.arch or DEFAULT_ARCH[self.task]
+        if self.arch not in TASK_ARCHS[self.task]:
+            what = "cannot train" if self.arch in ARCHS else "is not an architecture for"
+            raise ValueError(f"arch {self.arch!r} {what} {self.task}; choose "
+                             f"{' or '.join(TASK_ARCHS[self.task])}")
+        if self.size is not None:
+            if self.size < 16:
+                raise ValueError(f"size must be at least 16 px, got {self.size}")
+            problem = size_problem(self.arch, self.size)
+            if problem:
+                raise ValueError(f"{problem}; choose another size (or leave it to the data)")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.patience is not None and self.patience < 0:
+            raise ValueError(f"patience must be 0 (off) or more epochs, got {self.patience}")
+        self.patience = self.patience or None
         self.lr = self.lr or (1e-3 if self.task == "classification" else 1e-2)
+
+
+def resolve_config(config: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, str]:
+    """Fill ``size`` and ``batch_size`` left as ``None`` from the training images and the
+    architecture; returns the complete config and why that size was chosen."""
+    if config.size is not None:
+        size, why = config.size, "size given"
+    elif config.task == "classification":
+        side = round(float(np.median([max(s.spatial_shape[-2:]) for s in samples])))
+        lo, hi = CLASSIFICATION_SIZE_RANGE
+        lo = max(lo, MIN_SIZE.get(str(config.arch), lo))
+        size = int(np.clip(side, lo, hi))
+        why = f"size = median image side {side} px clipped to [{lo}, {hi}]"
+    else:
+        side = round(float(np.median([min(s.spatial_shape[-2:]) for s in samples])))
+        lo, hi = SEGMENTATION_SIZE_RANGE
+        size = int(np.clip(-(-side // 8) * 8, lo, hi))
+        why = (f"patch = median shorter side {side} px rounded up to a multiple of 8, "
+               f"clipped to [{lo}, {hi}]")
+    batch = config.batch_size or DEFAULT_BATCH_SIZE.get(str(config.arch), 16)
+    return replace(config, size=size, batch_size=batch), why
+
+
+def _image_sizes(samples: list[Sample]) -> str:
+    """"28x28" when every image has that size, else the range of the longer sides."""
+    shapes = {tuple(s.spatial_shape[-2:]) for s in samples}
+    if len(shapes) == 1:
+        h, w = shapes.pop()
+        return f"{h}x{w}"
+    sides = [max(sh) for sh in shapes]
+    return f"{min(sides)}-{max(sides)} px (varied sizes)"
 
 
 def _normalisation(samples: list[Sample], in_channels: int) -> dict[str, list[float]]:
@@ -200,16 +281,36 @@ def _mean_loss(module: torch.nn.Module, loss_fn: Any, x: torch.Tensor, y: torch.
     return total / max(len(x), 1)
 
 
+def _sayer(echo: Callable[[str], None] | None, progress: bool) -> Callable[[str], None]:
+    """Console lines (the setup line, one per epoch), written between progress-bar refreshes.
+    ``echo`` None: ``print`` when ``progress``, else nothing."""
+    out = echo if echo is not None else (print if progress else None)
+
+    def say(message: str) -> None:
+        if out is not None:
+            with tqdm.external_write_mode():
+                out(message)
+    return say
+
+
 def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
-          val_dataset: Dataset | None = None, progress: bool = True) -> Path:
-    """Train a baseline on ``dataset`` and write a medfail model file to ``out_path``."""
+          val_dataset: Dataset | None = None, progress: bool = True,
+          echo: Callable[[str], None] | None = None) -> Path:
+    """Train a baseline on ``dataset`` and write a medfail model file to ``out_path``.
+
+    ``progress``: an epoch bar and, nested under it, a batch bar with ETA and the running loss.
+    ``echo`` receives the setup line and one line per epoch (default: ``print`` when
+    ``progress``). Both draw no random numbers: the trained weights do not depend on them."""
     t_start = time.perf_counter()
+    say = _sayer(echo, progress)
     dataset.validate(progress=progress)
     if val_dataset is not None:
         val_dataset.validate(progress=progress)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     samples = list(dataset)
+    config, size_why = resolve_config(config, samples)
+    size, batch_size = int(config.size or 0), int(config.batch_size or 0)
     in_channels = 3 if any(s.channels >= 3 for s in samples) else 1
     extra = ["box", "point"] if config.task == "promptable" else []
     targets = list(dataset.target_names) if config.task == "classification" else \
@@ -218,16 +319,23 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
         task=config.task, target_names=targets, multi_label=bool(dataset.multi_label),
         input_size=(config.size, config.size), in_channels=in_channels,
         normalisation=_normalisation(samples, in_channels), output="logits",
-        arch=str(config.arch), prompt_channels=extra,
+        arch=str(config.arch), arch_kwargs=arch_kwargs(str(config.arch), size),
+        prompt_channels=extra,
         intensity=summarise([s.image for s in samples], in_channels))
-    module = build_network(spec.arch, in_channels + len(extra), spec.n_classes).to(config.device)
+    module = build_network(spec.arch, in_channels + len(extra), spec.n_classes,
+                           **spec.arch_kwargs).to(config.device)
     optimiser = torch.optim.Adam(module.parameters(), lr=config.lr)
     loss_fn = _loss_fn(spec)
     examples = _Examples(samples, spec, config)
     val = None
     if val_dataset is not None:
         val = _Examples(list(val_dataset), spec, config).epoch(np.random.default_rng(config.seed))
+    early = val is not None and config.patience is not None
+    setup = _setup_line(config, samples, module, size_why, early, val is not None)
+    say(setup)
     log_epochs: list[dict[str, float]] = []
+    best_epoch, best_loss, best_state, stale = None, math.inf, None, 0
+    stop_reason = f"ran all {config.epochs} epochs" + ("" if val is not None else " (no --val)")
     bar = tqdm(range(1, config.epochs + 1), desc=f"train {config.task}", unit="epoch",
                disable=not progress)
     for epoch in bar:
@@ -236,23 +344,54 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
         order = torch.from_numpy(rng.permutation(len(x)))
         module.train()
         total = 0.0
-        for s in range(0, len(x), config.batch_size):
-            idx = order[s:s + config.batch_size]
+        batches = tqdm(range(0, len(x), batch_size), desc=f"epoch {epoch}/{config.epochs}",
+                       unit="batch", leave=False, disable=not progress)
+        for s in batches:
+            idx = order[s:s + batch_size]
             xb, yb = x[idx].to(config.device), y[idx].to(config.device)
             optimiser.zero_grad()
             loss = loss_fn(module(xb), yb)
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(idx)
-        entry = {"epoch": epoch, "loss": total / len(x), "seconds": time.perf_counter() - t0}
+            batches.set_postfix(loss=f"{total / (s + len(idx)):.4f}", refresh=False)
+        batches.close()
+        entry = {"epoch": epoch, "loss": total / len(x)}
         if val is not None:
-            entry["val_loss"] = _mean_loss(module, loss_fn, *val, config.batch_size, config.device)
+            entry["val_loss"] = _mean_loss(module, loss_fn, *val, batch_size, config.device)
+            if entry["val_loss"] < best_loss:
+                best_epoch, best_loss, stale = epoch, entry["val_loss"], 0
+                if early:
+                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            else:
+                stale += 1
+        entry["seconds"] = time.perf_counter() - t0
         log_epochs.append(entry)
-        bar.set_postfix(loss=f"{entry['loss']:.4f}")
+        bar.set_postfix(loss=f"{entry['loss']:.4f}", **(
+            {"val_loss": f"{entry['val_loss']:.4f}"} if val is not None else {}))
+        say(_epoch_line(entry, config.epochs, best_epoch == epoch))
+        if early and stale >= int(config.patience or 0):
+            stop_reason = (f"early stop after epoch {epoch}: no lower val loss for "
+                           f"{config.patience} epochs")
+            break
+    bar.close()
+    restored = early and best_state is not None and best_epoch != log_epochs[-1]["epoch"]
+    if restored and best_state is not None:
+        module.load_state_dict(best_state)
+    if val is not None:
+        kept = "best" if early and best_state is not None else "last"
+        best = f"best val loss {best_loss:.4f} at epoch {best_epoch}" \
+            if best_epoch is not None else "no finite val loss"
+        say(f"{stop_reason}; {best}; kept the {kept} epoch's weights")
     training_log = {
         "config": asdict(config),
         "seed": config.seed,
+        "setup": setup,
         "epochs": log_epochs,
+        "best_epoch": best_epoch,
+        "best_val_loss": best_loss if best_epoch is not None else None,
+        "stop_reason": stop_reason,
+        "restored_best_epoch": bool(restored),
         "data_hash": dataset.content_hash(),
         "n_train": len(samples),
         "n_examples_per_epoch": len(x),
@@ -263,3 +402,27 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
         "threads": torch.get_num_threads(),
     }
     return save_model(out_path, spec, module.cpu(), training_log)
+
+
+def _setup_line(config: TrainConfig, samples: list[Sample], module: torch.nn.Module,
+                size_why: str, early: bool, has_val: bool) -> str:
+    """One line: data -> network, input size, parameters, batch, epochs, and why."""
+    n_params = sum(p.numel() for p in module.parameters())
+    arch, epochs = str(config.arch), config.epochs
+    stop = f"early stopping on val loss, patience {config.patience}" if early else \
+        ("every epoch, patience off" if has_val else "every epoch, no --val")
+    why = f"default for {config.task}" if arch == DEFAULT_ARCH[config.task] else "chosen"
+    if arch == "resnet18":
+        why += ": ResNet-18 as MedMNIST uses at 28 px, half width for CPU speed"
+    return (f"{config.task}: {len(samples)} images of {_image_sizes(samples)} -> {arch} "
+            f"({ARCH_LABELS[arch]}, {n_params / 1e6:.2f} M params) at {config.size}x"
+            f"{config.size}, batch {config.batch_size}, lr {config.lr:g}, up to {epochs} "
+            f"epoch{'s' if epochs > 1 else ''} ({stop}); {arch} {why}; {size_why}")
+
+
+def _epoch_line(entry: dict[str, float], epochs: int, best: bool) -> str:
+    """``epoch 3/8: loss 0.4123, val loss 0.4500 (best), 12.3 s``."""
+    val = f", val loss {entry['val_loss']:.4f}{' (best)' if best else ''}" \
+        if "val_loss" in entry else ""
+    return f"epoch {entry['epoch']}/{epochs}: loss {entry['loss']:.4f}{val}, " \
+        f"{entry['seconds']:.1f} s"
