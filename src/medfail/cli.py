@@ -16,6 +16,10 @@ app = typer.Typer(
     "Quick start: `medfail demo` runs the embedded synthetic default end to end.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 TASK_HELP = "classification | segmentation | promptable"
+MASK_MODE_HELP = ("How mask values are read: auto (0/1 or 0/255 binary, instance maps or class "
+                  "labels, decided from the masks and printed), binary (foreground = any non-zero "
+                  "value), classes (label k = class k), instances (foreground, one object per "
+                  "label). Example: --mask-mode binary")
 
 
 def _fail(exc: Exception) -> None:
@@ -104,6 +108,7 @@ def train(
     split: Annotated[str | None, typer.Option(
         help="Split of a MedMNIST .npz file (default train). Example: --split train")] = None,
     device: Annotated[str, typer.Option(help="torch device. Example: --device cuda")] = "cpu",
+    mask_mode: Annotated[str, typer.Option(help=MASK_MODE_HELP)] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train a light baseline on a folder of images (≤15 epochs, CPU-friendly).
@@ -118,10 +123,11 @@ def train(
         _check_task(task)
         config = TrainConfig(task=task, arch=arch, size=size, epochs=epochs, seed=seed,
                              device=device, patience=patience, batch_size=batch_size)
-        dataset = open_dataset(data, task, split=_npz_split(data, split, "train"))
+        dataset = open_dataset(data, task, split=_npz_split(data, split, "train"),
+                               mask_mode=mask_mode)
         val_ds = None if val is None else open_dataset(
             val, task, split=_npz_split(val, None, "val"),
-            target_names=dataset.target_names or None)
+            target_names=dataset.target_names or None, mask_mode=mask_mode)
         path = train_model(dataset, config, out, val_dataset=val_ds, progress=not quiet,
                            echo=typer.echo)
     except (MedfailInputError, ValueError) as exc:
@@ -180,6 +186,7 @@ def run(
     workers: Annotated[int | None, typer.Option(
         help="Ray actors for --executor ray, each holding the model (default: one per GPU, "
         "else one per two CPUs). Example: --workers 4")] = None,
+    mask_mode: Annotated[str, typer.Option(help=MASK_MODE_HELP)] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run the failure suite of a model on a dataset and write a run directory with a report.
@@ -203,9 +210,9 @@ def run(
                              device=device)
         names = adapter.spec.target_names if task == "classification" else None
         dataset = open_dataset(data, task, split=_npz_split(data, split, "test"),
-                               target_names=names)
+                               target_names=names, mask_mode=mask_mode)
         extra = {key: open_dataset(path, task, split=_npz_split(path, None, default),
-                                   target_names=names)
+                                   target_names=names, mask_mode=mask_mode)
                  for key, path, default in (("calibration", calibration, "val"),
                                             ("shift", shift_data, "test")) if path is not None}
         members = [load_model(m, task, spec_path=model_spec, trust_pickle=trust_pickle,

@@ -64,18 +64,25 @@ def open_dataset(
     split: str | None = None,
     target_names: Sequence[str] | None = None,
     multi_label: bool | None = None,
+    mask_mode: str = "auto",
 ) -> FolderDataset | NpzDataset:
     """A ``.npz`` file -> :class:`NpzDataset` (``split`` defaults to ``"test"``); a folder ->
-    :class:`FolderDataset` (which has no splits: passing ``split`` is an error)."""
+    :class:`FolderDataset` (which has no splits: passing ``split`` is an error). ``mask_mode``:
+    how masks are read (``auto``, ``binary``, ``classes``, ``instances``; see
+    :mod:`medfail.data.masks`)."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".npz":
+        if mask_mode != "auto":
+            raise MedfailInputError(
+                path, f"--mask-mode {mask_mode} applies to mask folders; MedMNIST .npz files "
+                "have no masks")
         return NpzDataset(path, task, target_names, multi_label, split=split or "test")
     if path.is_dir():
         if split is not None:
             raise MedfailInputError(
                 path, f"split '{split}' applies to MedMNIST .npz files only; a dataset folder is "
                 "one split (point at the split's folder instead)")
-        return FolderDataset(path, task, target_names, multi_label)
+        return FolderDataset(path, task, target_names, multi_label, mask_mode=mask_mode)
     if not path.exists():
         raise MedfailInputError(path, "dataset not found")
     raise MedfailInputError(

@@ -5,13 +5,17 @@
     DIR/images/<id>.<png|jpg|jpeg|tif|tiff|dcm|nii|nii.gz|npy>
     DIR/labels.csv      classification: ``id`` + one 0/1 column per target (multi-label)
                         or ``id`` + ``label`` (multi-class; class names or integer indices)
-    DIR/masks/<id>.<ext>    segmentation / promptable: integer label map, 0 = background
+    DIR/masks/<id>.<ext>    segmentation / promptable: 0/1 or 0/255 binary, class label map or
+                            instance map, 0 = background (read as ``mask_mode`` says, see
+                            :mod:`medfail.data.masks`)
     DIR/metadata.csv    optional: ``id`` + free columns (site, protocol, pixel_spacing, ...)
 
 Structure, labels and metadata are checked when the dataset is opened (cheap: no pixel is read);
-:meth:`FolderDataset.validate` then decodes every image and mask once. Both raise
-:class:`~medfail.errors.MedfailInputError` naming the file and the problem. Row numbers in messages
-count the header as row 1, as a spreadsheet shows them.
+:meth:`FolderDataset.validate` then decodes every image and mask once. The mask mode is decided
+once, from every mask, when it is first needed (``mask_mode_info``, :meth:`FolderDataset.load`,
+:meth:`FolderDataset.validate`, :meth:`FolderDataset.check_mask_labels`), and printed as one
+line. All of these raise :class:`~medfail.errors.MedfailInputError` naming the file and the
+problem. Row numbers in messages count the header as row 1, as a spreadsheet shows them.
 
 Spacing precedence: the image header (DICOM PixelSpacing, NIfTI zooms), else the ``pixel_spacing``
 column of metadata.csv (``0.7``, ``0.7x0.7`` or ``0.7,0.7``; ``row x col`` mm), else ``None``.
@@ -32,6 +36,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from medfail.data.base import SampleStream
+from medfail.data.masks import (
+    MaskStats,
+    check_mode,
+    check_model_labels,
+    decide,
+    interpret,
+    mask_stats,
+)
 from medfail.data.readers import (
     image_id,
     image_suffix,
@@ -94,6 +106,8 @@ class FolderDataset(SampleStream):
             name, else an integer value is taken as the class index). ``None``: inferred.
         multi_label: force the label kind; ``None`` = multi-class when the only target column is
             ``label``, multi-label (0/1 columns) otherwise.
+        mask_mode: how mask values are read: ``"auto"`` (decided from the masks), ``"binary"``,
+            ``"classes"`` or ``"instances"`` (see :mod:`medfail.data.masks`).
 
     Inferred target names: multi-label = target columns in file order; multi-class = sorted
     unique class names, or, when every value is an integer, ``"0".."max"`` with the value as the
@@ -106,12 +120,20 @@ class FolderDataset(SampleStream):
         task: str,
         target_names: Sequence[str] | None = None,
         multi_label: bool | None = None,
+        mask_mode: str = "auto",
     ) -> None:
         self.root = Path(root)
         if task not in TASKS:
             raise MedfailInputError(
                 self.root, f"unknown task '{task}' (choose {', '.join(TASKS)})")
         self.task = task
+        self.mask_mode = check_mode(mask_mode, self.root)
+        if task not in MASK_TASKS and mask_mode != "auto":
+            raise MedfailInputError(
+                self.root, f"--mask-mode {mask_mode} applies to segmentation and promptable "
+                "masks; a classification dataset has none")
+        self._mask_stats: dict[str, MaskStats] = {}
+        self._mask_info: dict[str, Any] | None = None
         if not self.root.exists():
             raise MedfailInputError(self.root, "dataset folder not found")
         if not self.root.is_dir():
@@ -376,17 +398,49 @@ class FolderDataset(SampleStream):
         except KeyError:
             raise KeyError(f"unknown sample id {id!r}") from None
 
+    # ------------------------------------------------------------------------------ mask mode
+
+    def _stats(self, id: str) -> MaskStats:
+        if id not in self._mask_stats:
+            self._mask_stats[id] = mask_stats(read_mask(self._masks[id]))
+        return self._mask_stats[id]
+
+    @property
+    def mask_mode_info(self) -> dict[str, Any] | None:
+        """How the masks are read (the record of :func:`medfail.data.masks.decide`), decided
+        once from every mask and printed as one line; ``None`` for classification."""
+        if not self._masks:
+            return None
+        if self._mask_info is None:
+            files = [(self._masks[sid], self._stats(sid)) for sid in self.ids]
+            self._mask_info = decide(files, self.mask_mode)
+            print(f"{self._mask_info['message']} [{self.root.name}]")
+        return self._mask_info
+
+    def check_mask_labels(self, target_names: Sequence[str]) -> None:
+        """Raise ``MedfailInputError`` naming the first mask with a label a model predicting
+        ``target_names`` (labels 1..K) does not know (see
+        :func:`medfail.data.masks.check_model_labels`)."""
+        info = self.mask_mode_info
+        if info is not None:
+            check_model_labels([(self._masks[sid], self._stats(sid)) for sid in self.ids],
+                               info, target_names)
+
     def load(self, id: str) -> Sample:
-        """Decode one sample (image, label or mask, spacing, metadata)."""
+        """Decode one sample (image, label or mask as the mask mode reads it, spacing,
+        metadata)."""
         image = read_image(self._path(self._images, id))
-        mask = None
+        mask = instances = None
         if self._masks:
             mask_path = self._masks[id]
-            mask = read_mask(mask_path)
-            if mask.shape != image.array.shape[1:]:
+            raw = read_mask(mask_path)
+            if raw.shape != image.array.shape[1:]:
                 raise MedfailInputError(
-                    mask_path, f"mask shape {mask.shape} does not match image shape "
+                    mask_path, f"mask shape {raw.shape} does not match image shape "
                     f"{tuple(image.array.shape[1:])} ({self.image_relpath(id)})")
+            info = self.mask_mode_info
+            assert info is not None
+            mask, instances = interpret(raw, info["mode"])
         spacing = image.spacing if image.spacing is not None else self._spacing.get(id)
         return Sample(
             id=id,
@@ -398,27 +452,33 @@ class FolderDataset(SampleStream):
             spacing=spacing,
             modality=image.modality,
             metadata=dict(self._meta_rows.get(id, {})),
+            instances=instances,
         )
 
     def validate(self, progress: bool = True) -> None:
-        """Decode every image (and mask) once; raise on the first unreadable or mismatched file."""
+        """Decode every image (and mask) once; raise on the first unreadable or mismatched file,
+        then decide the mask mode (masks already scanned for it are not decoded again)."""
         for sid in tqdm(self.ids, desc=f"checking {self.root.name}", unit="image",
                         disable=not progress):
             image = read_image(self._images[sid])
             if self._masks:
-                mask = read_mask(self._masks[sid])
-                if mask.shape != image.array.shape[1:]:
+                shape = self._stats(sid).shape
+                if shape != image.array.shape[1:]:
                     raise MedfailInputError(
-                        self._masks[sid], f"mask shape {mask.shape} does not match image shape "
+                        self._masks[sid], f"mask shape {shape} does not match image shape "
                         f"{tuple(image.array.shape[1:])} ({self.image_relpath(sid)})")
+        _ = self.mask_mode_info
 
     def content_hash(self) -> str:
-        """sha256 over (relative path, bytes) of every file this dataset reads, sorted by path."""
+        """sha256 over (relative path, bytes) of every file this dataset reads, sorted by path
+        (and an explicit mask mode, which changes what the masks mean)."""
         files = list(self._images.values()) + list(self._masks.values())
         for name in ("labels.csv", "metadata.csv"):
             if (self.root / name).is_file() and (name != "labels.csv" or self._labels):
                 files.append(self.root / name)
         digest = hashlib.sha256()
+        if self._masks and self.mask_mode != "auto":
+            digest.update(f"mask_mode={self.mask_mode}\0".encode())
         for rel, path in sorted((p.relative_to(self.root).as_posix(), p) for p in files):
             digest.update(rel.encode() + b"\0")
             digest.update(path.stat().st_size.to_bytes(8, "little"))

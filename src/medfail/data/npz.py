@@ -62,7 +62,11 @@ class NpzDataset(SampleStream):
             or ``label_0..`` (multi-label).
         multi_label: force the label kind; ``None`` = multi-label iff labels have > 1 column.
         split: ``"train"``, ``"val"`` or ``"test"`` (keyword only).
+
+    ``mask_mode_info`` is always ``None`` (no masks; see :mod:`medfail.data.masks`).
     """
+
+    mask_mode_info: dict[str, object] | None = None
 
     def __init__(
         self,

@@ -2,9 +2,11 @@
 
 Convention (the one segment-anything uses): coordinates are ``(x, y)`` = (column, row) in pixels of
 the native image; a box is ``(x0, y0, x1, y1)`` with inclusive corners; point label 1 = foreground,
-0 = background. One prompt per ground-truth object (8-connected component of ``mask > 0``); its
-positive point is the object pixel farthest from the object's border (so hollow rings get a point
-on the ring, not in the hole).
+0 = background. One prompt per ground-truth object: an 8-connected component of one non-zero
+label (for a binary mask, a component of ``mask > 0``; for an instance map, ``Sample.instances``,
+one object per instance, so touching nuclei stay separate; touching regions of different classes
+are separate objects too). Its positive point is the object pixel farthest from the object's
+border (so hollow rings get a point on the ring, not in the hole).
 """
 
 from __future__ import annotations
@@ -27,9 +29,21 @@ class Prompt:
 
 
 def objects(mask: np.ndarray) -> list[np.ndarray]:
-    """Boolean masks of the 8-connected components of ``mask > 0``, largest first."""
-    labelled, n = ndimage.label(mask > 0, structure=EIGHT_CONNECTED)
-    comps = [labelled == i for i in range(1, n + 1)]
+    """Boolean masks of the 8-connected components of each non-zero label of ``mask``, largest
+    first (ties: ascending label, then scipy's raster order)."""
+    mask = np.asarray(mask)
+    values, inverse = np.unique(mask, return_inverse=True)
+    has_zero = bool(len(values)) and values[0] == 0
+    dense = inverse.reshape(mask.shape) + (0 if has_zero else 1)  # labels 1..n, 0 = background
+    comps = []
+    for k, region in enumerate(ndimage.find_objects(dense), start=1):
+        if region is None:
+            continue
+        pieces, n = ndimage.label(dense[region] == k, structure=EIGHT_CONNECTED)
+        for i in range(1, n + 1):
+            obj = np.zeros(mask.shape, dtype=bool)
+            obj[region] = pieces == i
+            comps.append(obj)
     return sorted(comps, key=lambda c: -int(c.sum()))
 
 

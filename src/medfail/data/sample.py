@@ -27,10 +27,15 @@ class Sample:
         integer: the source pixels were integers, so perturbed images are rounded back.
         label: classification target vector (0/1 per target for multi-label, or a single class
             index for multi-class), or ``None``.
-        mask: integer ``(*spatial)`` label map (0 = background), or ``None``.
+        mask: integer ``(*spatial)`` label map as interpreted by the dataset's mask mode
+            (0 = background, label k = foreground class k), or ``None``.
         spacing: pixel/voxel spacing in mm per spatial axis, or ``None`` when unknown.
         modality: ``"CT"``, ``"MR"``, ``"US"``, ``"XR"``, ``"RGB"``... or ``""`` when unknown.
         metadata: free-form columns from ``metadata.csv`` (site, protocol, ...).
+        instances: the raw instance map (int ``(*spatial)``, one label per object, 0 =
+            background) when the masks are instance maps (``mask_mode`` instances, see
+            :mod:`medfail.data.masks`); ``mask`` then holds 0/1 foreground. ``None`` otherwise:
+            objects are then the connected components of ``mask``.
     """
 
     id: str
@@ -42,6 +47,7 @@ class Sample:
     spacing: tuple[float, ...] | None = None
     modality: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    instances: np.ndarray | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:

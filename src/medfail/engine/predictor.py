@@ -4,6 +4,10 @@ A :class:`Part` is what consecutive samples of one condition produced. Parts con
 sample order, and pixel-bin sums add exactly (float16 probabilities summed in float64 stay exact
 below 2**29 per bin), so a condition written from one streamed pass or from shards merged by an
 executor gives identical files.
+
+Instance masks (``Sample.instances``, see :mod:`medfail.data.masks`): prompts are one per
+instance and the lesion counts ``lesion_tp/fn/fp`` count one GT object per instance (touching
+objects stay separate) instead of one per connected component.
 """
 
 from __future__ import annotations
@@ -30,9 +34,16 @@ from medfail.data.datasets import Dataset
 from medfail.data.prompts import Prompt, prompts_from_mask
 from medfail.data.sample import Sample
 from medfail.engine.evidence import evidence_rows, has_evidence
-from medfail.engine.predictions import MapWriter, condition_path, quantise, write_table
+from medfail.engine.predictions import (
+    MapWriter,
+    condition_path,
+    label_map,
+    quantise,
+    write_table,
+)
 from medfail.engine.prefetch import prefetch
 from medfail.engine.suite import Condition, SuiteConfig
+from medfail.metrics.detection import lesion_counts
 from medfail.models.adapters import ModelAdapter
 from medfail.stress.corruptions import perturb_samples
 from medfail.stress.prompt_perturbations import perturb_prompts, prompt_table_rows
@@ -174,7 +185,7 @@ class Predictor:
             prompts = [self.prompts(s) for s in batch]
             src = cond.source
             if src.family == "prompt":
-                prompts = perturb_prompts(prompts, [s.mask for s in batch],
+                prompts = perturb_prompts(prompts, [self.objects_map(s) for s in batch],
                                           [s.id for s in batch], src.name, self.config.seed)
                 part.prompts = prompt_table_rows(prompts, [s.id for s in batch], cond.name)
         probs, spreads = self._model_output(batch, images, cond, prompts, postprocess)
@@ -250,13 +261,34 @@ class Predictor:
                 part.confidence += [{"id": s.id, "target": target, "signal": name,
                                      "value": value} for name, value in signals.items()]
                 add_pixel_bins(part.pixel_bins, target, p, s.mask == k + 1)
-            part.rows += segmentation_rows(
+            rows = segmentation_rows(
                 s.id, fg, s.mask, self.targets, self.config.boundary_tolerance_px,
                 spacing=s.spacing if self.spacing_mm else None,
                 surface_tolerance=self.config.surface_tolerance_mm,
                 min_overlap=self.config.lesion_min_overlap)
+            if s.instances is not None:
+                self._instance_lesions(rows, s, fg)
+            part.rows += rows
         return part
+
+    def _instance_lesions(self, rows: list[dict[str, Any]], s: Sample, fg: np.ndarray) -> None:
+        """Recount ``lesion_tp/fn/fp`` in ``rows`` with one GT object per instance of ``s``."""
+        pred, inst = label_map(fg), s.instances
+        assert inst is not None and s.mask is not None
+        for k, target in enumerate(self.targets, start=1):
+            counts = lesion_counts((s.mask == k)[None], (pred == k)[None],
+                                   self.config.lesion_min_overlap, inst[None])[0]
+            values = dict(zip(("lesion_tp", "lesion_fn", "lesion_fp"), counts, strict=True))
+            for row in rows:
+                if row["target"] == target and row["metric"] in values:
+                    row["value"] = float(values[row["metric"]])
+
+    @staticmethod
+    def objects_map(sample: Sample) -> np.ndarray:
+        """The label map whose objects get one prompt each: the instance map when the sample
+        has one, else the mask."""
+        return sample.instances if sample.instances is not None else sample.mask
 
     @staticmethod
     def prompts(sample: Sample) -> list[Prompt]:
-        return prompts_from_mask(sample.mask)
+        return prompts_from_mask(Predictor.objects_map(sample))

@@ -105,6 +105,9 @@ def _check_compatible(adapter: ModelAdapter, dataset: Dataset) -> None:
             getattr(dataset, "root", None),
             f"labels have targets {list(dataset.target_names)} but the model predicts "
             f"{list(spec.target_names)}")
+    check_labels = getattr(dataset, "check_mask_labels", None)
+    if spec.task != "classification" and check_labels is not None:
+        check_labels(spec.target_names)  # mask labels the model does not know: refused here
 
 
 def _index_table(dataset: Dataset, task: str) -> pd.DataFrame:
@@ -285,6 +288,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
                   "ensemble": [m.name for m in ensemble]},
         "data": {"name": Path(dataset.root).name, "n_samples": len(dataset),
                  "content_hash": data_hash, "targets": list(adapter.spec.target_names),
+                 "mask_mode": getattr(dataset, "mask_mode_info", None),
                  "calibration": None if calibration is None else {
                      "name": Path(calibration.root).name, "n_samples": len(calibration)},
                  "shift": None if shift is None else {

@@ -1,4 +1,4 @@
-"""Per-lesion detection metrics from connected components of binary masks.
+"""Per-lesion detection metrics from connected components of binary masks (or instance maps).
 
 Inputs are ``y_true`` / ``y_pred`` batches shaped ``(N, *spatial)`` (2-D or 3-D, bool or 0/1),
 validated as in ``segmentation``.
@@ -8,6 +8,10 @@ Conventions:
 * A *lesion* is a connected component of the ground truth, a *predicted component* one of the
   prediction, with full connectivity: 8-neighbourhood in 2-D, 26 in 3-D (diagonal contact
   joins; ``ndimage.generate_binary_structure(ndim, ndim)``). Each image is labelled on its own.
+* With ``true_instances`` (integer instance maps shaped as ``y_true``, e.g. nuclei annotated one
+  label per object), a lesion is instead one distinct non-zero instance label inside
+  ``y_true``: touching objects stay separate lesions, and a label in several pieces is one
+  lesion. Predicted components are still connected components of ``y_pred``.
 * Matching is component-wise IoU, ``IoU(G, P) = |G ∩ P| / |G ∪ P|`` over one GT lesion G and
   one predicted component P, and is **many-to-many**: a GT lesion is detected (TP) when *some*
   predicted component has ``IoU >= min_overlap`` with it, missed (FN) otherwise; a predicted
@@ -57,15 +61,28 @@ def _check_min_overlap(min_overlap: float) -> float:
     return thr
 
 
+def _instance_lesions(t: np.ndarray, inst: np.ndarray) -> tuple[np.ndarray, int]:
+    """Consecutive lesion labels 1..n from the instance ids inside ``t`` (ascending id order)."""
+    values, inverse = np.unique(np.where(t, inst, 0), return_inverse=True)
+    has_zero = bool(len(values)) and values[0] == 0
+    dense = inverse.reshape(t.shape) + (0 if has_zero else 1)
+    return dense, len(values) - int(has_zero)
+
+
 def _match_image(
-    t: np.ndarray, p: np.ndarray, structure: np.ndarray, thr: float
+    t: np.ndarray, p: np.ndarray, structure: np.ndarray, thr: float,
+    inst: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label one image and match components.
 
     Returns (GT lesion areas (int64), GT lesion detected (bool), predicted component matched
-    (bool)); lesions and components in scipy's label order (raster order of first pixel).
+    (bool)); lesions and components in scipy's label order (raster order of first pixel), or
+    lesions in ascending instance id with ``inst``.
     """
-    lab_t, n_t = ndimage.label(t, structure=structure)
+    if inst is None:
+        lab_t, n_t = ndimage.label(t, structure=structure)
+    else:
+        lab_t, n_t = _instance_lesions(t, inst)
     lab_p, n_p = ndimage.label(p, structure=structure)
     # Contingency table of label pairs (row/column 0 = background) in one bincount.
     pair = lab_t.ravel().astype(np.int64) * (n_p + 1) + lab_p.ravel()
@@ -80,17 +97,36 @@ def _match_image(
     return area_t, hit.any(axis=1), hit.any(axis=0)
 
 
+def _check_instances(true_instances: np.ndarray, t: np.ndarray) -> np.ndarray:
+    inst = np.asarray(true_instances)
+    if inst.shape != t.shape:
+        raise ValueError(
+            f"true_instances must have the shape of y_true {t.shape}, got {inst.shape}")
+    if inst.dtype == np.bool_ or not np.issubdtype(inst.dtype, np.integer):
+        raise ValueError(f"true_instances must be an integer label map, got dtype {inst.dtype}")
+    unlabelled = t & (inst == 0)
+    if unlabelled.any():
+        raise ValueError(
+            f"true_instances is 0 on {int(unlabelled.sum())} foreground pixel(s) of y_true; "
+            "every GT foreground pixel needs an instance label")
+    return inst
+
+
 def _match_batch(
-    y_true: np.ndarray, y_pred: np.ndarray, min_overlap: float
+    y_true: np.ndarray, y_pred: np.ndarray, min_overlap: float,
+    true_instances: np.ndarray | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
     t, p = _check_masks(y_true, y_pred)
     thr = _check_min_overlap(min_overlap)
+    inst = None if true_instances is None else _check_instances(true_instances, t)
     n_spatial = t.ndim - 1
     structure = ndimage.generate_binary_structure(n_spatial, n_spatial)
-    return [_match_image(t[i], p[i], structure, thr) for i in range(len(t))], len(t)
+    return [_match_image(t[i], p[i], structure, thr, None if inst is None else inst[i])
+            for i in range(len(t))], len(t)
 
 
-def lesion_counts(y_true: np.ndarray, y_pred: np.ndarray, min_overlap: float = 0.1) -> np.ndarray:
+def lesion_counts(y_true: np.ndarray, y_pred: np.ndarray, min_overlap: float = 0.1,
+                  true_instances: np.ndarray | None = None) -> np.ndarray:
     """Per-image lesion detection counts ``(TP, FN, FP)``.
 
     TP = GT lesions with some predicted component at ``IoU >= min_overlap``; FN = the other GT
@@ -102,14 +138,18 @@ def lesion_counts(y_true: np.ndarray, y_pred: np.ndarray, min_overlap: float = 0
         y_true: ground-truth masks, bool or 0/1, shape (N, *spatial).
         y_pred: predicted masks, same shape.
         min_overlap: IoU threshold in (0, 1] (default 0.1, a lenient "hit").
+        true_instances: optional integer instance maps, same shape: GT lesions are then the
+            distinct non-zero labels inside ``y_true`` (touching objects stay separate), not
+            its connected components.
 
     Returns:
         int64 array of shape (N, 3), columns TP, FN, FP.
 
     Raises:
-        ValueError: bad masks (see ``segmentation.dice``) or min_overlap outside (0, 1].
+        ValueError: bad masks (see ``segmentation.dice``), min_overlap outside (0, 1], or
+            ``true_instances`` of another shape, not integer, or 0 on a GT foreground pixel.
     """
-    matches, n = _match_batch(y_true, y_pred, min_overlap)
+    matches, n = _match_batch(y_true, y_pred, min_overlap, true_instances)
     out = np.zeros((n, 3), dtype=np.int64)
     for i, (_, detected, matched) in enumerate(matches):
         out[i] = (detected.sum(), detected.size - detected.sum(), matched.size - matched.sum())
@@ -117,18 +157,20 @@ def lesion_counts(y_true: np.ndarray, y_pred: np.ndarray, min_overlap: float = 0
 
 
 def lesion_table(
-    y_true: np.ndarray, y_pred: np.ndarray, min_overlap: float = 0.1
+    y_true: np.ndarray, y_pred: np.ndarray, min_overlap: float = 0.1,
+    true_instances: np.ndarray | None = None,
 ) -> list[LesionRecord]:
     """One record per GT lesion: ``(image_index, lesion_area, detected)``.
 
     ``lesion_area`` is the number of pixels/voxels of the lesion (multiply by the voxel size for
     mm² / mm³); ``detected`` as TP in ``lesion_counts`` (same matching). Ordered by image, then
-    by scipy's label order. Use it for detection rate by lesion size.
+    by scipy's label order (by instance id with ``true_instances``, as in ``lesion_counts``).
+    Use it for detection rate by lesion size.
 
     Raises:
         ValueError: as ``lesion_counts``.
     """
-    matches, _ = _match_batch(y_true, y_pred, min_overlap)
+    matches, _ = _match_batch(y_true, y_pred, min_overlap, true_instances)
     return [
         LesionRecord(i, int(a), bool(d))
         for i, (areas, detected, _) in enumerate(matches)

@@ -161,13 +161,20 @@ def _normalisation(samples: list[Sample], in_channels: int) -> dict[str, list[fl
 
 
 def segmentation_classes(dataset: Dataset, samples: list[Sample]) -> list[str]:
-    """Foreground class names: ``DIR/classes.txt`` (one per line, label 1 first) when present,
-    else ``class_1 .. class_K`` for the largest label K found in the training masks."""
+    """Foreground class names from the interpreted masks (``dataset.mask_mode_info``).
+
+    Binary or instance masks (0/1, 0/255, instance maps): one class, named by the first line of
+    ``DIR/classes.txt`` when present, else ``class_1``. Class label maps: ``DIR/classes.txt``
+    (one per line, label 1 first) when present, else ``class_1 .. class_K`` for the largest
+    label K in the training masks."""
     names_file = Path(str(getattr(dataset, "root", ""))) / "classes.txt"
-    if names_file.is_file():
-        names = [ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()]
-        if names:
-            return names
+    names = [ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()] \
+        if names_file.is_file() else []
+    info = getattr(dataset, "mask_mode_info", None) or {}
+    if info.get("mode") in ("binary", "instances"):
+        return names[:1] or ["class_1"]
+    if names:
+        return names
     k = max((int(s.mask.max()) for s in samples if s.mask is not None), default=1)
     return [f"class_{i}" for i in range(1, max(k, 1) + 1)]
 
