@@ -187,6 +187,10 @@ def run(
         help="Ray actors for --executor ray, each holding the model (default: one per GPU, "
         "else one per two CPUs). Example: --workers 4")] = None,
     mask_mode: Annotated[str, typer.Option(help=MASK_MODE_HELP)] = "auto",
+    overwrite: Annotated[bool, typer.Option(
+        help="Let --out be a non-empty folder that is not a run directory of this "
+        "configuration: medfail's own files there (listed in .medfail/manifest.json) are "
+        "replaced, nothing else is deleted.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run the failure suite of a model on a dataset and write a run directory with a report.
@@ -195,6 +199,7 @@ def run(
     """
     from medfail.data.datasets import open_dataset
     from medfail.engine.executors import ModelFiles
+    from medfail.engine.manifest import check_out_dir
     from medfail.engine.runner import run_suite
     from medfail.engine.suite import SuiteConfig
     from medfail.models.adapters import resolve_device
@@ -202,6 +207,8 @@ def run(
 
     try:
         _check_task(task)
+        out = out or Path("runs") / task
+        check_out_dir(out, overwrite)  # a file, not writable, someone else's folder: fail fast
         device = resolve_device(device)
         overrides = {"seed": seed, "batch_size": batch_size}
         suite = SuiteConfig.from_yaml(config, **overrides)  # config None: the defaults
@@ -220,7 +227,7 @@ def run(
         loader = ModelFiles(tuple(_portable(m) for m in [model, *(ensemble_model or [])]), task,
                             None if model_spec is None else _portable(model_spec), trust_pickle,
                             device)  # how Ray workers load the models
-        run_dir = run_suite(adapter, dataset, out or Path("runs") / task, suite,
+        run_dir = run_suite(adapter, dataset, out, suite, overwrite=overwrite,
                             model_info=describe_model(model),
                             command=["medfail", *sys.argv[1:]], progress=not quiet,
                             ensemble=members, executor=executor, ray_address=address,
@@ -239,12 +246,22 @@ def report(
 
     Example: medfail report runs/demo/segmentation
     """
+    import zipfile
+
+    import pyarrow as pa
+
+    from medfail.analysis.run_tables import RECOVER
     from medfail.report.html import render_report
 
     if not (run_dir / "metrics.parquet").exists() or not (run_dir / "run.json").exists():
         _fail(MedfailInputError(run_dir, "not a run directory (run.json or metrics.parquet "
                                 "missing)"))
-    html = render_report(run_dir)
+    try:
+        html = render_report(run_dir)  # checks every file first: a damaged one is named
+    except MedfailInputError as exc:
+        _fail(exc)
+    except (pa.ArrowException, zipfile.BadZipFile, EOFError) as exc:  # damage the check missed
+        _fail(MedfailInputError(run_dir, f"a file cannot be read ({exc}); {RECOVER}"))
     print(f"report: {html} and {html.with_suffix('.pdf')}")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medfail.data.datasets import open_dataset
 from medfail.data.phantoms import PhantomConfig, write_phantom_splits
+from medfail.engine.manifest import own_folder
 from medfail.engine.runner import run_suite
 from medfail.engine.suite import SuiteConfig
 from medfail.models.bundle import read_training_log
@@ -71,11 +72,21 @@ def _baseline(task: str, data: dict[str, Path], models_dir: Path, phantoms: Phan
     return path, False
 
 
+def prepare_out(out: str | Path) -> Path:
+    """The demo's folder: new, empty, or the demo's own (marked ``.medfail/demo.json``, or
+    holding only ``data/``, ``models/`` and task folders), else refused before anything runs.
+    Its task folders are run directories the demo replaces when its models or options change
+    (medfail's own files only: :mod:`medfail.engine.manifest`)."""
+    out = Path(out)
+    own_folder(out, "demo", ("data", "models", *DEMO_TASKS))
+    return out
+
+
 def run_demo(out: str | Path = "runs/demo", tasks: tuple[str, ...] = DEMO_TASKS,
              phantoms: PhantomConfig | None = None, suite: SuiteConfig | None = None,
              progress: bool = True) -> dict[str, Path]:
     """Run the embedded default end to end; returns the report path per task."""
-    out = Path(out)
+    out = prepare_out(out)
     phantoms = phantoms or PhantomConfig()
     suite = suite or SuiteConfig()
     data = write_phantom_splits(out / "data", phantoms)
@@ -95,7 +106,7 @@ def run_demo(out: str | Path = "runs/demo", tasks: tuple[str, ...] = DEMO_TASKS,
             model_info={**describe_model(model_path), "training_cached": cached,
                         "training_wall_clock_s": log.get("wall_clock_s"), "training_log": log},
             command=["medfail", "demo", "--out", str(out), "--task", task], progress=progress,
-            calibration=calibration, shift=shift)
+            calibration=calibration, shift=shift, overwrite=True)
         reports[task] = run_dir / "report.html"
         if progress:
             status = "cached" if cached else f"trained in {t_train:.0f}s"
