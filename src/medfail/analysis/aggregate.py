@@ -11,19 +11,28 @@ small_slice``.
   ``lesion_precision = ΣTP / (ΣTP + ΣFP)``, ``lesion_f1 = 2ΣTP / (2ΣTP + ΣFN + ΣFP)``, so one
   large lesion cannot dominate and missed small lesions count one each.
 * Classification metrics are set-level per target; ``target = "macro"`` is the unweighted mean
-  over targets with a defined value.
+  over targets with a defined value. A target with one class (AUROC, AUPRC, sens@95spec
+  undefined) keeps its rows with ``value = NaN`` and its ``n``; :func:`macro_coverage` says which
+  targets a macro value leaves out, :func:`undefined_targets` which targets have one class in
+  the test (``clean``) and second-site (``shift_data``) predictions (``run.json``'s
+  ``undefined_targets``; ``medfail run`` prints one warning line for them).
 * 95 % percentile bootstrap intervals use ONE resample index matrix over the samples (seeded by
   the run seed) for every condition, slice, target and metric, so Δ-vs-clean intervals and
   slice-vs-all gap intervals are paired. Classification slices are resampled within the slice
   (own seeded matrix) because set-level metrics need the slice's own class balance; their gap
   interval combines the two resamplings (unpaired, conservative).
 * ``small_slice`` flags slices with fewer than ``min_slice_n`` samples: kept, never hidden.
+* Resamples where a metric is undefined are dropped; per resample the macro averages the
+  targets defined in that resample. On tiny or skewed samples a percentile interval can
+  therefore exclude its own estimate: it is stored as computed (the report marks it).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -295,3 +304,68 @@ def aggregate_classification(predictions: pd.DataFrame, conditions: pd.DataFrame
                     estimates[(str(cond), sl, MACRO, metric)] = macro_estimate(
                         per_target[t][metric] for t in targets)
     return _table(estimates, conditions, min_slice_n, draws_out, reference)
+
+
+#: set-level metrics that need both classes (AUPRC needs positives only: no negatives -> 1.0)
+ONE_CLASS_METRICS = ("auroc", "auprc", "sens_at_95spec")
+#: where each kind of predictions comes from, as named in messages and ``run.json``
+SPLITS = {"test": "clean", "shift_data": "shift_data"}
+
+
+def one_class_reasons(predictions: pd.DataFrame) -> dict[str, str]:
+    """Targets of one condition's long predictions (``id, target, label``) with a single
+    class, and why: ``"no positives in 12 images"`` / ``"no negatives in 12 images"``."""
+    out = {}
+    for target, grp in predictions.groupby("target", sort=False):
+        labels = pd.to_numeric(grp["label"], errors="coerce")
+        n, pos = len(labels), int((labels > 0.5).sum())
+        if pos in (0, n):
+            out[str(target)] = f"no {'positives' if pos == 0 else 'negatives'} in {n} images"
+    return out
+
+
+def undefined_metrics(reason: str) -> str:
+    """Which metrics a one-class ``reason`` (from :func:`one_class_reasons`) leaves undefined."""
+    if reason.startswith("no negatives"):
+        return "AUROC and sens@95spec undefined, AUPRC trivially 1"
+    return "AUROC, AUPRC and sens@95spec undefined"
+
+
+def undefined_targets(run_dir: str | Path, warn: bool = True) -> dict[str, dict[str, str]]:
+    """``{split: {target: reason}}`` for targets with one class in a classification run's
+    test (``clean``) and second-site (``shift_data``) predictions; empty for segmentation.
+
+    With ``warn``: one ``warning: ...`` line per affected split on stderr, naming the targets,
+    the split and how many targets the macro averages keep."""
+    out: dict[str, dict[str, str]] = {}
+    for split, condition in SPLITS.items():
+        path = Path(run_dir) / "predictions" / f"{condition}.parquet"
+        if not path.exists():
+            continue
+        preds = pd.read_parquet(path, columns=["id", "target", "label"])
+        reasons = one_class_reasons(preds)
+        if not reasons:
+            continue
+        out[split] = reasons
+        if warn:
+            n_targets = preds["target"].nunique()
+            named = "; ".join(f"'{t}' ({why}: {undefined_metrics(why)})"
+                              for t, why in reasons.items())
+            kept = n_targets - len(reasons)
+            macro = ("" if n_targets < 2 else "; the macro average is undefined too" if not kept
+                     else f"; the macro average leaves {'it' if len(reasons) == 1 else 'them'} "
+                     f"out (over {kept} of {n_targets} targets)")
+            print(f"warning: one class in the {split} split for {named}{macro}",
+                  file=sys.stderr, flush=True)
+    return out
+
+
+def macro_coverage(metrics: pd.DataFrame, metric: str, condition: str = "clean",
+                   slice_name: str = ALL) -> tuple[int, int, list[str]]:
+    """(targets kept, targets in all, targets left out) by the macro value of ``metric`` at
+    ``condition`` and slice: the per-target rows whose value is not finite."""
+    m = metrics[(metrics["metric"] == metric) & (metrics["condition"] == condition)
+                & (metrics["slice"] == slice_name) & (metrics["target"] != MACRO)]
+    values = pd.to_numeric(m["value"], errors="coerce").to_numpy(np.float64)
+    out = [str(t) for t, v in zip(m["target"], values, strict=True) if not np.isfinite(v)]
+    return len(m) - len(out), len(m), out

@@ -10,6 +10,7 @@ import base64
 import json
 import math
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from medfail.analysis.aggregate import ALL, harmful
+from medfail.analysis.aggregate import ALL, MACRO, harmful, macro_coverage
 from medfail.analysis.case_studies import diagnose
 from medfail.analysis.checklist import build_checklist
 from medfail.analysis.ranking import (
@@ -25,11 +26,11 @@ from medfail.analysis.ranking import (
 )
 from medfail.analysis.run_tables import RunTables
 from medfail.analysis.taxonomy import build_taxonomy
-from medfail.engine.manifest import ReportOutputs
 from medfail.metrics.selective import risk_coverage_curve
 from medfail.report.figures import (
     binned_reliability_plot,
     calibration_drift_plot,
+    ci_excludes,
     classification_case_figure,
     degradation_plot,
     prompt_sensitivity_plot,
@@ -52,8 +53,111 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _ci(lo: float, hi: float) -> str:
-    return "n/a" if math.isnan(lo) or math.isnan(hi) else f"[{lo:.3f}, {hi:.3f}]"
+def _delta(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.3f}"
+
+
+def _excludes(value: float | None, lo: float | None, hi: float | None) -> bool:
+    """The interval [lo, hi] is finite and excludes the finite estimate ``value``."""
+    return value is not None and bool(ci_excludes(value, lo, hi)[0])
+
+
+def _ci(lo: float, hi: float, value: float | None = None) -> str:
+    """``[lo, hi]``, with ``*`` when it excludes ``value`` (see :data:`CI_FOOTNOTE`)."""
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return "n/a"
+    return f"[{lo:.3f}, {hi:.3f}]" + ("*" if _excludes(value, lo, hi) else "")
+
+
+CI_FOOTNOTE = ("* The 95% bootstrap interval excludes its point estimate in {n} result{s} of "
+               "this run ({examples}). A percentile interval can do this on tiny or skewed "
+               "samples, and when resamples in which the metric is undefined (one class) are "
+               "dropped, or average fewer targets (macro). It is shown as computed "
+               "(metrics.parquet keeps it); read such a result as unreliable.")
+#: (estimate, interval low, interval high, what) column triples of metrics.parquet
+_INTERVALS = (("value", "ci_low", "ci_high", ""), ("delta_vs_clean", "delta_ci_low",
+                                                    "delta_ci_high", "Δ vs clean "),
+              ("gap_vs_all", "gap_ci_low", "gap_ci_high", "gap vs all "))
+
+
+def _ci_footnote(metrics: pd.DataFrame, target: str, mitigations: list[dict[str, Any]],
+                 limit: int = 3) -> str:
+    """The footnote for intervals that exclude their estimate (report target), or ''."""
+    m = metrics[metrics["target"] == target]
+    found = []
+    for est, lo, hi, what in _INTERVALS:
+        for r in m[ci_excludes(m[est], m[lo], m[hi])].itertuples():
+            where = r.condition + ("" if r.slice == ALL else f", {r.slice}")
+            found.append(f"{r.metric} {what}{where}: {getattr(r, est):.3f} vs "
+                         f"[{getattr(r, lo):.3f}, {getattr(r, hi):.3f}]")
+    found += [f"mitigation {r['mitigation']}: effect {r['effect']} vs {r['ci'][:-1]}"
+              for r in mitigations if r["ci"].endswith("*")]
+    if not found:
+        return ""
+    shown = "; ".join(found[:limit]) + (f"; and {len(found) - limit} more"
+                                        if len(found) > limit else "")
+    return CI_FOOTNOTE.format(n=len(found), s="" if len(found) == 1 else "s", examples=shown)
+
+
+def _one_class_reason(metrics: pd.DataFrame, target: str, condition: str,
+                      slice_name: str) -> str:
+    """Why a target's set-level metrics are undefined, from its own rows (AUPRC needs only
+    positives, AUROC both classes; F1 is NaN when there is no positive and none predicted)."""
+    rows = metrics[(metrics["target"] == target) & (metrics["condition"] == condition)
+                   & (metrics["slice"] == slice_name)].set_index("metric")["value"]
+    where = ("the second site's data" if condition == "shift_data" else "test") \
+        if slice_name == ALL else f"slice {slice_name}"
+    values = pd.to_numeric(rows, errors="coerce")
+    if "auprc" in values.index and not np.isfinite(values["auprc"]):
+        return f"no positives in {where}"
+    if "auroc" in values.index and not np.isfinite(values["auroc"]):
+        return f"no negatives in {where}"
+    return f"no positive and none predicted in {where}"
+
+
+def _macro_notes(metrics: pd.DataFrame, metric_list: list[str], conditions: list[str],
+                 slice_name: str = ALL) -> list[str]:
+    """Where a macro value leaves targets out: ``macro over 2 of 3 targets; auroc, auprc
+    undefined for 'cavity' (no positives in test)``. Metrics with the same note are merged; a
+    note that does not hold for every condition names the conditions it holds for."""
+    held: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for metric in metric_list:
+        for cond in conditions:
+            kept, total, left = macro_coverage(metrics, metric, cond, slice_name)
+            if left:
+                named = ", ".join(f"'{t}' ({_one_class_reason(metrics, t, cond, slice_name)})"
+                                  for t in left)
+                key = (f"macro over {kept} of {total} targets", named)
+                held.setdefault(key, {}).setdefault(metric, []).append(cond)
+    notes = []
+    for (head, named), per_metric in held.items():
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for metric, conds in per_metric.items():
+            groups.setdefault(tuple(conds), []).append(metric)
+        for conds, names in groups.items():
+            where = "" if len(conds) == len(conditions) else f" (at {', '.join(conds)})"
+            notes.append(f"{head}; {', '.join(names)} undefined for {named}{where}")
+    return notes
+
+
+def _slice_caption(metrics: pd.DataFrame, metric: str, target: str, condition: str,
+                   caption: str) -> str:
+    """A slice figure's caption, naming the slices whose interval excludes the estimate and
+    those whose macro value leaves targets out (undefined there)."""
+    m = metrics[(metrics["metric"] == metric) & (metrics["target"] == target)
+                & (metrics["condition"] == condition) & (metrics["slice"] != ALL)]
+    excluded = m.loc[ci_excludes(m["value"], m["ci_low"], m["ci_high"]), "slice"].tolist()
+    if excluded:
+        caption += f"; * 95% CI excludes the estimate: {', '.join(excluded)}"
+    if target == MACRO:
+        fewer = []
+        for sl in m["slice"]:
+            kept, total, left = macro_coverage(metrics, metric, condition, sl)
+            if left:
+                fewer.append(f"{sl} ({kept} of {total}; undefined: {', '.join(left)})")
+        if fewer:
+            caption += f"; macro over fewer targets in: {'; '.join(fewer)}"
+    return caption
 
 
 def _data_uri(path: Path) -> str:
@@ -80,14 +184,17 @@ def _family_table(metrics: pd.DataFrame, family: str, metric_list: list[str],
                 continue
             r = by_metric.loc[metric]
             if cond == "clean":
-                cells.append({"text": f"{_fmt(r.value)} {_ci(r.ci_low, r.ci_high)}", "cls": ""})
+                cells.append({"text": f"{_fmt(r.value)} {_ci(r.ci_low, r.ci_high, r.value)}",
+                              "cls": ""})
                 continue
-            cells.append({"text": f"{_fmt(r.value)} (Δ {r.delta_vs_clean:+.3f} "
-                                  f"{_ci(r.delta_ci_low, r.delta_ci_high)})",
+            cells.append({"text": f"{_fmt(r.value)} (Δ {_delta(r.delta_vs_clean)} "
+                                  f"{_ci(r.delta_ci_low, r.delta_ci_high, r.delta_vs_clean)})",
                           "cls": "drop" if harmful(metric, r.delta_ci_low, r.delta_ci_high)
                           else ""})
         rows.append({"condition": cond, "cells": cells})
-    return {"metrics": metric_list, "rows": rows}
+    notes = _macro_notes(metrics, metric_list, list(dict.fromkeys(conds["condition"]))) \
+        if target == MACRO else []
+    return {"metrics": metric_list, "rows": rows, "notes": notes}
 
 
 def _ranking_rows(ranking: pd.DataFrame, limit: int = 15) -> list[dict[str, Any]]:
@@ -95,7 +202,8 @@ def _ranking_rows(ranking: pd.DataFrame, limit: int = 15) -> list[dict[str, Any]
     for r in ranking.head(limit).itertuples():
         out.append({"rank": r.rank, "kind": r.kind, "name": r.name, "family": r.family,
                     "reference": _fmt(r.reference), "value": _fmt(r.value),
-                    "effect": f"{r.effect:+.3f}", "ci": _ci(r.effect_ci_low, r.effect_ci_high),
+                    "effect": _delta(r.effect),
+                    "ci": _ci(r.effect_ci_low, r.effect_ci_high, r.effect),
                     "cls": "drop" if r.significant else "", "n": r.n,
                     "flag": "few cases" if r.small_slice else ""})
     return out
@@ -115,7 +223,8 @@ def _mitigation_rows(run_dir: Path) -> list[dict[str, Any]]:
         return []
     rows = []
     for r in pd.read_parquet(path).itertuples():
-        ci = "" if math.isnan(r.ci_low) or math.isnan(r.ci_high) else _ci(r.ci_low, r.ci_high)
+        ci = "" if math.isnan(r.ci_low) or math.isnan(r.ci_high) else _ci(r.ci_low, r.ci_high,
+                                                                              r.effect)
         cost = []
         if r.forward_passes:
             cost.append(f"{r.forward_passes} passes")
@@ -125,7 +234,7 @@ def _mitigation_rows(run_dir: Path) -> list[dict[str, Any]]:
             cost.append(f"coverage {r.coverage:.0%}")
         rows.append({"mitigation": r.mitigation, "base": r.base, "slice": r.slice,
                      "metric": r.metric, "before": _fmt(r.before), "after": _fmt(r.after),
-                     "effect": f"{r.effect:+.3f}", "ci": ci,
+                     "effect": _delta(r.effect), "ci": ci,
                      "helps": "yes" if r.helps else "no", "cls": "" if r.helps else "drop",
                      "cost": ", ".join(cost) or "negligible", "note": r.note})
     return rows
@@ -172,6 +281,8 @@ def _calibration_section(run_dir: Path, run: dict[str, Any],
     if not table_path.exists():
         return None
     table = pd.read_parquet(table_path)
+    if table.empty:
+        return None
     target = "macro" if "macro" in set(table["target"]) else str(table["target"].iloc[0])
     figdir = run_dir / "figures"
     figs = []
@@ -236,6 +347,8 @@ def _segmentation_calibration_section(run_dir: Path, run: dict[str, Any], worst:
         return None
     table = pd.read_parquet(table_path)
     table = table[table["target"] == target]
+    if table.empty:
+        return None
     figdir, pred_dir = run_dir / "figures", run_dir / "predictions"
     conds = ["clean"] + ([worst] if worst else [])
     bins = {c: pd.read_parquet(pred_dir / f"{c}.pixel_bins.parquet") for c in conds}
@@ -292,8 +405,14 @@ def _problem(run: dict[str, Any], task: str, primary: str, target: str,
             "segmentation": "segmenter", "promptable": "promptable segmenter (box/point prompts)"}
     clean = metrics[(metrics["condition"] == "clean") & (metrics["metric"] == primary)
                     & (metrics["target"] == target) & (metrics["slice"] == ALL)]
-    clean_text = f" Clean {primary} ({target}): {clean['value'].iloc[0]:.3f} " \
-        f"[{clean['ci_low'].iloc[0]:.3f}, {clean['ci_high'].iloc[0]:.3f}]." if len(clean) else ""
+    clean_text = ""
+    if len(clean):
+        r = clean.iloc[0]
+        note = "; ".join(_macro_notes(metrics, [primary], ["clean"])) if target == MACRO else ""
+        ci = _ci(r["ci_low"], r["ci_high"], r["value"])
+        clean_text = (f" Clean {primary} ({target}): {_fmt(r['value'])}"
+                      + ("" if ci == "n/a" else f" {ci}")
+                      + (f" ({note})" if note else "") + ".")
     n_stress = sum(1 for c in run["conditions"] if "@" in c and "|" not in c)
     return (f"A {kind[task]} predicting {', '.join(run['data']['targets'])} is tested on "
             f"{run['data']['n_samples']} images under {n_stress} stress conditions (stress tests × "
@@ -367,7 +486,7 @@ def _taxonomy_rows(entries: list[Any], numbers: dict[str, int]) -> list[dict[str
     rows = []
     for e in entries:
         effect = "" if e.effect is None else f"{e.effect:+.3f}" if e.ci_low is None \
-            else f"{e.effect:+.3f} {_ci(e.ci_low, e.ci_high)}"
+            else f"{e.effect:+.3f} {_ci(e.ci_low, e.ci_high, e.effect)}"
         if e.ci_low is None and e.effect is not None and e.status != "breaks":
             effect = ""
         rows.append({**e.to_dict(), "effect": effect,
@@ -381,12 +500,11 @@ def render_report(run_dir: str | Path) -> Path:
     results (see docs/report.md for the section order)."""
     run_dir = Path(run_dir)
     tables = RunTables(run_dir)
-    tables.check()  # a damaged or missing file: one error naming it and how to recover
     run, metrics, task = tables.run, tables.metrics, tables.task
     primary, target = tables.primary, tables.target
     ranking = tables.ranking
     figdir = run_dir / "figures"
-    outputs = ReportOutputs(run_dir)  # removes only the figures medfail listed in its manifest
+    shutil.rmtree(figdir, ignore_errors=True)
     present = set(metrics["metric"])
     metric_list = [primary] + [m for m in SECONDARY[task] if m in present]
     families, main_stress, appendix = [], [], []
@@ -409,15 +527,17 @@ def render_report(run_dir: str | Path) -> Path:
         for k, metric in enumerate(metric_list[:2]):
             if ((metrics["metric"] == metric) & (metrics["slice"] != ALL)).any():
                 path = slice_forest_plot(metrics, metric, target, figdir / f"slices_{metric}.png")
-                fig = _sized(_figure(path, run_dir, f"{metric} per slice (clean)"), "half")
+                fig = _sized(_figure(path, run_dir, _slice_caption(
+                    metrics, metric, target, "clean", f"{metric} per slice (clean)")), "half")
                 (main_stress if k == 0 else appendix).append(fig)
     top = tables.breaking
     worst_cond = str(top["name"].iloc[0]) if len(top) else None
     if worst_cond and ((metrics["condition"] == worst_cond) & (metrics["slice"] != ALL)).any():
         path = slice_forest_plot(metrics, primary, target, figdir / "slices_worst.png",
                                  condition=worst_cond)
-        main_stress.append(_sized(_figure(path, run_dir, f"{primary} per slice under "
-                                          f"{worst_cond}, the top breaking condition"), "half"))
+        main_stress.append(_sized(_figure(path, run_dir, _slice_caption(
+            metrics, primary, target, worst_cond, f"{primary} per slice under {worst_cond}, "
+            "the top breaking condition")), "half"))
     calibration = _calibration_section(run_dir, run, worst_cond) if task == "classification" \
         else _segmentation_calibration_section(run_dir, run, worst_cond, target)
     main_cal = [_sized(f, "third") for f in (calibration or {}).get("figures", [])]
@@ -442,11 +562,14 @@ def render_report(run_dir: str | Path) -> Path:
         mitigations=[r for r in mitigations if r["slice"] == "all"][:10],
         mitigation_notes=sorted({f"{r['mitigation']}: {r['note']}" for r in mitigations}),
         cases=cases, checklist=_checklist_view(checklist), n_bootstrap=run["config"]["n_bootstrap"],
-        shift=[{"metric": r.metric, "value": _fmt(r.value), "delta": f"{r.delta_vs_clean:+.3f}",
-                "ci": _ci(r.delta_ci_low, r.delta_ci_high), "n": r.n,
+        shift=[{"metric": r.metric, "value": _fmt(r.value), "delta": _delta(r.delta_vs_clean),
+                "ci": _ci(r.delta_ci_low, r.delta_ci_high, r.delta_vs_clean), "n": r.n,
                 "cls": "drop" if harmful(r.metric, r.delta_ci_low, r.delta_ci_high) else ""}
                for r in shift.itertuples()],
         shift_name=(run["data"].get("shift") or {}).get("name", ""),
+        shift_notes=_macro_notes(metrics, list(dict.fromkeys(shift["metric"])), ["shift_data"])
+        if target == MACRO else [],
+        ci_note=_ci_footnote(metrics, target, mitigations),
         modality=run.get("modality") or "unknown", distance_unit=run.get("distance_unit", "px"),
         command=shlex.join(run["command"]), stages=run["wall_clock_s"]["stages"],
         per_condition=run["wall_clock_s"]["per_condition"], cached=run.get("cached_conditions"),
@@ -457,5 +580,4 @@ def render_report(run_dir: str | Path) -> Path:
     out = run_dir / "report.html"
     out.write_text(html, encoding="utf-8")
     render_pdf(out, run_dir / "report.pdf")
-    outputs.record()
     return out
