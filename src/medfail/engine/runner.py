@@ -9,11 +9,9 @@ with the same model, data and options recomputes only the conditions that are mi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +40,15 @@ from medfail.analysis.segmentation_calibration import segmentation_calibration_t
 from medfail.data.datasets import Dataset
 from medfail.engine.evidence import write_evidence
 from medfail.engine.executors import Executor, Job, ModelLoader, make_executor
+from medfail.engine.manifest import (
+    Manifest,
+    check_configuration,
+    check_out_dir,
+    condition_files,
+    damage,
+    open_run_dir,
+    snapshot,
+)
 from medfail.engine.predictions import condition_path, quantise, write_table
 from medfail.engine.predictor import SHIFT, Predictor
 from medfail.engine.suite import Condition, SuiteConfig
@@ -57,6 +64,9 @@ from medfail.stress.prompt_perturbations import prompt_table_rows
 from medfail.uncertainty.postprocess import PostProcess, choose_params
 
 PARTS = ".parts"
+#: the run directory's top-level tables (listed in the manifest before they are written)
+TABLES = ("per_sample.parquet", "metrics.parquet", "ranking.parquet", "calibration.parquet",
+          "mitigations.parquet", "run.json", "evidence.parquet")
 #: bump when what a finished condition stores changes, so older caches are recomputed
 PARTS_FORMAT = 3
 PACKAGES = ("medfail", "torch", "monai", "numpy", "scipy", "scikit-image", "scikit-learn",
@@ -80,23 +90,21 @@ def hardware(device: str = "cpu") -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def _cache_key(model_info: dict[str, Any], data_hash: str, task: str,
-               config: SuiteConfig, device: str = "cpu") -> str:
-    """Identity of what finished conditions depend on; without a model hash nothing is reused
-    (a model known only by name may have changed since). The device type is part of it (GPU
-    kernels round differently); the executor is not (results do not depend on it)."""
-    if not model_info.get("sha256"):
-        return "uncacheable-" + os.urandom(8).hex()
+def _cache_identity(model_info: dict[str, Any], data_hash: str, task: str,
+                    config: SuiteConfig, device: str = "cpu") -> tuple[dict[str, Any], bool]:
+    """What finished conditions depend on (kept in the run directory's manifest), and whether
+    they may be reused: without a model hash they are not (a model known only by name may have
+    changed since). The device type is part of it (GPU kernels round differently); the executor
+    is not (results do not depend on it), nor are the tests and severities (conditions)."""
     cfg = config.to_dict()
     cfg.pop("tests")
     cfg.pop("severities")
     cfg.pop("checks", None)  # pass/fail limits are read by the report, not by inference
-    blob = json.dumps({"model": model_info["sha256"],
-                       "data": data_hash, "task": task, "config": cfg,
-                       "device": torch.device(device).type,
-                       "medfail": medfail.__version__, "format": PARTS_FORMAT},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    identity = {"model": model_info.get("sha256") or f"name:{model_info.get('name')}",
+                "data": data_hash, "task": task, "config": cfg,
+                "device": torch.device(device).type,
+                "medfail": medfail.__version__, "format": PARTS_FORMAT}
+    return identity, bool(model_info.get("sha256"))
 
 
 def _check_compatible(adapter: ModelAdapter, dataset: Dataset) -> None:
@@ -171,7 +179,8 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
               render: bool = True, calibration: Dataset | None = None,
               shift: Dataset | None = None, ensemble: Sequence[ModelAdapter] = (),
               executor: str = "local", ray_address: str | None = None,
-              ray_workers: int | None = None, model_loader: ModelLoader | None = None) -> Path:
+              ray_workers: int | None = None, model_loader: ModelLoader | None = None,
+              overwrite: bool = True) -> Path:
     """Run every condition of ``config`` and write the run directory; returns its path.
 
     ``calibration``: a split used only to choose classification thresholds (F1-maximising per
@@ -181,9 +190,13 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     ``executor``: ``local`` or ``ray`` (``ray_address``: an existing cluster, default a local
     Ray; ``ray_workers``: actors, default one per GPU, else one per two CPUs; ``model_loader``:
     how workers rebuild ``[adapter, *ensemble]``, default the adapters pickled). Models run on
-    the adapter's device.
+    the adapter's device. ``overwrite=False`` (the CLI's default) refuses a non-empty folder that
+    is not a run directory of this configuration; with ``True`` medfail's own files of another
+    configuration are replaced. Either way only files medfail wrote (its manifest,
+    :mod:`medfail.engine.manifest`) are ever deleted.
     """
     run_dir = Path(out_dir)
+    check_out_dir(run_dir, overwrite)  # a file, not writable, a foreign folder: before all else
     model_info = dict(model_info or {"name": adapter.name})
     task = adapter.spec.task
     config.check_task(task)  # check metrics this task computes
@@ -198,6 +211,8 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
             _check_compatible(adapter, ds)
             ds.validate(progress=progress)
     data_hash = dataset.content_hash()
+    identity, reusable = _cache_identity(model_info, data_hash, task, config, adapter.device)
+    check_configuration(run_dir, identity, overwrite)  # before any model runs
     index = _index_table(dataset, task)
     metadata = getattr(dataset, "metadata", None)
     modality = data_modality(index, metadata, config)
@@ -207,10 +222,13 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     intensity = check_intensity(adapter.spec, dataset)  # warns: test units vs training units
     stages["validate"] = time.perf_counter() - t0
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    parts = _open_parts(run_dir, _cache_key(model_info, data_hash, task, config, adapter.device))
+    manifest = open_run_dir(run_dir, identity, reusable, overwrite)  # written first
+    parts = run_dir / PARTS
+    parts.mkdir(exist_ok=True)
+    manifest.claim(run_dir / "predictions" / "index.parquet", run_dir / "slices.parquet")
     write_table(index, run_dir / "predictions" / "index.parquet")
     if task == "promptable":
+        manifest.claim(run_dir / "predictions" / "prompts.parquet")
         write_table(_prompt_table(dataset), run_dir / "predictions" / "prompts.parquet")
 
     thresholds: dict[str, float] | float = config.threshold
@@ -218,6 +236,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     if calibration is not None and task == "classification":
         t = time.perf_counter()
         cal_preds = calibration_predictions(adapter, calibration, config, progress)
+        manifest.claim(run_dir / "predictions" / "calibration.parquet")
         write_table(cal_preds, run_dir / "predictions" / "calibration.parquet")
         if adapter.spec.multi_label:
             thresholds = calibration_thresholds(cal_preds)
@@ -232,7 +251,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     try:
         _run_conditions([Job(c, dataset) for c in conditions + methods]
                         + ([Job(SHIFT, shift)] if shift is not None else []),
-                        engine, run_dir, task, record, progress)
+                        engine, manifest, task, record, progress)
         membership = slice_membership(index, metadata, config.slices, config.size_threshold_px,
                                       "mm2" if spacing_mm else "px")
         write_table(membership, run_dir / "slices.parquet")
@@ -242,13 +261,14 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
             jobs, mitigation_info = _mitigation_jobs(run_dir, adapter, dataset, calibration,
                                                      conditions, membership, thresholds, config)
             stages["mitigation_choice"] = time.perf_counter() - t
-            _run_conditions(jobs, engine, run_dir, task, record, progress)
+            _run_conditions(jobs, engine, manifest, task, record, progress)
     finally:
         engine.close()
     per_condition_s, cached, done = record.seconds, record.cached, record.done
     stages["predict"] = sum(v for k, v in per_condition_s.items() if k not in cached)
 
     t = time.perf_counter()
+    manifest.claim(*(run_dir / name for name in TABLES))
     all_conditions = [c for c in done if c is not SHIFT]
     names = [c.name for c in all_conditions] + ([SHIFT.name] if shift is not None else [])
     per_sample = _per_sample(parts, all_conditions + ([SHIFT] if shift is not None else []))
@@ -306,8 +326,11 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     }
     _write_json(run_dir / "run.json", run_info)
     t = time.perf_counter()
+    manifest.claim(run_dir / "cases" / "cases.json")
+    before = snapshot(run_dir, "cases")
     write_evidence(run_dir, dataset, adapter, config,
                    all_conditions + ([SHIFT] if shift is not None else []))
+    manifest.record_changed(before, "cases")  # case_<k>.npz: named while they are chosen
     stages["evidence"] = time.perf_counter() - t
     _write_json(run_dir / "run.json", run_info)
     if render:
@@ -330,38 +353,36 @@ class _Record:
     done: list[Condition] = field(default_factory=list)
 
 
-def _open_parts(run_dir: Path, key: str) -> Path:
-    """``.parts/`` for cache ``key``: kept when its key matches, else emptied with
-    ``predictions/`` (the key is written last, so an interrupted reset is redone)."""
-    parts = run_dir / PARTS
-    key_file = parts / "key.txt"
-    if not key_file.exists() or key_file.read_text() != key:
-        shutil.rmtree(parts, ignore_errors=True)
-        shutil.rmtree(run_dir / "predictions", ignore_errors=True)
-        parts.mkdir(parents=True)
-        _write_text(key_file, key)
-    return parts
-
-
-def _is_finished(run_dir: Path, name: str, task: str) -> bool:
-    """A condition is finished when its part (the commit marker, written last) and its stored
-    predictions exist; anything less is recomputed."""
+def _is_finished(manifest: Manifest, name: str, task: str) -> bool:
+    """A condition is finished when its part (the commit marker, written last) is listed in
+    the manifest, and it, the stored predictions and every other file of the condition exist
+    and are readable (not truncated); anything less is recomputed."""
+    run_dir = manifest.run_dir
+    part = run_dir / PARTS / f"{name}.parquet"
     stored = condition_path(run_dir, name, task)
-    return ((run_dir / PARTS / f"{name}.parquet").exists() and stored.exists()
-            and (task == "classification"
-                 or stored.with_name(f"{name}.pixel_bins.parquet").exists()))
+    required = [part, stored] + ([] if task == "classification"
+                                 else [stored.with_name(f"{name}.pixel_bins.parquet")])
+    if not manifest.owns(part) or not all(p.exists() for p in required):
+        return False
+    others = [p for p in condition_files(run_dir, name, task) if p.exists()]
+    return all(damage(p) is None for p in dict.fromkeys([*required, *others]))
 
 
-def _run_conditions(jobs: list[Job], engine: Executor, run_dir: Path, task: str,
+def _run_conditions(jobs: list[Job], engine: Executor, manifest: Manifest, task: str,
                     record: _Record, progress: bool) -> None:
-    """Reuse finished conditions, predict the others on ``engine``; record all in job order."""
-    parts = run_dir / PARTS
-    todo = [j for j in jobs if j.cond is SHIFT or not _is_finished(run_dir, j.cond.name, task)]
+    """Reuse finished conditions, predict the others on ``engine``; record all in job order.
+    Files are listed in the manifest before they are written."""
+    parts = manifest.run_dir / PARTS
+    todo = [j for j in jobs if j.cond is SHIFT or not _is_finished(manifest, j.cond.name, task)]
+    manifest.claim(*(p for j in todo for p in condition_files(manifest.run_dir, j.cond.name,
+                                                               task)))
     finished = {}
     with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{task} suite",
               unit="condition", disable=not progress) as bar:
         for fin in engine.run(todo):
             if fin.per_sample is not None:
+                manifest.claim(parts / f"{fin.cond.name}.seconds",
+                               parts / f"{fin.cond.name}.parquet")
                 _write_text(parts / f"{fin.cond.name}.seconds", repr(fin.seconds))
                 write_table(fin.per_sample, parts / f"{fin.cond.name}.parquet")
             finished[fin.cond.name] = fin

@@ -10,7 +10,6 @@ import base64
 import json
 import math
 import shlex
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from medfail.analysis.ranking import (
 )
 from medfail.analysis.run_tables import RunTables
 from medfail.analysis.taxonomy import build_taxonomy
+from medfail.engine.manifest import ReportOutputs
 from medfail.metrics.selective import risk_coverage_curve
 from medfail.report.figures import (
     binned_reliability_plot,
@@ -500,11 +500,12 @@ def render_report(run_dir: str | Path) -> Path:
     results (see docs/report.md for the section order)."""
     run_dir = Path(run_dir)
     tables = RunTables(run_dir)
+    tables.check()  # a damaged or missing file: one error naming it and how to recover
     run, metrics, task = tables.run, tables.metrics, tables.task
     primary, target = tables.primary, tables.target
     ranking = tables.ranking
     figdir = run_dir / "figures"
-    shutil.rmtree(figdir, ignore_errors=True)
+    outputs = ReportOutputs(run_dir)  # removes only the figures medfail listed in its manifest
     present = set(metrics["metric"])
     metric_list = [primary] + [m for m in SECONDARY[task] if m in present]
     families, main_stress, appendix = [], [], []
@@ -580,4 +581,5 @@ def render_report(run_dir: str | Path) -> Path:
     out = run_dir / "report.html"
     out.write_text(html, encoding="utf-8")
     render_pdf(out, run_dir / "report.pdf")
+    outputs.record()
     return out
