@@ -47,6 +47,22 @@ class Brightness(torch.nn.Module):
         return torch.stack([disc, bar], dim=1)
 
 
+class NaNSegmenter(torch.nn.Module):
+    """Segmenter whose every output is NaN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nan = torch.full_like(x[:, :1], float("nan"))
+        return torch.cat([nan, nan], dim=1)
+
+
+class HalfResolution(torch.nn.Module):
+    """Segmenter that returns maps at half the input's resolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fg = torch.sigmoid((x[:, :1, ::2, ::2] - 130.0) / 10.0)
+        return torch.cat([1 - fg, fg], dim=1)
+
+
 def scripted(module: torch.nn.Module, spec: ModelSpec, path: Path) -> Path:
     torch.jit.save(torch.jit.script(module), str(path),
                    _extra_files={"medfail_spec.json": json.dumps(spec.to_dict())})
@@ -305,6 +321,74 @@ def config_bad_severity(tmp: Path, data: Path) -> tuple[str, list[str]]:
     return "segmentation", _config(tmp, "severities: [4]\n")
 
 
+def png_bomb(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    from tests.test_input_limits import _png_bomb
+
+    root = _seg(tmp)
+    _png_bomb(root / "images" / "case005.png")
+    return "segmentation", []
+
+
+def unknown_mask_label(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    root = _seg(tmp)
+    mask = np.asarray(Image.open(root / "masks" / "case002.png")).copy()
+    mask[:2, :2] = 3  # a class the one-class model does not know
+    _png(root / "masks" / "case002.png", mask)
+    return "segmentation", []
+
+
+def ambiguous_mask_value(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    root = _seg(tmp)
+    for path in (root / "masks").iterdir():
+        _png(path, (np.asarray(Image.open(path)) * 2).astype(np.uint8))  # every mask 0/2
+    return "segmentation", []
+
+
+def out_is_a_file(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    _seg(tmp)
+    (tmp / "taken.txt").write_text("mine\n")
+    return "segmentation", ["--out", str(tmp / "taken.txt")]
+
+
+def out_is_a_user_folder(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    _seg(tmp)
+    (tmp / "thesis").mkdir()
+    (tmp / "thesis" / "chapter1.tex").write_text("\\section{Intro}\n")
+    return "segmentation", ["--out", str(tmp / "thesis")]
+
+
+def nan_model(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    _seg(tmp)
+    spec = ModelSpec(task="segmentation", target_names=["lesion"], output="probabilities")
+    return "segmentation", ["--model", str(scripted(NaNSegmenter(), spec, tmp / "nan.pt"))]
+
+
+def half_resolution_model(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    _seg(tmp)
+    spec = ModelSpec(task="segmentation", target_names=["lesion"], output="probabilities")
+    return "segmentation", ["--model", str(scripted(HalfResolution(), spec, tmp / "half.pt"))]
+
+
+def config_scalar_severity(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    return "segmentation", _config(tmp, "severities: 2\n")
+
+
+def config_string_for_list(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    return "segmentation", _config(tmp, "tests: gaussian_noise\n")
+
+
+def config_nan_threshold(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    return "segmentation", _config(tmp, "threshold: .nan\n")
+
+
+def config_unknown_check_metric(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    return "segmentation", _config(tmp, "checks: [{metric: dise, max_drop: 0.05}]\n")
+
+
+def config_negative_min_slice(tmp: Path, data: Path) -> tuple[str, list[str]]:
+    return "segmentation", _config(tmp, "min_slice_n: -1\n")
+
+
 # name -> (breaker, pattern the error line must match)
 ERRORS: dict[str, tuple[Case, str]] = {
     "truncated png": (truncated_png, r"case001\.png"),
@@ -345,6 +429,18 @@ ERRORS: dict[str, tuple[Case, str]] = {
     "config unknown test": (config_unknown_test, r"bad\.yaml.*gaussian_nois"),
     "config not YAML": (config_not_yaml, r"bad\.yaml"),
     "config severity 4": (config_bad_severity, r"bad\.yaml.*severit"),
+    "PNG declaring 40000x40000": (png_bomb, r"case005\.png.*40000"),
+    "mask label the model does not know": (unknown_mask_label, r"case002\.png"),
+    "every mask 0/2 (ambiguous)": (ambiguous_mask_value, r"mask-mode"),
+    "--out is a file": (out_is_a_file, r"taken\.txt"),
+    "--out is a user's non-empty folder": (out_is_a_user_folder, r"thesis.*--overwrite"),
+    "model returns NaN": (nan_model, r"nan\.pt.*non-finite"),
+    "model returns half-resolution maps": (half_resolution_model, r"half\.pt.*spatial size"),
+    "config severities: 2": (config_scalar_severity, r"bad\.yaml.*severities.*got 2"),
+    "config tests: a string": (config_string_for_list, r"bad\.yaml.*tests"),
+    "config threshold NaN": (config_nan_threshold, r"bad\.yaml.*threshold"),
+    "config unknown check metric": (config_unknown_check_metric, r"bad\.yaml.*checks\[0\]"),
+    "config negative min_slice_n": (config_negative_min_slice, r"bad\.yaml.*min_slice_n"),
 }
 
 
@@ -354,7 +450,10 @@ def run_cli(tmp: Path, models: dict[str, Path], task: str, extra: list[str]
     args = ["run", "--model", str(models[task]), "--data", str(tmp / "data"), "--task", task,
             "--out", str(tmp / "run"), "--config", str(tmp / "suite.yaml"), "--quiet"]
     for option, value in zip(extra[::2], extra[1::2], strict=True):
-        args[args.index(option) + 1] = value
+        if option in args:
+            args[args.index(option) + 1] = value
+        else:
+            args += [option, value]
     result = runner.invoke(app, args)
     return result.exit_code, result.output, result.exception
 
@@ -387,3 +486,64 @@ def test_hidden_files_are_ignored(tmp_path: Path, models: dict[str, Path]) -> No
     code, output, exc = run_cli(tmp_path, models, "segmentation", [])
     assert code == 0 and exc is None, output
     assert pd.read_parquet(tmp_path / "run" / "per_sample.parquet")["id"].nunique() == 6
+
+
+# ------------------------------------------------------------- same data, shipped differently
+# Each re-encoder rewrites the valid 8-bit 0/1 folder the way public datasets ship it; the run
+# must give exactly the per-image metrics of the original folder.
+
+
+def masks_0_255(root: Path) -> None:
+    for path in (root / "masks").iterdir():
+        _png(path, (np.asarray(Image.open(path)) * 255).astype(np.uint8))
+
+
+def masks_instances(root: Path) -> None:
+    from scipy import ndimage
+
+    for k, path in enumerate(sorted((root / "masks").iterdir())):
+        labels, _ = ndimage.label(np.asarray(Image.open(path)))
+        _png(path, (labels * (k + 7)).astype(np.uint16))  # ids not starting at 1, uint16 PNG
+
+
+def masks_bool_npy(root: Path) -> None:
+    for path in list((root / "masks").iterdir()):
+        np.save(path.with_suffix(".npy"), np.asarray(Image.open(path)) > 0)
+        path.unlink()
+
+
+def images_16bit_png(root: Path) -> None:
+    for path in (root / "images").iterdir():
+        _png(path, np.asarray(Image.open(path)).astype(np.uint16) * 257)
+
+
+SHIPPED: dict[str, tuple[Callable[[Path], None], list[str]]] = {
+    "0/255 masks": (masks_0_255, []),
+    # one object per image with per-image ids reads as classes in auto mode (<= 20 labels): the
+    # user says what the ids are (auto-detection of crowded instance maps: test_mask_modes.py)
+    "instance-labelled uint16 masks": (masks_instances, ["--mask-mode", "instances"]),
+    "boolean .npy masks": (masks_bool_npy, []),
+    "16-bit PNG images": (images_16bit_png, []),
+}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]
+                  ) -> pd.DataFrame:
+    tmp = tmp_path_factory.mktemp("reference")
+    _seg(tmp)
+    code, output, _ = run_cli(tmp, models, "segmentation", [])
+    assert code == 0, output
+    return pd.read_parquet(tmp / "run" / "per_sample.parquet")
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_same_data_shipped_differently_scores_the_same(
+        name: str, tmp_path: Path, models: dict[str, Path], reference_run: pd.DataFrame) -> None:
+    reencode, options = SHIPPED[name]
+    reencode(_seg(tmp_path))
+    code, output, exc = run_cli(tmp_path, models, "segmentation", options)
+    assert code == 0 and exc is None, output
+    per_sample = pd.read_parquet(tmp_path / "run" / "per_sample.parquet")
+    assert (reference_run.query("metric == 'dice'")["value"] > 0.5).all()
+    pd.testing.assert_frame_equal(per_sample, reference_run)
