@@ -118,6 +118,13 @@ def test_size_rule(task: str, arch: str | None, shape: tuple[int, int], size: in
     assert resolve_config(TrainConfig(task=task, arch=arch, size=64), _fake(shape))[0].size == 64
 
 
+def test_size_rule_uses_the_median_of_mixed_sizes() -> None:
+    samples = _fake((20, 20), 2) + _fake((40, 30), 1) + _fake((90, 90), 2)
+    config, why = resolve_config(TrainConfig(task="classification"), samples)
+    assert config.size == 40 and "median image side 40 px" in why
+    assert training._image_sizes(samples) == "20-90 px (varied sizes)"
+
+
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     scripted = _ScriptedVal([0.9, 0.5, 0.6, 0.7, 0.4, 0.3])  # best at 2, then 2 epochs worse
