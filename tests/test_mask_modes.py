@@ -252,6 +252,28 @@ def test_dsb2018_instance_mask_detected(tmp_path: Path) -> None:
     assert counts[0] == n == 35 and lesion_counts(s.mask[None], s.mask[None])[0][0] < n
 
 
+def test_tiles_keeping_slide_ids_are_instances(tmp_path: Path) -> None:
+    """128² tiles of the DSB2018 image keep the image's object ids: at most 16 per tile (too few
+    for rule 3), 125 across the dataset, each one connected object -> instances (rule 3b)."""
+    spec = importlib.util.find_spec("stardist")
+    if spec is None or spec.origin is None:
+        pytest.skip("stardist (which ships the DSB2018 nuclei image) is not installed")
+    instances = tifffile.imread(Path(spec.origin).parent / "data" / "images" / "mask2d.tif")
+    tiles = [instances[r:r + 128, c:c + 128] for r in range(0, 512, 128)
+             for c in range(0, 512, 128)]
+    assert max(len(np.unique(t)) - 1 for t in tiles) <= 20
+    ds = FolderDataset(mask_folder(tmp_path / "d", tiles), "segmentation")
+    info = ds.mask_mode_info
+    assert info["mode"] == "instances", info["message"]
+    assert "distinct labels across the masks" in info["message"]
+    # a small class set spread over many masks stays classes
+    three = square(1)
+    three[10:14, 2:6] = 2
+    three[2:6, 10:14] = 3
+    ds = FolderDataset(mask_folder(tmp_path / "c", [three] * 30), "segmentation")
+    assert ds.mask_mode_info["mode"] == "classes"
+
+
 # ---------------------------------------------------------------------------- refusals
 
 

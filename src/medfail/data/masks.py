@@ -18,6 +18,10 @@ NuInsSeg, MoNuSeg and DSB2018 ship them). ``mask_mode`` says which:
      such mask, at most :data:`MAX_FRAGMENTED` of the labels are made of several 8-connected
      pieces -> ``instances``; otherwise refused (neither instance ids nor a small class set:
      e.g. grey levels of a resized, anti-aliased mask);
+  3b. no mask holds that many, but the dataset as a whole does (object ids kept from a larger
+     image, as tiles cut from one slide keep them) and every mask with at least
+     :data:`FRAGMENT_CHECK_LABELS` labels has at most :data:`MAX_FRAGMENTED` of them in several
+     pieces -> ``instances`` (a small class set never has that many labels);
   4. a single non-zero value v other than 1/255/65535 in every mask (0/2, 0/128) -> refused
      (binary with foreground v, or only class v?);
   5. a value >= 255 next to other labels (an "ignore" value, object ids) -> refused;
@@ -44,6 +48,8 @@ MASK_MODES: tuple[str, ...] = ("auto", "binary", "classes", "instances")
 INSTANCE_MIN_LABELS = 20
 #: largest share of labels in several pieces that an instance map may have
 MAX_FRAGMENTED = 0.1
+#: masks with at least this many labels get their pieces counted (rule 3b)
+FRAGMENT_CHECK_LABELS = 4
 #: the non-zero value of a binary mask: 0/1 (any dtype), 0/255 (8-bit), 0/65535 (16-bit)
 BINARY_VALUES: tuple[int, ...] = (1, 255, 65535)
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -55,8 +61,8 @@ class MaskStats:
     """What :func:`decide` needs from one raw mask.
 
     ``labels``: sorted distinct non-zero values (int64). ``fragmented``: how many labels are made
-    of more than one connected piece (full connectivity); counted only for masks with more than
-    :data:`INSTANCE_MIN_LABELS` labels, else 0.
+    of more than one connected piece (full connectivity); counted only for masks with at least
+    :data:`FRAGMENT_CHECK_LABELS` labels, else 0.
     """
 
     shape: tuple[int, ...]
@@ -89,7 +95,7 @@ def mask_stats(mask: np.ndarray) -> MaskStats:
     """The :class:`MaskStats` of one raw integer mask."""
     labels = np.unique(mask)
     labels = labels[labels != 0].astype(np.int64)
-    frag = fragmented_labels(mask) if len(labels) > INSTANCE_MIN_LABELS else 0
+    frag = fragmented_labels(mask) if len(labels) >= FRAGMENT_CHECK_LABELS else 0
     return MaskStats(tuple(int(n) for n in mask.shape), labels, frag)
 
 
@@ -182,6 +188,15 @@ def _auto(files: Sequence[tuple[Path, MaskStats]], union: np.ndarray, per_image:
                 f"masks: instance maps (up to {per_image} labels per image, {pieces}) -> "
                 "foreground = any non-zero label, one object per instance (pass --mask-mode "
                 "classes if the labels are classes)")
+    checked = [s for _, s in files if len(s.labels) >= FRAGMENT_CHECK_LABELS]
+    if len(union) > INSTANCE_MIN_LABELS and checked and all(
+            s.fragmented <= MAX_FRAGMENTED * len(s.labels) for s in checked):
+        return ("instances",
+                f"{len(union)} distinct labels across the masks, each one connected object",
+                f"masks: instance maps ({len(union)} distinct labels across the masks, up to "
+                f"{per_image} per image, each one connected object) -> foreground = any "
+                "non-zero label, one object per instance (pass --mask-mode classes if the "
+                "labels are classes)")
     if len(union) == 1:
         v = int(union[0])
         path = next(p for p, s in files if len(s.labels))
