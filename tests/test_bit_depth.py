@@ -205,8 +205,10 @@ def test_warning_for_float_unit_images_against_8bit_training(tmp_path: Path) -> 
     assert info["warning"] and info["scale_ratio"][0] < 0.1
 
 
-def test_warning_for_8bit_content_in_16bit_files(tmp_path: Path) -> None:
-    """A 16-bit TIFF holding 0..255 values spans 0.4 % of its scale: stress would be too strong."""
+def test_no_warning_for_8bit_content_in_16bit_files(tmp_path: Path) -> None:
+    """A 16-bit TIFF holding 0..255 values used to span 0.4 % of its scale (and warn): its
+    effective bit depth (8) now sets the stress scale (tests/test_effective_bit_depth.py), so
+    it fills it like its 8-bit copy, and the model input stays the same."""
     pics, labels = _pictures(6)
     root = tmp_path / "low"
     (root / "images").mkdir(parents=True)
@@ -215,8 +217,14 @@ def test_warning_for_8bit_content_in_16bit_files(tmp_path: Path) -> None:
     pd.DataFrame({"id": [f"case{i:02d}" for i in range(6)], "bright": labels}).to_csv(
         root / "labels.csv", index=False)
     unit = ModelSpec(task="classification", target_names=["bright"])
-    info = check_intensity(unit, open_dataset(root, "classification"), warn=False)
-    assert info["test_range_fill"] < 0.01 and "span only" in info["warning"]
+    data = open_dataset(root, "classification")
+    info = check_intensity(unit, data, warn=False)
+    eight = open_dataset(_folder(tmp_path / "e", "png8", pics, labels), "classification")
+    assert info["warning"] is None
+    assert info["test_range_fill"] == pytest.approx(
+        check_intensity(unit, eight, warn=False)["test_range_fill"], rel=1e-5)
+    assert data.load("case00").value_range == pytest.approx((0.0, 255 * 255 / 65535))
+    np.testing.assert_allclose(data.load("case00").image * 65535 / 255, pics[0][None], atol=1e-3)
 
 
 # ---------------------------------------------------------------------------- model spec

@@ -14,11 +14,23 @@ Structure, labels and metadata are checked when the dataset is opened (cheap: no
 :meth:`FolderDataset.validate` then decodes every image and mask once. The mask mode is decided
 once, from every mask, when it is first needed (``mask_mode_info``, :meth:`FolderDataset.load`,
 :meth:`FolderDataset.validate`, :meth:`FolderDataset.check_mask_labels`), and printed as one
-line. All of these raise :class:`~medfail.errors.MedfailInputError` naming the file and the
-problem. Row numbers in messages count the header as row 1, as a spreadsheet shows them.
+line. The effective bit depth of 16-bit (wider than 8-bit) PNG/TIFF images is decided once
+likewise, from every such image (``intensity_info``; :func:`decide_bit_depth`), and said in one
+line when it is below the files' bit depth. All of these raise
+:class:`~medfail.errors.MedfailInputError` naming the file and the problem. Row numbers in
+messages count the header as row 1, as a spreadsheet shows them.
 
 Spacing precedence: the image header (DICOM PixelSpacing, NIfTI zooms), else the ``pixel_spacing``
 column of metadata.csv (``0.7``, ``0.7x0.7`` or ``0.7,0.7``; ``row x col`` mm), else ``None``.
+
+Effective bit depth (docs/data.md, Intensities): unsigned PNG/TIFF pixels of bit depth ``b > 8``
+are read onto the 0..255 scale by ``b`` (:mod:`medfail.data.readers`), but many 16-bit files hold
+8- or 12-bit values. Per bit depth ``b``, ``e`` = the bits the largest stored value of the
+dataset's ``b``-bit images needs (at least 8, at most ``b``), and their samples get
+``value_range = (0, 255 * (2**e - 1) / (2**b - 1))``, so stress severities are relative to the
+bits in use. The pixels are not changed. It is decided from the same files whichever path decides
+it (:meth:`FolderDataset.validate`, or the first :meth:`FolderDataset.load`, which then decodes
+only the images whose header allows more than 8 bits), and travels with the pickled dataset.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ import csv
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +57,14 @@ from medfail.data.masks import (
     mask_stats,
 )
 from medfail.data.readers import (
+    MIN_EFFECTIVE_BITS,
+    ImageRead,
+    effective_bits,
+    effective_range,
     image_id,
     image_suffix,
     is_supported,
+    may_exceed_8_bits,
     read_image,
     read_mask,
     supported_list,
@@ -85,6 +102,28 @@ def parse_spacing(value: Any) -> tuple[float, float] | None:
     if len(parts) != 2 or not all(math.isfinite(p) and p > 0 for p in parts):
         raise ValueError(f"bad spacing {value!r}")
     return (parts[0], parts[1])
+
+
+def decide_bit_depth(files: Iterable[tuple[int, int]]) -> dict[str, Any]:
+    """The dataset's effective bit depths from ``(bits, raw_max)`` of each image (module
+    docstring). Returns ``{"depths": [...], "message": str | None}``: one entry per container
+    depth ``b > 8`` (``bits``, ``effective_bits``, ``raw_max``, ``n_images``, ``value_range``),
+    and the console line when some ``e < b``."""
+    groups: dict[int, list[int]] = {}
+    for bits, raw_max in files:
+        if bits > MIN_EFFECTIVE_BITS:
+            groups.setdefault(int(bits), []).append(int(raw_max))
+    depths, parts = [], []
+    for bits in sorted(groups):
+        top = max(groups[bits])
+        e = effective_bits(top, bits)
+        lo, hi = effective_range(bits, e)
+        depths.append({"bits": bits, "effective_bits": e, "raw_max": top,
+                       "n_images": len(groups[bits]), "value_range": [lo, hi]})
+        if e < bits:
+            parts.append(f"{bits}-bit files holding {e}-bit values (max {top}) -> stress scale "
+                         f"0..{2**e - 1} raw (0..{hi:.2f} on medfail's 8-bit scale)")
+    return {"depths": depths, "message": "images: " + "; ".join(parts) if parts else None}
 
 
 def _parse_int(text: str) -> int | None:
@@ -134,6 +173,8 @@ class FolderDataset(SampleStream):
                 "masks; a classification dataset has none")
         self._mask_stats: dict[str, MaskStats] = {}
         self._mask_info: dict[str, Any] | None = None
+        self._depth: dict[str, tuple[int, int] | None] = {}  # id -> (bits, raw_max) when b > 8
+        self._intensity_info: dict[str, Any] | None = None
         if not self.root.exists():
             raise MedfailInputError(self.root, "dataset folder not found")
         if not self.root.is_dir():
@@ -426,10 +467,56 @@ class FolderDataset(SampleStream):
             check_model_labels([(self._masks[sid], self._stats(sid)) for sid in self.ids],
                                info, target_names)
 
+    # ------------------------------------------------------------------------------ bit depth
+
+    def _note_depth(self, id: str, image: ImageRead) -> None:
+        if id not in self._depth:
+            bits, top = image.bits, image.raw_max
+            wide = bits is not None and top is not None and bits > MIN_EFFECTIVE_BITS
+            self._depth[id] = (int(bits or 0), int(top or 0)) if wide else None
+
+    @property
+    def intensity_info(self) -> dict[str, Any]:
+        """The effective bit depths (:func:`decide_bit_depth`), decided once from every image
+        wider than 8 bits and printed as one line when some ``e < b``."""
+        if self._intensity_info is None:
+            for sid in self.ids:
+                path = self._images[sid]
+                if sid not in self._depth:
+                    if may_exceed_8_bits(path):
+                        self._note_depth(sid, read_image(path))
+                    else:
+                        self._depth[sid] = None
+            info = decide_bit_depth(d for d in (self._depth[sid] for sid in self.ids) if d)
+            self._intensity_info = info
+            if info["message"]:
+                print(f"{info['message']} [{self.root.name}]")
+        return self._intensity_info
+
+    def _value_range(self, image: ImageRead) -> tuple[float, float]:
+        """``image.value_range``, narrowed to the dataset's effective bit depth."""
+        if image.bits is None or image.bits <= MIN_EFFECTIVE_BITS:
+            return image.value_range
+        for depth in self.intensity_info["depths"]:
+            if depth["bits"] == image.bits:
+                lo, hi = depth["value_range"]
+                return (float(lo), float(hi))
+        return image.value_range  # pragma: no cover - every wide image is in a group
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (Ray workers, subprocesses) with the bit depth decided, so every process
+        uses the same value without decoding the dataset again."""
+        _ = self.intensity_info
+        return self.__dict__.copy()
+
+    # ------------------------------------------------------------------------------ samples
+
     def load(self, id: str) -> Sample:
         """Decode one sample (image, label or mask as the mask mode reads it, spacing,
-        metadata)."""
+        metadata); ``value_range`` follows the dataset's effective bit depth."""
         image = read_image(self._path(self._images, id))
+        self._note_depth(id, image)
+        value_range = self._value_range(image)
         mask = instances = None
         if self._masks:
             mask_path = self._masks[id]
@@ -445,7 +532,7 @@ class FolderDataset(SampleStream):
         return Sample(
             id=id,
             image=image.array,
-            value_range=image.value_range,
+            value_range=value_range,
             integer=image.integer,
             label=self._labels[id].copy() if id in self._labels else None,
             mask=mask,
@@ -457,16 +544,19 @@ class FolderDataset(SampleStream):
 
     def validate(self, progress: bool = True) -> None:
         """Decode every image (and mask) once; raise on the first unreadable or mismatched file,
-        then decide the mask mode (masks already scanned for it are not decoded again)."""
+        then decide the effective bit depth and the mask mode (from what was just decoded: no
+        image or mask is decoded again)."""
         for sid in tqdm(self.ids, desc=f"checking {self.root.name}", unit="image",
                         disable=not progress):
             image = read_image(self._images[sid])
+            self._note_depth(sid, image)
             if self._masks:
                 shape = self._stats(sid).shape
                 if shape != image.array.shape[1:]:
                     raise MedfailInputError(
                         self._masks[sid], f"mask shape {shape} does not match image shape "
                         f"{tuple(image.array.shape[1:])} ({self.image_relpath(sid)})")
+        _ = self.intensity_info
         _ = self.mask_mode_info
 
     def content_hash(self) -> str:

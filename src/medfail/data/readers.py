@@ -11,6 +11,10 @@ Conventions (every reader follows them):
   ``x * 255 / (2**b - 1)``, with ``value_range = (0, 255)``. So the same picture saved as 8-bit
   or 16-bit PNG/TIFF reaches a model the same (within 8-bit quantisation), whatever was used
   for training; 8-bit files are unchanged. Bilevel TIFFs become 0/255 like 1-bit PNGs.
+  ``ImageRead.bits`` (``b``) and ``ImageRead.raw_max`` (the largest stored integer) let a
+  dataset narrow ``value_range`` to the bits its files actually use (the *effective bit depth*
+  ``e``, like DICOM BitsStored): :func:`effective_bits` and :func:`effective_range`, applied by
+  :class:`~medfail.data.folder.FolderDataset`; the pixels themselves are never changed by it.
   Everything else keeps its stored values: DICOM after the Modality LUT (CT in HU), NIfTI after
   ``scl_slope``/``scl_inter``, ``.npy`` arrays (an array dump states no bit depth, and often
   holds HU or other units), signed or float TIFFs. Their ``value_range``: ``(0, 255)`` for
@@ -73,17 +77,30 @@ MAX_BYTES_ENV = "MEDFAIL_MAX_IMAGE_BYTES"
 #: default limit: this fraction of the machine's memory
 MEMORY_FRACTION = 1 / 64
 FULL_SCALE = 255.0  # the common unit of PNG/JPEG/TIFF unsigned integers: 8-bit grey levels
+#: the effective bit depth of a wider container is never taken below this (dark 16-bit images
+#: are read as 8-bit content, exactly like their 8-bit copies)
+MIN_EFFECTIVE_BITS = 8
+_PIL_8BIT = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+             "LAB", "HSV")
 
 
 @dataclass
 class ImageRead:
-    """One decoded image: float32 ``(C, H, W)`` pixels plus what the header says about them."""
+    """One decoded image: float32 ``(C, H, W)`` pixels plus what the header says about them.
+
+    ``bits``: the container bit depth ``b`` of unsigned PNG/JPEG/TIFF pixels put on the 0..255
+    scale (PNG bit depth, TIFF BitsPerSample, 8 for JPEG and Pillow's 8-bit modes, 1 for bilevel
+    TIFF); ``None`` for every other file. ``raw_max``: the largest stored integer of those
+    pixels (before scaling, over all channels); ``None`` when ``bits`` is.
+    """
 
     array: np.ndarray
     value_range: tuple[float, float]
     integer: bool
     spacing: tuple[float, ...] | None
     modality: str
+    bits: int | None = None
+    raw_max: int | None = None
 
 
 @dataclass
@@ -208,7 +225,10 @@ def read_image(path: str | Path) -> ImageRead:
     """Read a 2D image file; any failure is a :class:`MedfailInputError` naming the file."""
     path = Path(path)
     raw = _read_raw(path, mask=False)
+    bits = raw_max = None
     if raw.full_scale is not None:  # display formats: onto the 0..255 scale by bit depth
+        bits = round(math.log2(raw.full_scale + 1))
+        raw_max = int(raw.array.max())
         array = np.asarray(raw.array, dtype=np.float32)
         if raw.full_scale != FULL_SCALE:
             array = (raw.array.astype(np.float64) * (FULL_SCALE / raw.full_scale)).astype(
@@ -225,7 +245,53 @@ def read_image(path: str | Path) -> ImageRead:
         integer=integer,
         spacing=raw.spacing,
         modality=raw.modality,
+        bits=bits,
+        raw_max=raw_max,
     )
+
+
+def effective_bits(raw_max: int, bits: int) -> int:
+    """The effective bit depth ``e`` of ``bits``-bit unsigned pixels whose largest stored value
+    (over a whole dataset) is ``raw_max``: the bits that value needs, at least
+    :data:`MIN_EFFECTIVE_BITS`, never more than ``bits``; containers of 8 bits or fewer keep
+    ``e = bits`` (e.g. 16-bit with max 235 -> 8, 4095 -> 12, 40000 -> 16)."""
+    if bits <= MIN_EFFECTIVE_BITS:
+        return bits
+    return min(bits, max(MIN_EFFECTIVE_BITS, int(raw_max).bit_length()))
+
+
+def effective_range(bits: int, effective: int) -> tuple[float, float]:
+    """``value_range`` on the 0..255 scale of ``bits``-bit pixels holding ``effective``-bit
+    values: ``(0, 255 * (2**e - 1) / (2**b - 1))``, exactly ``(0, 255)`` when ``e >= b``."""
+    if effective >= bits:
+        return (0.0, FULL_SCALE)
+    return (0.0, FULL_SCALE * (2**effective - 1) / (2**bits - 1))
+
+
+def may_exceed_8_bits(path: str | Path) -> bool:
+    """Whether :func:`read_image` may report ``bits > 8`` for this file, from its header only
+    (Pillow mode, TIFF sample dtype). ``False`` is certain (8-bit PNG/JPEG/TIFF, DICOM, NIfTI,
+    ``.npy``); an unreadable header answers ``True`` (decoding then says what is wrong)."""
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix not in (*_PILLOW, *_TIFF):
+        return False
+    try:
+        if suffix in _TIFF:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                dtype = np.dtype(tif.series[0].dtype)
+                palette = tif.series[0].keyframe.photometric == tifffile.PHOTOMETRIC.PALETTE
+            return dtype.kind == "u" and dtype.itemsize > 1 and not palette
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.mode not in _PIL_8BIT
+    except Exception:
+        return True
 
 
 def intensity_range(arr: np.ndarray, path: str | Path) -> tuple[tuple[float, float], bool]:

@@ -310,6 +310,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         "data": {"name": Path(dataset.root).name, "n_samples": len(dataset),
                  "content_hash": data_hash, "targets": list(adapter.spec.target_names),
                  "mask_mode": getattr(dataset, "mask_mode_info", None),
+                 "bit_depth": getattr(dataset, "intensity_info", None),
                  "calibration": None if calibration is None else {
                      "name": Path(calibration.root).name, "n_samples": len(calibration)},
                  "shift": None if shift is None else {

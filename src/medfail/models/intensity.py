@@ -20,8 +20,11 @@ The reference is ``spec.intensity``; for models without one (older model files, 
 approximation from ``spec.normalisation`` (``mean -/+ 2.326 std``, the 1st/99th percentile of a
 normal distribution); with neither, only the next check runs. Independently of the model, it
 warns when the test images' own span ``max - min`` is under :data:`MIN_FILL` of their
-``value_range`` (median over images; e.g. 8- or 12-bit content stored in 16-bit files): stress
-tests act relative to ``value_range``, so their perturbations would be far stronger than meant.
+``value_range`` (median over images): stress tests act relative to ``value_range``, so their
+perturbations would be far stronger than meant. 8- or 12-bit content in 16-bit files does not
+fire it: a folder dataset's ``value_range`` is already the full scale of its *effective* bit
+depth (:mod:`medfail.data.folder`), so what remains is genuinely dark images, or a few images
+using far more of the bit depth than the rest.
 """
 
 from __future__ import annotations
@@ -152,9 +155,9 @@ def check_intensity(spec: ModelSpec, dataset: Dataset, max_images: int = MAX_IMA
     if fill is not None and fill < MIN_FILL:
         vr = samples[0].value_range
         problems.append(f"the test images span only {fill:.1%} of their intensity scale "
-                        f"{_fmt(vr[0])}..{_fmt(vr[1])} (e.g. 8- or 12-bit content in 16-bit "
-                        "files), so stress tests relative to that scale are much stronger "
-                        "than their severity says")
+                        f"{_fmt(vr[0])}..{_fmt(vr[1])} (dark images, or a few images using far "
+                        "more of the bit depth than the rest), so stress tests relative to that "
+                        "scale are much stronger than their severity says")
     message = "; ".join(problems) + " (docs/data.md, Intensities)" if problems else None
     if message and warn:
         print(f"warning: {message}", file=sys.stderr, flush=True)
