@@ -59,10 +59,10 @@ class Site:
 
 SITES: dict[str, Site] = {
     "A": Site("standard", noise_sd=0.02, contrast=1.00, downsample=1, pixel_spacing=0.7),
-    "B": Site("low_dose", noise_sd=0.10, contrast=0.95, downsample=1, pixel_spacing=0.7),
-    "C": Site("low_res", noise_sd=0.03, contrast=0.75, downsample=2, pixel_spacing=1.4),
+    "B": Site("low_dose", noise_sd=0.14, contrast=0.95, downsample=1, pixel_spacing=0.7),
+    "C": Site("low_res", noise_sd=0.03, contrast=0.6, downsample=2, pixel_spacing=1.4),
     # never seen in training: another vendor's scanner (the demo's --shift-data split)
-    "D": Site("other_vendor", noise_sd=0.06, contrast=0.6, downsample=2, pixel_spacing=1.0),
+    "D": Site("other_vendor", noise_sd=0.08, contrast=0.5, downsample=2, pixel_spacing=1.0),
 }
 
 
