@@ -295,30 +295,15 @@ def config_missing(tmp: Path, data: Path) -> tuple[str, list[str]]:
     return "segmentation", ["--config", str(tmp / "none.yaml")]
 
 
-def _config(tmp: Path, text: str) -> list[str]:
-    _seg(tmp)
-    (tmp / "bad.yaml").write_text(text)
-    return ["--config", str(tmp / "bad.yaml")]
+def bad_config(text: str) -> Case:
+    """A breaker that writes ``text`` as the suite config."""
 
+    def breaker(tmp: Path, data: Path) -> tuple[str, list[str]]:
+        _seg(tmp)
+        (tmp / "bad.yaml").write_text(text)
+        return "segmentation", ["--config", str(tmp / "bad.yaml")]
 
-def config_list(tmp: Path, data: Path) -> tuple[str, list[str]]:
-    return "segmentation", _config(tmp, "- gaussian_noise\n")
-
-
-def config_unknown_option(tmp: Path, data: Path) -> tuple[str, list[str]]:
-    return "segmentation", _config(tmp, "sevrities: [1]\n")
-
-
-def config_unknown_test(tmp: Path, data: Path) -> tuple[str, list[str]]:
-    return "segmentation", _config(tmp, "tests: [gaussian_nois]\n")
-
-
-def config_not_yaml(tmp: Path, data: Path) -> tuple[str, list[str]]:
-    return "segmentation", _config(tmp, "tests: [a, b\n")
-
-
-def config_bad_severity(tmp: Path, data: Path) -> tuple[str, list[str]]:
-    return "segmentation", _config(tmp, "severities: [4]\n")
+    return breaker
 
 
 def png_bomb(tmp: Path, data: Path) -> tuple[str, list[str]]:
@@ -369,26 +354,6 @@ def half_resolution_model(tmp: Path, data: Path) -> tuple[str, list[str]]:
     return "segmentation", ["--model", str(scripted(HalfResolution(), spec, tmp / "half.pt"))]
 
 
-def config_scalar_severity(tmp: Path, data: Path) -> tuple[str, list[str]]:
-    return "segmentation", _config(tmp, "severities: 2\n")
-
-
-def config_string_for_list(tmp: Path, data: Path) -> tuple[str, list[str]]:
-    return "segmentation", _config(tmp, "tests: gaussian_noise\n")
-
-
-def config_nan_threshold(tmp: Path, data: Path) -> tuple[str, list[str]]:
-    return "segmentation", _config(tmp, "threshold: .nan\n")
-
-
-def config_unknown_check_metric(tmp: Path, data: Path) -> tuple[str, list[str]]:
-    return "segmentation", _config(tmp, "checks: [{metric: dise, max_drop: 0.05}]\n")
-
-
-def config_negative_min_slice(tmp: Path, data: Path) -> tuple[str, list[str]]:
-    return "segmentation", _config(tmp, "min_slice_n: -1\n")
-
-
 # name -> (breaker, pattern the error line must match)
 ERRORS: dict[str, tuple[Case, str]] = {
     "truncated png": (truncated_png, r"case001\.png"),
@@ -424,11 +389,11 @@ ERRORS: dict[str, tuple[Case, str]] = {
     "entry point not importable": (model_bad_entry_point, r"no_such_package"),
     "model of another task": (model_wrong_task, r"cls\.pt.*classification"),
     "config missing": (config_missing, r"none\.yaml"),
-    "config is a list": (config_list, r"bad\.yaml.*mapping"),
-    "config unknown option": (config_unknown_option, r"bad\.yaml.*sevrities"),
-    "config unknown test": (config_unknown_test, r"bad\.yaml.*gaussian_nois"),
-    "config not YAML": (config_not_yaml, r"bad\.yaml"),
-    "config severity 4": (config_bad_severity, r"bad\.yaml.*severit"),
+    "config is a list": (bad_config("- gaussian_noise\n"), r"bad\.yaml.*mapping"),
+    "config unknown option": (bad_config("sevrities: [1]\n"), r"bad\.yaml.*sevrities"),
+    "config unknown test": (bad_config("tests: [gaussian_nois]\n"), r"bad\.yaml.*gaussian_nois"),
+    "config not YAML": (bad_config("tests: [a, b\n"), r"bad\.yaml"),
+    "config severity 4": (bad_config("severities: [4]\n"), r"bad\.yaml.*severit"),
     "PNG declaring 40000x40000": (png_bomb, r"case005\.png.*40000"),
     "mask label the model does not know": (unknown_mask_label, r"case002\.png"),
     "every mask 0/2 (ambiguous)": (ambiguous_mask_value, r"mask-mode"),
@@ -436,11 +401,12 @@ ERRORS: dict[str, tuple[Case, str]] = {
     "--out is a user's non-empty folder": (out_is_a_user_folder, r"thesis.*--overwrite"),
     "model returns NaN": (nan_model, r"nan\.pt.*non-finite"),
     "model returns half-resolution maps": (half_resolution_model, r"half\.pt.*spatial size"),
-    "config severities: 2": (config_scalar_severity, r"bad\.yaml.*severities.*got 2"),
-    "config tests: a string": (config_string_for_list, r"bad\.yaml.*tests"),
-    "config threshold NaN": (config_nan_threshold, r"bad\.yaml.*threshold"),
-    "config unknown check metric": (config_unknown_check_metric, r"bad\.yaml.*checks\[0\]"),
-    "config negative min_slice_n": (config_negative_min_slice, r"bad\.yaml.*min_slice_n"),
+    "config severities: 2": (bad_config("severities: 2\n"), r"bad\.yaml.*severities.*got 2"),
+    "config tests: a string": (bad_config("tests: gaussian_noise\n"), r"bad\.yaml.*tests"),
+    "config threshold NaN": (bad_config("threshold: .nan\n"), r"bad\.yaml.*threshold"),
+    "config unknown check metric": (bad_config("checks: [{metric: dise, max_drop: 0.05}]\n"),
+                                    r"bad\.yaml.*checks\[0\]"),
+    "config negative min_slice_n": (bad_config("min_slice_n: -1\n"), r"bad\.yaml.*min_slice_n"),
 }
 
 
