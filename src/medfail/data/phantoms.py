@@ -85,7 +85,9 @@ class PhantomConfig:
     )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The config and the site table (what the images depend on): stamps and cache keys."""
+        return json.dumps({**asdict(self), "sites": {k: asdict(v) for k, v in SITES.items()}},
+                          sort_keys=True)
 
 
 @dataclass

@@ -68,7 +68,8 @@ PARTS = ".parts"
 TABLES = ("per_sample.parquet", "metrics.parquet", "ranking.parquet", "calibration.parquet",
           "mitigations.parquet", "run.json", "evidence.parquet")
 #: bump when what a finished condition stores changes, so older caches are recomputed
-PARTS_FORMAT = 3
+#: (4: masks interpreted by mask mode, 16-bit images on the 8-bit scale, effective bit depth)
+PARTS_FORMAT = 4
 PACKAGES = ("medfail", "torch", "monai", "numpy", "scipy", "scikit-image", "scikit-learn",
             "pandas", "pyarrow", "pydicom", "nibabel", "pillow", "onnxruntime", "matplotlib")
 
