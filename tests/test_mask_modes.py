@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -345,6 +346,44 @@ def test_auto_binary_vs_multiclass_model_asks_for_classes(tmp_path: Path) -> Non
     with pytest.raises(MedfailInputError, match=r"case0\.png: masks were read as binary .* "
                        "predicts 2 foreground classes.*--mask-mode classes"):
         run_suite(never_called(2), ds, tmp_path / "run", SuiteConfig(**FAST), progress=False)
+
+
+def test_training_refuses_mask_labels_its_model_will_not_have(tmp_path: Path) -> None:
+    """classes.txt naming fewer classes than the masks hold, or a --val mask with a label the
+    training masks lack, is one error line naming the file (was: a RuntimeError traceback from
+    the loss's one-hot encoding, mid-training)."""
+    two = square(1)
+    two[10:14, 2:6] = 2
+    three = square(1)
+    three[10:14, 2:6] = 3
+    train_dir = mask_folder(tmp_path / "train", [two, square(1)])
+    val_dir = mask_folder(tmp_path / "val", [three, two])
+    args = ["train", "--task", "segmentation", "--epochs", "1", "--quiet"]
+    result = CliRunner().invoke(app, [*args, "--data", str(train_dir), "--val", str(val_dir),
+                                      "--out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 2, result.output
+    assert re.search(r"error: .*val.masks.case0\.png: mask has label\(s\) \{3\}",
+                     result.output), result.output
+    (train_dir / "classes.txt").write_text("lesion\n")
+    result = CliRunner().invoke(app, [*args, "--data", str(train_dir),
+                                      "--out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 2, result.output
+    assert re.search(r"error: .*classes\.txt: names 1 foreground class\(es\) but the masks hold "
+                     "labels up to 2", result.output), result.output
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_promptable_training_examples_are_one_per_instance(tmp_path: Path) -> None:
+    """medfail train prompts the objects medfail run prompts: one per instance of an instance
+    map (touching nuclei stay separate), not one per connected pair."""
+    from medfail.models.training import TrainConfig, _Examples
+
+    ds = open_dataset(instance_folder(tmp_path / "d"), "promptable")
+    spec = ModelSpec(task="promptable", target_names=["nucleus"], input_size=(32, 32),
+                     prompt_channels=["box", "point"])
+    examples = _Examples(list(ds), spec, TrainConfig(task="promptable", size=32))
+    _, y = examples.epoch(np.random.default_rng(0))
+    assert y.sum(dim=(1, 2, 3)).tolist() == [25] * len(y)  # one 5x5 nucleus each, not 50
 
 
 # ---------------------------------------------------------------------------- end to end

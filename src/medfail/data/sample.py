@@ -50,6 +50,12 @@ class Sample:
     instances: np.ndarray | None = None
 
     @property
+    def object_map(self) -> np.ndarray | None:
+        """The label map whose objects are the ground-truth objects (one prompt each, one lesion
+        each, one training example each): :attr:`instances` when present, else :attr:`mask`."""
+        return self.instances if self.instances is not None else self.mask
+
+    @property
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.image.shape[1:])
 

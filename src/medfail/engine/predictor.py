@@ -185,7 +185,7 @@ class Predictor:
             prompts = [self.prompts(s) for s in batch]
             src = cond.source
             if src.family == "prompt":
-                prompts = perturb_prompts(prompts, [self.objects_map(s) for s in batch],
+                prompts = perturb_prompts(prompts, [s.object_map for s in batch],
                                           [s.id for s in batch], src.name, self.config.seed)
                 part.prompts = prompt_table_rows(prompts, [s.id for s in batch], cond.name)
         probs, spreads = self._model_output(batch, images, cond, prompts, postprocess)
@@ -284,11 +284,6 @@ class Predictor:
                     row["value"] = float(values[row["metric"]])
 
     @staticmethod
-    def objects_map(sample: Sample) -> np.ndarray:
-        """The label map whose objects get one prompt each: the instance map when the sample
-        has one, else the mask."""
-        return sample.instances if sample.instances is not None else sample.mask
-
-    @staticmethod
     def prompts(sample: Sample) -> list[Prompt]:
-        return prompts_from_mask(Predictor.objects_map(sample))
+        """One prompt per ground-truth object (:attr:`Sample.object_map`)."""
+        return prompts_from_mask(sample.object_map)

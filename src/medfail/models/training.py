@@ -6,8 +6,10 @@
   flips;
 * segmentation: MONAI U-Net on random ``size`` patches at native resolution (half of them centred
   on a foreground pixel so small structures are seen), Dice + cross-entropy loss;
-* promptable: the same U-Net with box and point channels; one example per object with a jittered
-  box (±10 % of its size) and a random interior point, target = that object only.
+* promptable: the same U-Net with box and point channels; one example per object (the objects
+  ``medfail run`` prompts: :attr:`~medfail.data.sample.Sample.object_map`, so one per instance
+  of an instance map) with a jittered box (±10 % of its size) and a random interior point,
+  target = that object only.
 
 Defaults that fit a CPU (:func:`resolve_config`): classification ``size`` = the median image
 side clipped to ``CLASSIFICATION_SIZE_RANGE`` (never upsampling 28 px images to 64 px), the
@@ -44,6 +46,7 @@ import medfail
 from medfail.data.datasets import Dataset
 from medfail.data.prompts import Prompt, objects
 from medfail.data.sample import Sample
+from medfail.errors import MedfailInputError
 from medfail.models.bundle import save_model
 from medfail.models.intensity import summarise
 from medfail.models.networks import (
@@ -166,17 +169,24 @@ def segmentation_classes(dataset: Dataset, samples: list[Sample]) -> list[str]:
     Binary or instance masks (0/1, 0/255, instance maps): one class, named by the first line of
     ``DIR/classes.txt`` when present, else ``class_1``. Class label maps: ``DIR/classes.txt``
     (one per line, label 1 first) when present, else ``class_1 .. class_K`` for the largest
-    label K in the training masks."""
+    label K in the training masks. A ``classes.txt`` naming fewer classes than the largest label
+    is a ``MedfailInputError`` naming it."""
     names_file = Path(str(getattr(dataset, "root", ""))) / "classes.txt"
-    names = [ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()] \
-        if names_file.is_file() else []
+    try:
+        names = [ln.strip() for ln in names_file.read_text(encoding="utf-8").splitlines()
+                 if ln.strip()] if names_file.is_file() else []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MedfailInputError(names_file, f"cannot read classes.txt ({exc})") from exc
     info = getattr(dataset, "mask_mode_info", None) or {}
     if info.get("mode") in ("binary", "instances"):
         return names[:1] or ["class_1"]
-    if names:
-        return names
     k = max((int(s.mask.max()) for s in samples if s.mask is not None), default=1)
-    return [f"class_{i}" for i in range(1, max(k, 1) + 1)]
+    if names and k > len(names):
+        raise MedfailInputError(
+            names_file, f"names {len(names)} foreground class(es) but the masks hold labels up "
+            f"to {k}; write one name per label (label 1 first), or pass --mask-mode binary if "
+            "every non-zero value means foreground")
+    return names or [f"class_{i}" for i in range(1, max(k, 1) + 1)]
 
 
 def _pad_to(arr: np.ndarray, size: int) -> np.ndarray:
@@ -211,7 +221,7 @@ class _Examples:
                 samples) else torch.cat([to_tensor([s.image], spec, resize=True) for s in samples])
             self.y = torch.from_numpy(np.stack([np.asarray(s.label) for s in samples]))
         else:
-            self.objects = [objects(s.mask) for s in samples]
+            self.objects = [objects(s.object_map) for s in samples]  # instances kept
 
     def epoch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.spec.task == "classification":
@@ -322,6 +332,10 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
     extra = ["box", "point"] if config.task == "promptable" else []
     targets = list(dataset.target_names) if config.task == "classification" else \
         segmentation_classes(dataset, samples)
+    for ds in (dataset, val_dataset):
+        check_labels = getattr(ds, "check_mask_labels", None)
+        if config.task != "classification" and check_labels is not None:
+            check_labels(targets)  # a val mask label the model will not have: named here
     spec = ModelSpec(
         task=config.task, target_names=targets, multi_label=bool(dataset.multi_label),
         input_size=(config.size, config.size), in_channels=in_channels,
