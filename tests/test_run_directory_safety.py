@@ -197,6 +197,37 @@ def test_same_configuration_resumes_without_overwrite(data: Path, tmp_path: Path
     assert (named / "notes.txt").read_text() == "my notes"
 
 
+def test_spec_and_ensemble_are_part_of_the_configuration(data: Path, tmp_path: Path) -> None:
+    """The same model file with another spec (a sidecar --model-spec) or other ensemble members
+    gives other predictions: never reused from a folder of the first (was: reused)."""
+    out = run(data, tmp_path / "run", overwrite=False)
+    other = Segmenter(ModelSpec(task="segmentation", target_names=["lesion"],
+                                output="probabilities", input_size=(16, 16)), Threshold(),
+                      name="threshold")
+    with pytest.raises(MedfailInputError, match=r"another configuration \(differs in "
+                       r"spec\.input_size\)"):
+        run_suite(other, open_dataset(data, "segmentation"), out, config(), model_info=MODEL_A,
+                  progress=False, render=False, overwrite=False)
+    members = {**MODEL_A, "ensemble_sha256": ["2" * 64]}
+    ens = run(data, tmp_path / "ens", members, ensemble=[segmenter()], overwrite=False)
+    run(data, ens, members, ensemble=[segmenter()], overwrite=False)
+    assert "ensemble" in json.loads((ens / "run.json").read_text())["cached_conditions"]
+    with pytest.raises(MedfailInputError, match=r"differs in ensemble"):
+        run(data, ens, {**MODEL_A, "ensemble_sha256": ["3" * 64]}, ensemble=[segmenter()],
+            overwrite=False)
+    unhashed = run(data, tmp_path / "unhashed", ensemble=[segmenter()], overwrite=False)
+    run(data, unhashed, ensemble=[segmenter()], overwrite=False)  # members known by name only
+    assert json.loads((unhashed / "run.json").read_text())["cached_conditions"] == []
+    # segmentation post-processing (the morphology mitigation) is chosen on the calibration split
+    mitigating = SuiteConfig(tests=["jpeg"], severities=[1], uncertainty=[], n_bootstrap=20)
+    cal = run(data, tmp_path / "cal", cfg=mitigating, overwrite=False,
+              calibration=open_dataset(data, "segmentation"))
+    other_cal = write_png_folder(tmp_path / "cal2", "segmentation", n=4, seed=1)
+    with pytest.raises(MedfailInputError, match=r"differs in calibration"):
+        run(data, cal, cfg=mitigating, overwrite=False,
+            calibration=open_dataset(other_cal, "segmentation"))
+
+
 def test_run_killed_before_its_first_manifest_write_is_resumable(data: Path,
                                                                  tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -228,7 +228,8 @@ def run(
                             None if model_spec is None else _portable(model_spec), trust_pickle,
                             device)  # how Ray workers load the models
         run_dir = run_suite(adapter, dataset, out, suite, overwrite=overwrite,
-                            model_info=describe_model(model),
+                            model_info={**describe_model(model), "ensemble_sha256": [
+                                describe_model(m)["sha256"] for m in ensemble_model or []]},
                             command=["medfail", *sys.argv[1:]], progress=not quiet,
                             ensemble=members, executor=executor, ray_address=address,
                             ray_workers=workers, model_loader=loader, **extra)

@@ -57,6 +57,7 @@ from medfail.metrics.classification import threshold_max_f1
 from medfail.models.adapters import ModelAdapter
 from medfail.models.intensity import check_intensity
 from medfail.models.output_checks import probe_models
+from medfail.models.spec import ModelSpec
 from medfail.privacy import sanitize_command
 from medfail.slices.definitions import slice_membership
 from medfail.slices.features import mask_features
@@ -92,20 +93,37 @@ def hardware(device: str = "cpu") -> dict[str, Any]:
 
 
 def _cache_identity(model_info: dict[str, Any], data_hash: str, task: str,
-                    config: SuiteConfig, device: str = "cpu") -> tuple[dict[str, Any], bool]:
+                    config: SuiteConfig, device: str = "cpu", spec: ModelSpec | None = None,
+                    ensemble: Sequence[ModelAdapter] = (), calibration_hash: str | None = None
+                    ) -> tuple[dict[str, Any], bool]:
     """What finished conditions depend on (kept in the run directory's manifest), and whether
     they may be reused: without a model hash they are not (a model known only by name may have
-    changed since). The device type is part of it (GPU kernels round differently); the executor
-    is not (results do not depend on it), nor are the tests and severities (conditions)."""
+    changed since), nor with ensemble members whose files are not hashed
+    (``model_info["ensemble_sha256"]``, one per member, as ``medfail run`` passes it). The
+    model spec is part of it (a sidecar ``--model-spec`` can change with the model file
+    unchanged), as are the ensemble members (the ``ensemble`` condition) and, when given, the
+    calibration split's hash (segmentation post-processing is chosen on it). The device type is
+    part of it (GPU kernels round differently); the executor is not (results do not depend on
+    it), nor are the tests and severities (conditions)."""
     cfg = config.to_dict()
     cfg.pop("tests")
     cfg.pop("severities")
     cfg.pop("checks", None)  # pass/fail limits are read by the report, not by inference
     identity = {"model": model_info.get("sha256") or f"name:{model_info.get('name')}",
+                "spec": None if spec is None else spec.to_dict(),
                 "data": data_hash, "task": task, "config": cfg,
                 "device": torch.device(device).type,
                 "medfail": medfail.__version__, "format": PARTS_FORMAT}
-    return identity, bool(model_info.get("sha256"))
+    reusable = bool(model_info.get("sha256"))
+    if ensemble:
+        hashes = list(model_info.get("ensemble_sha256") or [])
+        hashes += [None] * (len(ensemble) - len(hashes))
+        identity["ensemble"] = [{"model": h or f"name:{m.name}", "spec": m.spec.to_dict()}
+                                for m, h in zip(ensemble, hashes, strict=False)]
+        reusable = reusable and all(hashes[:len(ensemble)])
+    if calibration_hash is not None:
+        identity["calibration"] = calibration_hash
+    return identity, reusable
 
 
 def _check_compatible(adapter: ModelAdapter, dataset: Dataset) -> None:
@@ -212,7 +230,10 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
             _check_compatible(adapter, ds)
             ds.validate(progress=progress)
     data_hash = dataset.content_hash()
-    identity, reusable = _cache_identity(model_info, data_hash, task, config, adapter.device)
+    cal_hash = calibration.content_hash() if calibration is not None and config.mitigate \
+        and task != "classification" else None  # post-processing is chosen on it
+    identity, reusable = _cache_identity(model_info, data_hash, task, config, adapter.device,
+                                         adapter.spec, ensemble, cal_hash)
     check_configuration(run_dir, identity, overwrite)  # before any model runs
     index = _index_table(dataset, task)
     metadata = getattr(dataset, "metadata", None)
