@@ -53,6 +53,36 @@ def test_compare_two_segmenters(seg_folder: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "not a run directory" in bad.output
 
 
+def test_compare_output_is_listed_in_the_run_directory(seg_folder: Path, tmp_path: Path) -> None:
+    """The default RUN_B/compare is inside run B: its files are listed in B's manifest, so a
+    re-run of B with --overwrite removes them (stale comparisons do not pass for the user's);
+    --out a file and a damaged run are one error line each (were tracebacks)."""
+    from medfail.engine.manifest import Manifest
+
+    ds = open_dataset(seg_folder, "segmentation")
+    config = SuiteConfig(tests=["jpeg"], severities=[1], uncertainty=[], mitigate=False,
+                         n_bootstrap=20)
+    run_a = run_suite(_model(130.0), ds, tmp_path / "a", config, progress=False, render=False)
+    run_b = run_suite(_model(300.0), ds, tmp_path / "b", config, progress=False, render=False)
+    result = CliRunner().invoke(app, ["compare", str(run_a), str(run_b)])
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.read(run_b)
+    assert manifest is not None
+    assert {"compare/compare.parquet", "compare/compare.html",
+            "compare/figures/compare_delta.png"} <= manifest.files
+    manifest.remove("compare")  # what --overwrite does to every listed file
+    assert not (run_b / "compare").exists()
+    (tmp_path / "taken").write_text("mine")
+    result = CliRunner().invoke(app, ["compare", str(run_a), str(run_a), "--out",
+                                      str(tmp_path / "taken")])
+    assert result.exit_code == 2 and result.output.startswith("error: "), result.output
+    assert "taken" in result.output and (tmp_path / "taken").read_text() == "mine"
+    metrics = run_a / "metrics.parquet"
+    metrics.write_bytes(metrics.read_bytes()[:100])
+    result = CliRunner().invoke(app, ["compare", str(run_a), str(run_b)])
+    assert result.exit_code == 2 and "metrics.parquet: damaged" in result.output, result.output
+
+
 def test_compare_classifiers_pairs_auroc(cls_folder: Path, tmp_path: Path) -> None:
     from medfail.models.adapters import Classifier
 

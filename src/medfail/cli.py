@@ -279,14 +279,21 @@ def compare(
 
     Example: medfail compare runs/model_v1 runs/model_v2 --out runs/v1_vs_v2
     """
+    from medfail.analysis.run_tables import check_run_dir
     from medfail.report.compare import render_compare
 
     for run_dir in (run_a, run_b):
         if not (run_dir / "metrics.parquet").exists() or not (run_dir / "run.json").exists():
             _fail(MedfailInputError(run_dir, "not a run directory (run.json or metrics.parquet "
                                     "missing)"))
+    target = out or run_b / "compare"
     try:
-        path = render_compare(run_a, run_b, out or run_b / "compare")
+        for run_dir in (run_a, run_b):
+            check_run_dir(run_dir)  # a damaged file: named, with how to recover
+        path = render_compare(run_a, run_b, target)
+    except OSError as exc:  # --out a file, not writable...
+        _fail(MedfailInputError(exc.filename or target, f"cannot write the comparison "
+                                f"({exc.strerror or exc}); choose another --out"))
     except ValueError as exc:
         _fail(exc)
     print(f"comparison: {path}")
@@ -309,8 +316,9 @@ def list_all() -> None:
               f"{r['modalities']:<8} {r['severities']:<28} {r['unit']}")
     print("metrics (segmentation): " + ", ".join(SEGMENTATION_METRICS))
     print("metrics (classification): " + ", ".join(CLASSIFICATION_METRICS))
-    print("slices: size (small/large/none), location (central/peripheral), shape (hollow/solid, "
-          "objects=1/2+), metadata columns (site=..., protocol=...)")
+    print("slices: gt.size (small/large/none), gt.location (central/peripheral), gt.shape "
+          "(hollow/solid), gt.objects (1/2+), metadata columns (meta.site=..., "
+          "meta.pixel_spacing=...)")
 
 
 if __name__ == "__main__":

@@ -312,6 +312,20 @@ def open_run_dir(run_dir: str | Path, identity: dict[str, Any], reusable: bool,
     return fresh
 
 
+def enclosing_manifest(path: str | Path) -> Manifest | None:
+    """The manifest of the run directory that holds ``path`` (``path`` itself or a folder above
+    it), so that what medfail writes there (``medfail compare``'s default ``RUN_B/compare``) is
+    listed; None outside a run directory or when its manifest is damaged (nothing is listed)."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if (folder / MANIFEST).exists():
+            try:
+                return Manifest.read(folder)
+            except MedfailInputError:
+                return None
+    return None
+
+
 class ReportOutputs:
     """What rendering a report writes (``figures/``, ``report.html``, ``report.pdf``): the old
     figures medfail listed are removed first, and what the report wrote is listed after. A

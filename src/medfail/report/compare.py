@@ -11,14 +11,20 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from medfail.analysis.aggregate import beneficial, harmful
 from medfail.analysis.compare import compare_runs
 from medfail.analysis.ranking import PRIMARY_METRIC
+from medfail.engine.manifest import enclosing_manifest
 from medfail.report.figures import compare_plot
 from medfail.report.html import _ci, _figure, _fmt
 
 
 def render_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> Path:
-    """Write ``compare.parquet``, a Δ figure and ``compare.html`` into ``out_dir``."""
+    """Write ``compare.parquet``, a Δ figure and ``compare.html`` into ``out_dir``; inside a run
+    directory (the CLI's default ``RUN_B/compare``) they are listed in its manifest first."""
     run_a, run_b, out_dir = Path(run_a), Path(run_b), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = enclosing_manifest(out_dir)
+    if manifest is not None:
+        manifest.claim(out_dir / "compare.parquet", out_dir / "compare.html",
+                       out_dir / "figures" / "compare_delta.png")
     table = compare_runs(run_a, run_b)
     table.to_parquet(out_dir / "compare.parquet", index=False)
     task = json.loads((run_a / "run.json").read_text())["task"]
