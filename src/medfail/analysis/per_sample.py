@@ -1,10 +1,11 @@
 """Per-sample metric rows (the ``per_sample.parquet`` table) from stored predictions.
 
-Segmentation: ``dice``, ``jaccard``, ``boundary_f1`` (τ in px), ``nsd`` and ``hd95`` (in mm when
-the run's distance unit is mm, i.e. every sample has a pixel spacing, else px; hd95 clamped to the
-image diagonal when one mask is empty) and lesion detection counts ``lesion_tp/fn/fp`` per image
-and foreground class (target = class name), computed at the mask's native resolution from the
-stored float16 maps.
+Segmentation: ``dice``, ``jaccard``, ``boundary_f1`` (τ in px, always), ``nsd`` and ``hd95`` (τ
+and distances in mm when every sample has a pixel spacing, else px; hd95 clamped to the image
+diagonal when one mask is empty; ``run.json: metric_units`` records each metric's tolerance and
+unit, :func:`medfail.engine.predictions.metric_units`) and lesion counts ``lesion_tp/fn/fp``
+per image and foreground class (target = class name), computed at the mask's native resolution
+from the stored float16 maps.
 Classification: ``brier`` per image and target, ``(p - y)^2``; set-level metrics (AUROC...) are
 computed in :mod:`medfail.analysis.aggregate`.
 """

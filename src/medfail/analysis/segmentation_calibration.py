@@ -5,8 +5,10 @@ condition and class in 15 equal-width bins ``[b/15, (b+1)/15)`` (last bin closed
 probabilities and sum of labels (``predictions/<condition>.pixel_bins.parquet``), from which
 ``pixel_ece = Σ_b (n_b / N) |mean label_b - mean prob_b|`` and reliability diagrams follow. No
 sampling. Two regions: ``all`` pixels (dominated by easy background, so the ECE is tiny) and
-``band`` = pixels within 5 px of the GT or the predicted foreground, where the decisions are
-(``pixel_ece_band``, the figure to read).
+``band`` = pixels whose Euclidean distance (between pixel centres, in px whatever the spacing) to
+the nearest GT or predicted (``p > 0.5``) foreground pixel is at most 5 px, foreground included:
+``distance_transform_edt(~(gt | pred)) <= 5`` (:func:`band_mask`; empty when both are empty),
+where the decisions are (``pixel_ece_band``, the figure to read).
 
 Per-image confidence signals (``predictions/<condition>.confidence.parquet``), computed at
 inference from the stored float16 map ``p`` of each class:
@@ -83,10 +85,22 @@ def sampling_agreement(p: np.ndarray, spread: np.ndarray) -> float:
     return float(-np.asarray(spread, np.float64)[region].mean())
 
 
+def band_mask(truth: np.ndarray, pred: np.ndarray, band_px: float = BAND_PX) -> np.ndarray:
+    """Pixels within ``band_px`` (Euclidean, px) of a foreground pixel of ``truth`` or ``pred``
+    (those pixels included); all False when both are empty. The same distance as the boundary
+    metrics use (``scipy.ndimage.distance_transform_edt``), not the city-block distance that
+    ``binary_dilation(iterations=5)`` gives."""
+    fg = np.asarray(truth, bool) | np.asarray(pred, bool)
+    if not fg.any():
+        return np.zeros(fg.shape, bool)
+    return ndimage.distance_transform_edt(~fg) <= band_px
+
+
 def add_pixel_bins(bins: dict[tuple[str, str], np.ndarray], target: str, p: np.ndarray,
                    truth: np.ndarray) -> None:
-    """Accumulate (count, sum p, sum y) per bin of one image, for regions ``all`` and ``band``."""
-    band = ndimage.binary_dilation(truth | (p > 0.5), iterations=BAND_PX)
+    """Accumulate (count, sum p, sum y) per bin of one image, for regions ``all`` and ``band``
+    (:func:`band_mask` of the GT and ``p > 0.5``)."""
+    band = band_mask(truth, p > 0.5)
     for region, sel in (("all", slice(None)), ("band", band.ravel())):
         stats = _binned(p.ravel()[sel], truth.ravel()[sel])
         key = (target, region)

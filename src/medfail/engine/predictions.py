@@ -3,7 +3,16 @@
 Layout (documented for users in docs/run_directory.md):
 
 * ``predictions/index.parquet`` - one row per sample: ``id``, ``image`` and ``mask`` (paths
-  relative to the data folder), ``height``, ``width``, ``spacing`` (mm, or null).
+  relative to the data folder), ``mask_sha256`` (sha256 of the mask file's bytes), ``height``,
+  ``width``, ``spacing`` (mm per axis, or null), ``modality`` and the GT mask features.
+* segmentation / promptable: ``predictions/ground_truth.npz`` - the ground truth the metrics were
+  computed against: one unsigned integer array per sample id, shaped ``(H, W)``, the mask as the
+  dataset's mask mode read it (0 = background, k = the model's k-th foreground class; uint8, or
+  uint16/uint32 when a label needs it). ``predictions/ground_truth_instances.npz``: the instance
+  maps (same keys) when the masks are instance maps (``Sample.instances``). Written with
+  ``ZIP_DEFLATED`` like ``numpy.savez_compressed``; ``numpy.load`` opens both.
+* with ``--shift``: the same files for the second site's data, prefixed ``shift_data.``
+  (``shift_data.index.parquet``, ``shift_data.ground_truth.npz``, ...): see :func:`split_paths`.
 * classification: ``predictions/<condition>.parquet`` - long table with ``id, condition, test,
   family, severity, target, prob, label`` (label is 0/1; multi-class labels are one-hot).
 * segmentation / promptable: ``predictions/<condition>.npz`` - one float16 array per sample id,
@@ -19,13 +28,20 @@ half-written file that looks finished.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 PREDICTIONS = "predictions"
+#: the split whose files carry no prefix; other splits (``shift_data``) prefix their names
+TEST_SPLIT = "test"
+#: compression of the ground-truth files (masks compress ~100x; as ``numpy.savez_compressed``)
+GT_COMPRESSLEVEL = 6
 
 
 def condition_path(run_dir: Path, condition: str, task: str) -> Path:
@@ -74,3 +90,124 @@ def label_map(foreground: np.ndarray) -> np.ndarray:
     fg = foreground.astype(np.float32)
     full = np.concatenate([1.0 - fg.sum(axis=0, keepdims=True), fg])
     return np.argmax(full, axis=0)
+
+
+def split_paths(run_dir: Path, split: str = TEST_SPLIT) -> dict[str, Path]:
+    """The per-split files of ``predictions/``: ``index`` (parquet), ``ground_truth`` and
+    ``instances`` (npz). The test split's names carry no prefix (``index.parquet``,
+    ``ground_truth.npz``, ``ground_truth_instances.npz``); another split's are prefixed with its
+    name (``shift_data.index.parquet``...)."""
+    prefix = "" if split == TEST_SPLIT else f"{split}."
+    folder = Path(run_dir) / PREDICTIONS
+    return {"index": folder / f"{prefix}index.parquet",
+            "ground_truth": folder / f"{prefix}ground_truth.npz",
+            "instances": folder / f"{prefix}ground_truth_instances.npz"}
+
+
+def file_sha256(path: Path) -> str | None:
+    """sha256 (hex) of a file's bytes; None when it is not a readable file."""
+    digest = hashlib.sha256()
+    try:
+        with Path(path).open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def label_dtype(array: np.ndarray) -> np.dtype:
+    """The smallest of uint8 / uint16 / uint32 that holds the (non-negative integer) labels."""
+    a = np.asarray(array)
+    if a.dtype == np.bool_:
+        return np.dtype(np.uint8)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"a label map must hold integers, got dtype {a.dtype}")
+    top = int(a.max()) if a.size else 0
+    if a.size and int(a.min()) < 0:
+        raise ValueError("a label map must not hold negative values")
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"label {top} does not fit in uint32")
+
+
+class NpzBuffer:
+    """An ``.npz`` assembled in memory, one compressed member per key (memory: about the
+    compressed size), written atomically by :meth:`write`. ``numpy.load`` reads the result."""
+
+    def __init__(self, compresslevel: int = GT_COMPRESSLEVEL) -> None:
+        self._buf = io.BytesIO()
+        self._zip = zipfile.ZipFile(self._buf, "w", compression=zipfile.ZIP_DEFLATED,
+                                    compresslevel=compresslevel)
+        self.keys: list[str] = []
+
+    def add(self, key: str, array: np.ndarray) -> None:
+        with self._zip.open(f"{key}.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+        self.keys.append(key)
+
+    def write(self, path: Path) -> None:
+        """Finish the archive and write it to ``path`` (temporary name, then rename)."""
+        self._zip.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(self._buf.getvalue())
+        tmp.replace(path)
+
+
+class GroundTruth:
+    """Collects a split's ground truth (masks, and instance maps when the dataset keeps them)
+    while its samples are read, to be written as ``ground_truth.npz`` /
+    ``ground_truth_instances.npz`` once the run directory's manifest lists them."""
+
+    def __init__(self) -> None:
+        self.masks = NpzBuffer()
+        self.instances = NpzBuffer()
+
+    def add(self, sample_id: str, mask: np.ndarray | None,
+            instances: np.ndarray | None = None) -> None:
+        """Keep one sample's interpreted mask (and instance map) as the smallest unsigned type."""
+        if mask is not None:
+            m = np.asarray(mask)
+            self.masks.add(sample_id, m.astype(label_dtype(m)))
+        if instances is not None:
+            i = np.asarray(instances)
+            self.instances.add(sample_id, i.astype(label_dtype(i)))
+
+    def paths(self, run_dir: Path, split: str = TEST_SPLIT) -> list[Path]:
+        """The files :meth:`write` will write (list them in the manifest first)."""
+        files = split_paths(run_dir, split)
+        return [files[name] for name, buf in (("ground_truth", self.masks),
+                                              ("instances", self.instances)) if buf.keys]
+
+    def write(self, run_dir: Path, split: str = TEST_SPLIT) -> list[Path]:
+        files = split_paths(run_dir, split)
+        written = []
+        for name, buf in (("ground_truth", self.masks), ("instances", self.instances)):
+            if buf.keys:
+                buf.write(files[name])
+                written.append(files[name])
+        return written
+
+
+def metric_units(task: str, spacing_mm: bool, boundary_tolerance_px: float,
+                 surface_tolerance_mm: float, band_px: float) -> dict[str, dict[str, Any]]:
+    """``run.json: metric_units``: the tolerance and unit of every distance-based metric.
+
+    ``boundary_f1``: tolerance ``boundary_tolerance_px`` in px always (Boundary-F1@2px);
+    ``nsd``: ``surface_tolerance_mm`` in mm when every sample has a pixel spacing (``spacing_mm``),
+    else ``boundary_tolerance_px`` in px; ``hd95``: mm when ``spacing_mm``, else px (clamped to
+    the image diagonal in that unit); ``pixel_ece_band``: the band half-width in px (Euclidean).
+    Empty for classification.
+    """
+    if task == "classification":
+        return {}
+    unit = "mm" if spacing_mm else "px"
+    return {
+        "boundary_f1": {"tolerance": float(boundary_tolerance_px), "unit": "px"},
+        "nsd": {"tolerance": float(surface_tolerance_mm if spacing_mm
+                                   else boundary_tolerance_px), "unit": unit},
+        "hd95": {"unit": unit, "clamp": "image diagonal"},
+        "pixel_ece_band": {"band": float(band_px), "unit": "px"},
+    }

@@ -36,7 +36,7 @@ from medfail.analysis.aggregate import (
 from medfail.analysis.calibration import calibration_table, fit_temperatures
 from medfail.analysis.mitigation import mitigation_table
 from medfail.analysis.ranking import breaking_table
-from medfail.analysis.segmentation_calibration import segmentation_calibration_table
+from medfail.analysis.segmentation_calibration import BAND_PX, segmentation_calibration_table
 from medfail.data.datasets import Dataset
 from medfail.engine.evidence import write_evidence
 from medfail.engine.executors import Executor, Job, ModelLoader, make_executor
@@ -49,7 +49,16 @@ from medfail.engine.manifest import (
     open_run_dir,
     snapshot,
 )
-from medfail.engine.predictions import condition_path, quantise, write_table
+from medfail.engine.predictions import (
+    TEST_SPLIT,
+    GroundTruth,
+    condition_path,
+    file_sha256,
+    metric_units,
+    quantise,
+    split_paths,
+    write_table,
+)
 from medfail.engine.predictor import SHIFT, Predictor
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.errors import MedfailInputError
@@ -69,8 +78,9 @@ PARTS = ".parts"
 TABLES = ("per_sample.parquet", "metrics.parquet", "ranking.parquet", "calibration.parquet",
           "mitigations.parquet", "run.json", "evidence.parquet")
 #: bump when what a finished condition stores changes, so older caches are recomputed
-#: (4: masks interpreted by mask mode, 16-bit images on the 8-bit scale, effective bit depth)
-PARTS_FORMAT = 4
+#: (4: masks interpreted by mask mode, 16-bit images on the 8-bit scale, effective bit depth;
+#: 5: the pixel_bins band is Euclidean distance <= 5 px, was city-block)
+PARTS_FORMAT = 5
 PACKAGES = ("medfail", "torch", "monai", "numpy", "scipy", "scikit-image", "scikit-learn",
             "pandas", "pyarrow", "pydicom", "nibabel", "pillow", "onnxruntime", "matplotlib")
 
@@ -138,19 +148,46 @@ def _check_compatible(adapter: ModelAdapter, dataset: Dataset) -> None:
         check_labels(spec.target_names)  # mask labels the model does not know: refused here
 
 
-def _index_table(dataset: Dataset, task: str) -> pd.DataFrame:
-    """One row per sample: relative paths, size, spacing, modality and GT mask features."""
+def _index_table(dataset: Dataset, task: str, gt: GroundTruth | None = None) -> pd.DataFrame:
+    """One row per sample: relative paths, mask file sha256, size, spacing, modality and GT mask
+    features; the interpreted masks (and instance maps) go to ``gt`` (written once listed)."""
     rows = []
     for s in dataset:
+        mask = dataset.mask_relpath(s.id) if task != "classification" else None
         row: dict[str, Any] = {
-            "id": s.id, "image": dataset.image_relpath(s.id),
-            "mask": dataset.mask_relpath(s.id) if task != "classification" else None,
+            "id": s.id, "image": dataset.image_relpath(s.id), "mask": mask,
+            "mask_sha256": None if mask is None else file_sha256(Path(dataset.root) / mask),
             "height": s.spatial_shape[0], "width": s.spatial_shape[1],
             "spacing": None if s.spacing is None else list(s.spacing), "modality": s.modality}
         if s.mask is not None:
             row.update(mask_features(s.mask, s.spacing))
+            if gt is not None:
+                gt.add(s.id, s.mask, s.instances)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _write_split(manifest: Manifest, split: str, index: pd.DataFrame,
+                 gt: GroundTruth) -> None:
+    """A split's ``predictions/`` index and ground truth, each listed before it is written."""
+    paths = split_paths(manifest.run_dir, split)
+    manifest.claim(paths["index"], *gt.paths(manifest.run_dir, split))
+    write_table(index, paths["index"])
+    gt.write(manifest.run_dir, split)
+
+
+def _check_shift_spacing(shift: Dataset, shift_index: pd.DataFrame) -> None:
+    """The test data has a pixel spacing for every image (nsd and hd95 in mm): the shift data
+    must too, else its values would be in px and its Δ vs in-domain meaningless."""
+    missing = shift_index.loc[shift_index["spacing"].isna(), "image"].tolist()
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
+                                          else "")
+        raise MedfailInputError(
+            shift.root, f"no pixel spacing for {len(missing)} of {len(shift_index)} images "
+            f"({shown}) while every test image has one: nsd and hd95 are in mm for the test "
+            "data and would be in px for these; add a pixel_spacing column to its "
+            "metadata.csv (or use data whose headers carry the spacing)")
 
 
 def _prompt_table(dataset: Dataset) -> pd.DataFrame:
@@ -235,11 +272,15 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     identity, reusable = _cache_identity(model_info, data_hash, task, config, adapter.device,
                                          adapter.spec, ensemble, cal_hash)
     check_configuration(run_dir, identity, overwrite)  # before any model runs
-    index = _index_table(dataset, task)
+    gt, shift_gt = GroundTruth(), GroundTruth()
+    index = _index_table(dataset, task, gt)
+    shift_index = None if shift is None else _index_table(shift, task, shift_gt)
     metadata = getattr(dataset, "metadata", None)
     modality = data_modality(index, metadata, config)
     conditions = config.conditions(task, modality)
     spacing_mm = task != "classification" and bool(index["spacing"].notna().all())
+    if spacing_mm and shift_index is not None:
+        _check_shift_spacing(shift, shift_index)  # nsd/hd95 in mm for both, or refused
     probe_models([adapter, *ensemble], dataset, Predictor.prompts)  # outputs checked first
     intensity = check_intensity(adapter.spec, dataset)  # warns: test units vs training units
     stages["validate"] = time.perf_counter() - t0
@@ -247,8 +288,10 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     manifest = open_run_dir(run_dir, identity, reusable, overwrite)  # written first
     parts = run_dir / PARTS
     parts.mkdir(exist_ok=True)
-    manifest.claim(run_dir / "predictions" / "index.parquet", run_dir / "slices.parquet")
-    write_table(index, run_dir / "predictions" / "index.parquet")
+    manifest.claim(run_dir / "slices.parquet")
+    _write_split(manifest, TEST_SPLIT, index, gt)
+    if shift_index is not None:
+        _write_split(manifest, SHIFT.name, shift_index, shift_gt)
     if task == "promptable":
         manifest.claim(run_dir / "predictions" / "prompts.parquet")
         write_table(_prompt_table(dataset), run_dir / "predictions" / "prompts.parquet")
@@ -324,7 +367,8 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         "config": config.to_dict(),
         "conditions": names,
         "modality": modality,
-        "distance_unit": "mm" if spacing_mm else "px",
+        "metric_units": metric_units(task, spacing_mm, config.boundary_tolerance_px,
+                                     config.surface_tolerance_mm, BAND_PX),
         "thresholds": thresholds,
         "temperatures": temperatures,
         "model": {**model_info, "spec": adapter.spec.to_dict(),

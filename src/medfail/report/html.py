@@ -168,9 +168,35 @@ def _figure(path: Path, run_dir: Path, alt: str) -> dict[str, str]:
     return {"src": _data_uri(path), "file": path.relative_to(run_dir).as_posix(), "alt": alt}
 
 
+def metric_label(metric: str, units: dict[str, Any] | None) -> str:
+    """A metric's name with its tolerance and unit from ``run.json: metric_units``, e.g.
+    ``boundary_f1 (τ 2 px)``, ``nsd (τ 2 mm)``, ``hd95 (mm)``; the bare name otherwise."""
+    u = (units or {}).get(metric)
+    if not isinstance(u, dict) or "unit" not in u:
+        return metric
+    if "tolerance" in u:
+        return f"{metric} (τ {u['tolerance']:g} {u['unit']})"
+    return f"{metric} ({u['unit']})"
+
+
+def _distance_text(run: dict[str, Any]) -> str:
+    """Section 1's 'distances in ...': the unit of each distance metric (metric_units), or
+    the ``distance_unit`` of a run directory written before them."""
+    units = {m: u for m, u in (run.get("metric_units") or {}).items()
+             if m in ("boundary_f1", "nsd", "hd95") and isinstance(u, dict) and "unit" in u}
+    if not units:
+        return str(run.get("distance_unit", "px"))
+    groups: dict[str, list[str]] = {}
+    for m, u in units.items():
+        groups.setdefault(str(u["unit"]), []).append(
+            f"{m} τ = {u['tolerance']:g}" if "tolerance" in u else m)
+    return " and ".join(f"{unit} ({', '.join(names)})" for unit, names in groups.items())
+
+
 def _family_table(metrics: pd.DataFrame, family: str, metric_list: list[str],
-                  target: str) -> dict[str, Any]:
-    """Rows = conditions of one family (plus clean); cells = value and Δ [CI] per metric."""
+                  target: str, units: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rows = conditions of one family (plus clean); cells = value and Δ [CI] per metric
+    (headers with the metric's unit, :func:`metric_label`)."""
     m = metrics[(metrics["slice"] == ALL) & (metrics["target"] == target)
                 & metrics["metric"].isin(metric_list)]
     conds = m[(m["family"] == family) | (m["condition"] == "clean")]
@@ -194,7 +220,8 @@ def _family_table(metrics: pd.DataFrame, family: str, metric_list: list[str],
         rows.append({"condition": cond, "cells": cells})
     notes = _macro_notes(metrics, metric_list, list(dict.fromkeys(conds["condition"]))) \
         if target == MACRO else []
-    return {"metrics": metric_list, "rows": rows, "notes": notes}
+    return {"metrics": [metric_label(m, units) for m in metric_list], "rows": rows,
+            "notes": notes}
 
 
 def _ranking_rows(ranking: pd.DataFrame, limit: int = 15) -> list[dict[str, Any]]:
@@ -523,7 +550,8 @@ def render_report(run_dir: str | Path) -> Path:
             main_stress.append(_sized(_figure(path, run_dir, "prompt sensitivity curves"),
                                       "third"))
         families.append({"title": FAMILY_TITLES[family],
-                         "table": _family_table(metrics, family, metric_list, target)})
+                         "table": _family_table(metrics, family, metric_list, target,
+                                                run.get("metric_units"))})
     if (metrics["slice"] != ALL).any():
         for k, metric in enumerate(metric_list[:2]):
             if ((metrics["metric"] == metric) & (metrics["slice"] != ALL)).any():
@@ -563,7 +591,8 @@ def render_report(run_dir: str | Path) -> Path:
         mitigations=[r for r in mitigations if r["slice"] == "all"][:10],
         mitigation_notes=sorted({f"{r['mitigation']}: {r['note']}" for r in mitigations}),
         cases=cases, checklist=_checklist_view(checklist), n_bootstrap=run["config"]["n_bootstrap"],
-        shift=[{"metric": r.metric, "value": _fmt(r.value), "delta": _delta(r.delta_vs_clean),
+        shift=[{"metric": metric_label(r.metric, run.get("metric_units")),
+                "value": _fmt(r.value), "delta": _delta(r.delta_vs_clean),
                 "ci": _ci(r.delta_ci_low, r.delta_ci_high, r.delta_vs_clean), "n": r.n,
                 "cls": "drop" if harmful(r.metric, r.delta_ci_low, r.delta_ci_high) else ""}
                for r in shift.itertuples()],
@@ -571,7 +600,7 @@ def render_report(run_dir: str | Path) -> Path:
         shift_notes=_macro_notes(metrics, list(dict.fromkeys(shift["metric"])), ["shift_data"])
         if target == MACRO else [],
         ci_note=_ci_footnote(metrics, target, mitigations),
-        modality=run.get("modality") or "unknown", distance_unit=run.get("distance_unit", "px"),
+        modality=run.get("modality") or "unknown", distance_unit=_distance_text(run),
         command=shlex.join(run["command"]), stages=run["wall_clock_s"]["stages"],
         per_condition=run["wall_clock_s"]["per_condition"], cached=run.get("cached_conditions"),
         epochs=[e for e in log.get("epochs") or [] if isinstance(e, dict)],
