@@ -26,7 +26,7 @@ from medfail.engine.runner import run_suite
 from medfail.engine.suite import SuiteConfig
 from medfail.errors import MedfailInputError
 from medfail.metrics.segmentation import hd95
-from medfail.models.adapters import Segmenter
+from medfail.models.adapters import PromptableSegmenter, Segmenter
 from medfail.models.spec import ModelSpec
 from tests.conftest import write_png_folder
 from tests.test_mask_modes import instance_folder, mask_folder, square
@@ -170,7 +170,19 @@ def two_class_folder(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("kind", ["binary_0_255", "classes", "instances"])
+def promptable() -> PromptableSegmenter:
+    """Bright pixels inside the prompt's box (as tests/test_mask_modes.py)."""
+    spec = ModelSpec(task="promptable", target_names=["nucleus"], output="probabilities",
+                     prompt_channels=["box", "point"])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        fg = torch.sigmoid((x[:, :1] - 130.0) / 10.0) * x[:, 1:2]
+        return torch.cat([1 - fg, fg], dim=1)
+
+    return PromptableSegmenter(spec, forward)
+
+
+@pytest.mark.parametrize("kind", ["binary_0_255", "classes", "instances", "promptable"])
 def test_ground_truth_stored_equals_the_datasets_masks(kind: str, tmp_path: Path) -> None:
     if kind == "binary_0_255":
         root = write_png_folder(tmp_path / "d", "segmentation", n=5)
@@ -179,9 +191,11 @@ def test_ground_truth_stored_equals_the_datasets_masks(kind: str, tmp_path: Path
         model, mode = segmenter(), "binary"
     elif kind == "classes":
         root, model, mode = two_class_folder(tmp_path / "d"), segmenter(2), "classes"
-    else:
+    elif kind == "instances":
         root, model, mode = instance_folder(tmp_path / "d"), segmenter(), "instances"
-    ds = open_dataset(root, "segmentation")
+    else:  # promptable, on instance maps: one prompt per nucleus
+        root, model, mode = instance_folder(tmp_path / "d"), promptable(), "instances"
+    ds = open_dataset(root, model.spec.task)
     run = run_suite(model, ds, tmp_path / "run", SuiteConfig(**FAST), progress=False,
                     render=False)
     assert json.loads((run / "run.json").read_text())["data"]["mask_mode"]["mode"] == mode
@@ -195,8 +209,8 @@ def test_ground_truth_stored_equals_the_datasets_masks(kind: str, tmp_path: Path
         np.testing.assert_array_equal(gt[sid], s.mask)  # as the run read it (0/255 -> 0/1)
         assert index.loc[sid, "mask_sha256"] == sha256(root / index.loc[sid, "mask"])
     instances = pred / "ground_truth_instances.npz"
-    assert instances.exists() == (kind == "instances")
-    if kind == "instances":
+    assert instances.exists() == (mode == "instances")
+    if mode == "instances":
         inst = np.load(instances)
         for sid in ds.ids:
             np.testing.assert_array_equal(inst[sid], ds.load(sid).instances)
@@ -205,7 +219,7 @@ def test_ground_truth_stored_equals_the_datasets_masks(kind: str, tmp_path: Path
         assert {int(v) for sid in ds.ids for v in np.unique(gt[sid])} == {0, 1, 2}
     listed = set(json.loads((run / ".medfail" / "manifest.json").read_text())["files"])
     assert "predictions/ground_truth.npz" in listed
-    assert ("predictions/ground_truth_instances.npz" in listed) == (kind == "instances")
+    assert ("predictions/ground_truth_instances.npz" in listed) == (mode == "instances")
     diff = run_snippet(run, "gaussian_noise@3")  # every class, from the stored GT alone
     assert all(diff[m] <= TOLERANCE[m] for m in diff), diff
 
