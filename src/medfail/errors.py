@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+
+
+def listing(items: Iterable[object], limit: int = 5) -> str:
+    """Items for a message: the first ``limit`` joined by ``", "``, then ``(and N more)``."""
+    shown = [str(item) for item in items]
+    text = ", ".join(shown[:limit])
+    return text if len(shown) <= limit else f"{text} (and {len(shown) - limit} more)"
 
 
 class MedfailInputError(ValueError):

@@ -70,17 +70,12 @@ from medfail.data.readers import (
     supported_list,
 )
 from medfail.data.sample import Sample
-from medfail.errors import MedfailInputError
+from medfail.errors import MedfailInputError, listing
 
 TASKS: tuple[str, ...] = ("classification", "segmentation", "promptable")
 MASK_TASKS: tuple[str, ...] = ("segmentation", "promptable")
 _TRUE = {"1", "1.0", "true"}
 _FALSE = {"0", "0.0", "false"}
-
-
-def _listing(items: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    return shown if len(items) <= limit else f"{shown} (and {len(items) - limit} more)"
 
 
 def parse_spacing(value: Any) -> tuple[float, float] | None:
@@ -235,11 +230,11 @@ class FolderDataset(SampleStream):
         if orphans:
             raise MedfailInputError(
                 masks[orphans[0]], f"mask without an image (no images/{orphans[0]}.*"
-                + (f"; also {_listing(orphans[1:])}" if len(orphans) > 1 else "") + ")")
+                + (f"; also {listing(orphans[1:])}" if len(orphans) > 1 else "") + ")")
         missing = [self.image_relpath(i) for i in self.ids if i not in masks]
         if missing:
             raise MedfailInputError(
-                masks_dir, f"no mask for {len(missing)} image(s): {_listing(missing)} "
+                masks_dir, f"no mask for {len(missing)} image(s): {listing(missing)} "
                 "(expected masks/<id>.<ext>)")
         return masks
 
@@ -294,7 +289,7 @@ class FolderDataset(SampleStream):
         unlabelled = [self.image_relpath(i) for i in self.ids if i not in by_id]
         if unlabelled:
             raise MedfailInputError(
-                path, f"no label for {len(unlabelled)} image(s): {_listing(unlabelled)} "
+                path, f"no label for {len(unlabelled)} image(s): {listing(unlabelled)} "
                 "(every image needs a row)")
         if multi_label is None:
             multi_label = targets != ["label"]
@@ -369,7 +364,7 @@ class FolderDataset(SampleStream):
             if k is None:
                 raise MedfailInputError(
                     path, f"row {row_no}: unknown class '{value}' in column '{column}' "
-                    f"(known classes: {_listing(self.target_names, 10)})")
+                    f"(known classes: {listing(self.target_names, 10)})")
             self._labels[sid] = np.array(k, dtype=np.int64)
 
     # ------------------------------------------------------------------------------ metadata.csv

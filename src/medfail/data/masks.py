@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from medfail.errors import MedfailInputError
+from medfail.data.prompts import label_pieces
+from medfail.errors import MedfailInputError, listing
 
 MASK_MODES: tuple[str, ...] = ("auto", "binary", "classes", "instances")
 #: an image with more distinct non-zero labels than this is an instance-map candidate
@@ -52,7 +52,6 @@ MAX_FRAGMENTED = 0.1
 FRAGMENT_CHECK_LABELS = 4
 #: the non-zero value of a binary mask: 0/1 (any dtype), 0/255 (8-bit), 0/65535 (16-bit)
 BINARY_VALUES: tuple[int, ...] = (1, 255, 65535)
-_EIGHT = np.ones((3, 3), dtype=bool)
 _SHOWN = 8
 
 
@@ -80,15 +79,7 @@ def check_mode(mode: str, where: str | Path | None = None) -> str:
 
 def fragmented_labels(mask: np.ndarray) -> int:
     """Number of non-zero labels of ``mask`` made of more than one connected piece."""
-    values, inverse = np.unique(mask, return_inverse=True)
-    # consecutive labels 1..n for the non-zero values, 0 for the background
-    dense = inverse.reshape(mask.shape) + (0 if len(values) and values[0] == 0 else 1)
-    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
-    count = 0
-    for k, region in enumerate(ndimage.find_objects(dense), start=1):
-        if region is not None and ndimage.label(dense[region] == k, structure=structure)[1] > 1:
-            count += 1
-    return count
+    return sum(1 for _, _, n in label_pieces(mask) if n > 1)
 
 
 def mask_stats(mask: np.ndarray) -> MaskStats:
@@ -116,10 +107,8 @@ def interpret(raw: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None
 
 
 def _values(labels: Sequence[int] | np.ndarray, zero: bool = True) -> str:
-    vals = ([0] if zero else []) + [int(v) for v in labels]
-    shown = ", ".join(str(v) for v in vals[:_SHOWN])
-    more = f", ... ({len(vals) - _SHOWN} more)" if len(vals) > _SHOWN else ""
-    return "{" + shown + more + "}"
+    """``{0, 1, 255}``: the labels (with 0 first when ``zero``), at most :data:`_SHOWN`."""
+    return "{" + listing(([0] if zero else []) + [int(v) for v in labels], _SHOWN) + "}"
 
 
 def decide(files: Sequence[tuple[Path, MaskStats]], requested: str = "auto") -> dict[str, Any]:
@@ -225,7 +214,7 @@ def check_model_labels(files: Sequence[tuple[Path, MaskStats]], info: dict[str, 
     foreground class, where the values were probably class indices.
     """
     k = len(target_names)
-    names = ", ".join(target_names[:_SHOWN]) + (" ..." if k > _SHOWN else "")
+    names = listing(target_names, _SHOWN)
     mode = info["mode"]
     if mode == "classes":
         for path, s in files:

@@ -11,6 +11,7 @@ border (so hollow rings get a point on the ring, not in the hole).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,21 +29,29 @@ class Prompt:
     point_labels: tuple[int, ...] = ()
 
 
-def objects(mask: np.ndarray) -> list[np.ndarray]:
-    """Boolean masks of the 8-connected components of each non-zero label of ``mask``, largest
-    first (ties: ascending label, then scipy's raster order)."""
+def label_pieces(mask: np.ndarray) -> Iterator[tuple[tuple[slice, ...], np.ndarray, int]]:
+    """Per distinct non-zero label of ``mask``, in ascending order: its bounding box, its
+    connected pieces (full connectivity: 8-connected in 2D) numbered 1..n inside the box (0
+    elsewhere, other labels included), and n."""
     mask = np.asarray(mask)
     values, inverse = np.unique(mask, return_inverse=True)
     has_zero = bool(len(values)) and values[0] == 0
     dense = inverse.reshape(mask.shape) + (0 if has_zero else 1)  # labels 1..n, 0 = background
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    for k, box in enumerate(ndimage.find_objects(dense), start=1):
+        if box is not None:
+            pieces, n = ndimage.label(dense[box] == k, structure=structure)
+            yield box, pieces, n
+
+
+def objects(mask: np.ndarray) -> list[np.ndarray]:
+    """Boolean masks of the 8-connected components of each non-zero label of ``mask``, largest
+    first (ties: ascending label, then scipy's raster order)."""
     comps = []
-    for k, region in enumerate(ndimage.find_objects(dense), start=1):
-        if region is None:
-            continue
-        pieces, n = ndimage.label(dense[region] == k, structure=EIGHT_CONNECTED)
+    for box, pieces, n in label_pieces(mask):
         for i in range(1, n + 1):
-            obj = np.zeros(mask.shape, dtype=bool)
-            obj[region] = pieces == i
+            obj = np.zeros(np.shape(mask), dtype=bool)
+            obj[box] = pieces == i
             comps.append(obj)
     return sorted(comps, key=lambda c: -int(c.sum()))
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from medfail.errors import MedfailInputError
+from medfail.errors import MedfailInputError, listing
 
 HOME = ".medfail"
 MANIFEST = f"{HOME}/manifest.json"
@@ -230,11 +230,6 @@ def _entries(folder: Path) -> list[str]:
     return names
 
 
-def _preview(names: list[str]) -> str:
-    shown = ", ".join(names[:5])
-    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
 def check_out_dir(path: str | Path, overwrite: bool = False) -> Manifest | None:
     """Fail fast (before any model is loaded) unless medfail may write a run into ``path``:
     it must be a folder (or creatable as one), writable, and either empty, a medfail run
@@ -270,7 +265,7 @@ def check_out_dir(path: str | Path, overwrite: bool = False) -> Manifest | None:
             if "run.json" in found else ""
         raise MedfailInputError(
             path, f"folder is not empty and is not a medfail run directory (found "
-            f"{_preview(found)}){older}; medfail will not write into it. Choose a new or empty "
+            f"{listing(found)}){older}; medfail will not write into it. Choose a new or empty "
             "folder for --out, or pass --overwrite to write the run into it anyway (medfail "
             "never deletes files it did not write; files with its names, e.g. report.html or "
             "predictions/clean.parquet, would be replaced)")
@@ -285,7 +280,7 @@ def check_configuration(run_dir: str | Path, identity: dict[str, Any],
     if manifest is not None and not overwrite and manifest.key != cache_key(identity):
         raise MedfailInputError(
             run_dir, "is a medfail run directory of another configuration (differs in "
-            f"{_preview(manifest.differences(identity))}); choose a new folder for --out to "
+            f"{listing(manifest.differences(identity))}); choose a new folder for --out to "
             "keep it, or pass --overwrite to replace its results (medfail removes only the "
             "files it wrote, listed in .medfail/manifest.json; files you added stay)")
     return manifest
@@ -362,7 +357,7 @@ def own_folder(path: str | Path, kind: str, entries: Iterable[str]) -> None:
         if foreign:
             raise MedfailInputError(
                 path, f"folder is not empty and is not a medfail {kind} folder (found "
-                f"{_preview(foreign)}); medfail will not write into it: choose a new or "
+                f"{listing(foreign)}); medfail will not write into it: choose a new or "
                 "empty folder for --out")
     path.mkdir(parents=True, exist_ok=True)
     if not marker.exists():

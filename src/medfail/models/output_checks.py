@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from medfail.errors import MedfailInputError, MedfailModelError
+from medfail.errors import MedfailInputError, MedfailModelError, listing
 from medfail.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -63,8 +63,7 @@ def _role(spec: ModelSpec) -> str:
 
 def _kind(obj: Any) -> str:
     if isinstance(obj, tuple | list):
-        inner = ", ".join(type(o).__name__ for o in obj[:3]) + (", ..." if len(obj) > 3 else "")
-        return f"a {type(obj).__name__} of {len(obj)} ({inner})"
+        return f"a {type(obj).__name__} of {len(obj)} ({listing(type(o).__name__ for o in obj)})"
     if isinstance(obj, dict):
         return f"a dict with keys {list(obj)[:5]}"
     if isinstance(obj, np.ndarray):
