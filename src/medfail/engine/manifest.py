@@ -91,8 +91,9 @@ def damage(path: Path) -> str | None:
     return None
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a temporary name, then rename (never half-written)."""
+def write_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically: a temporary name (``<name>.tmp``, which :meth:`Manifest.remove`
+    and resuming clean up), then rename; never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -137,7 +138,7 @@ class Manifest:
         return manifest
 
     def save(self) -> None:
-        _write_text(self.path, json.dumps(
+        write_atomic(self.path, json.dumps(
             {"format": FORMAT, "key": self.key, "reusable": self.reusable,
              "identity": self.identity, "files": sorted(self.files)}, indent=1))
 
@@ -361,4 +362,4 @@ def own_folder(path: str | Path, kind: str, entries: Iterable[str]) -> None:
                 "empty folder for --out")
     path.mkdir(parents=True, exist_ok=True)
     if not marker.exists():
-        _write_text(marker, json.dumps({"kind": kind, "entries": sorted(entries)}))
+        write_atomic(marker, json.dumps({"kind": kind, "entries": sorted(entries)}))

@@ -48,6 +48,7 @@ from medfail.engine.manifest import (
     damage,
     open_run_dir,
     snapshot,
+    write_atomic,
 )
 from medfail.engine.predictions import (
     TEST_SPLIT,
@@ -450,7 +451,7 @@ def _run_conditions(jobs: list[Job], engine: Executor, manifest: Manifest, task:
             if fin.per_sample is not None:
                 manifest.claim(parts / f"{fin.cond.name}.seconds",
                                parts / f"{fin.cond.name}.parquet")
-                _write_text(parts / f"{fin.cond.name}.seconds", repr(fin.seconds))
+                write_atomic(parts / f"{fin.cond.name}.seconds", repr(fin.seconds))
                 write_table(fin.per_sample, parts / f"{fin.cond.name}.parquet")
             finished[fin.cond.name] = fin
             bar.update()
@@ -572,11 +573,4 @@ def _conditions_table(conditions: Sequence[Condition]) -> pd.DataFrame:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _write_text(path, json.dumps(data, indent=2, default=str))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary name, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2, default=str))
