@@ -514,12 +514,8 @@ class FolderDataset(SampleStream):
         value_range = self._value_range(image)
         mask = instances = None
         if self._masks:
-            mask_path = self._masks[id]
-            raw = read_mask(mask_path)
-            if raw.shape != image.array.shape[1:]:
-                raise MedfailInputError(
-                    mask_path, f"mask shape {raw.shape} does not match image shape "
-                    f"{tuple(image.array.shape[1:])} ({self.image_relpath(id)})")
+            raw = read_mask(self._masks[id])
+            self._check_mask_shape(id, raw.shape, image)
             info = self.mask_mode_info
             assert info is not None
             mask, instances = interpret(raw, info["mode"])
@@ -537,6 +533,12 @@ class FolderDataset(SampleStream):
             instances=instances,
         )
 
+    def _check_mask_shape(self, id: str, shape: tuple[int, ...], image: ImageRead) -> None:
+        if tuple(shape) != image.array.shape[1:]:
+            raise MedfailInputError(
+                self._masks[id], f"mask shape {tuple(shape)} does not match image shape "
+                f"{tuple(image.array.shape[1:])} ({self.image_relpath(id)})")
+
     def validate(self, progress: bool = True) -> None:
         """Decode every image (and mask) once; raise on the first unreadable or mismatched file,
         then decide the effective bit depth and the mask mode (from what was just decoded: no
@@ -546,11 +548,7 @@ class FolderDataset(SampleStream):
             image = read_image(self._images[sid])
             self._note_depth(sid, image)
             if self._masks:
-                shape = self._stats(sid).shape
-                if shape != image.array.shape[1:]:
-                    raise MedfailInputError(
-                        self._masks[sid], f"mask shape {shape} does not match image shape "
-                        f"{tuple(image.array.shape[1:])} ({self.image_relpath(sid)})")
+                self._check_mask_shape(sid, self._stats(sid).shape, image)
         _ = self.intensity_info
         _ = self.mask_mode_info
 
