@@ -46,8 +46,6 @@ def test_percentile_ci():
     stats = np.arange(101, dtype=float)
     assert percentile_ci(stats, alpha=0.1) == (5.0, 95.0)
     assert percentile_ci(stats) == (2.5, 97.5)
-    with_nan = np.r_[stats, np.full(50, np.nan)]
-    assert percentile_ci(with_nan, alpha=0.1) == (5.0, 95.0)  # NaN resamples ignored
     lo, hi = percentile_ci(np.full(10, np.nan))
     assert np.isnan(lo) and np.isnan(hi)
     assert np.isnan(percentile_ci(np.zeros(0))[0])
@@ -73,11 +71,62 @@ def test_mean_ci_matches_naive_loop(seed, monkeypatch):
     assert mean_ci(v, idx) == pytest.approx((lo, hi), abs=1e-12)
 
 
-def test_mean_ci_all_nan_resample_is_ignored():
-    v = np.array([1.0, np.nan])
-    idx = np.array([[0, 0], [1, 1], [0, 1], [1, 1]])
-    assert mean_ci(v, idx) == (1.0, 1.0)
-    assert np.isnan(mean_ci(np.full(2, np.nan), idx)[0])
+def _quantile(x_sorted: np.ndarray, q: float) -> float:
+    """numpy's default (linear) percentile of sorted values, by hand so that ±inf stays
+    ±inf (a bound that an undefined resample reaches)."""
+    pos = q / 100 * (len(x_sorted) - 1)
+    i = int(np.floor(pos))
+    t = pos - i
+    with np.errstate(invalid="ignore"):  # -inf + inf: the bound is not reported either way
+        return float(x_sorted[i] if t == 0 else
+                     x_sorted[i] + t * (x_sorted[i + 1] - x_sorted[i]))
+
+
+def _outside_ci(stats: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """The documented rule, independently: undefined resamples at -inf for the lower bound
+    and +inf for the upper; a bound that is then infinite is not reported (both NaN)."""
+    if len(stats) == 0:
+        return float("nan"), float("nan")
+    lo = _quantile(np.sort(np.where(np.isnan(stats), -np.inf, stats)), 100 * alpha / 2)
+    hi = _quantile(np.sort(np.where(np.isnan(stats), np.inf, stats)), 100 * (1 - alpha / 2))
+    return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) else (float("nan"), float("nan"))
+
+
+def test_percentile_ci_never_drops_undefined_resamples():
+    # the old rule dropped the NaN resamples: 50 undefined of 151 gave (5, 95) at alpha=0.1
+    stats = np.r_[np.arange(101, dtype=float), np.full(50, np.nan)]
+    assert np.isnan(percentile_ci(stats, alpha=0.1)).all()
+    assert bs.max_undefined(1000) == 24 and bs.max_undefined(50) == 1
+    assert bs.max_undefined(40) == 0 and bs.max_undefined(41) == 1
+    rng = np.random.default_rng(4)
+    for k in (0, 1, 10, 24, 25, 200):
+        s = rng.normal(size=1000)
+        s[rng.choice(1000, k, replace=False)] = np.nan
+        lo, hi = percentile_ci(s)
+        olo, ohi = _outside_ci(s)
+        assert (np.isnan(lo), np.isnan(hi)) == (np.isnan(olo), np.isnan(ohi)) == (k > 24,) * 2
+        if k <= 24:
+            assert (lo, hi) == pytest.approx((olo, ohi), abs=1e-12)
+            # wherever the undefined resamples lie, the interval covers the one they give
+            for fill in (s[~np.isnan(s)].min(), 0.0, s[~np.isnan(s)].max()):
+                flo, fhi = np.percentile(np.where(np.isnan(s), fill, s), [2.5, 97.5])
+                assert lo <= flo + 1e-12 and fhi <= hi + 1e-12
+            kept = np.percentile(s[~np.isnan(s)], [2.5, 97.5])  # the old, dropping rule
+            assert lo <= kept[0] + 1e-12 and kept[1] <= hi + 1e-12
+
+
+def test_mean_ci_resample_without_finite_value_is_undefined():
+    v = np.array([1.0, np.nan, 3.0])
+    idx = bootstrap_indices(3, 1000, seed=0)
+    undefined = np.all(idx == 1, axis=1)
+    assert undefined.sum() > 24  # (1/3)^3 of the resamples draw only the NaN sample
+    assert np.isnan(mean_ci(v, idx)).all()  # the old rule dropped them: (1.0, 3.0)
+    few = idx[~undefined][:990]
+    few = np.r_[few, idx[undefined][:10]]  # 10 undefined of 1000: reported, never narrower
+    naive = np.array([np.nanmean(v[row]) if np.isfinite(v[row]).any() else np.nan
+                      for row in few])
+    assert mean_ci(v, few) == pytest.approx(_outside_ci(naive), abs=1e-12)
+    assert np.isnan(mean_ci(np.full(3, np.nan), idx)[0])
 
 
 def test_mean_ci_sanity_contains_mean_and_shrinks_with_n():

@@ -49,7 +49,7 @@ def test_train_then_run_on_a_new_png_folder(task: str, tmp_path: Path, fast_suit
     assert {"tta", "mc_dropout"} <= set(metrics["condition"])  # trained torch models: both run
     shift = metrics[(metrics["condition"] == "shift_data") & (metrics["slice"] == "all")]
     assert len(shift) and shift["delta_vs_clean"].notna().all()
-    assert {"site=s1", "site=s2"} <= set(metrics["slice"])
+    assert {"meta.site=s1", "meta.site=s2"} <= set(metrics["slice"])
     info = json.loads((run / "run.json").read_text())
     assert info["model"]["name"] == "model.pt"
     if task == "classification":

@@ -9,9 +9,9 @@ contrast 0.5). Observed value at 1 / 2 threads -> asserted limit:
 ==========================================================  ===============  ==========
 site C clean macro AUROC below site A                        0.228 / 0.141    > 0.08
 site B Dice drop under gaussian_noise@3 minus site A's       0.126 / 0.140    > 0.05
-size=small Dice gap CI high under gaussian_blur@3            -0.270 / -0.267  < -0.10
+gt.size=small Dice gap CI high under gaussian_blur@3         -0.270 / -0.267  < -0.10
 large minus small lesion sensitivity under gaussian_blur@3   0.217 / 0.200    > 0.10
-shape=hollow Dice gap CI high under gaussian_blur@3          -0.316 / -0.307  < -0.10
+gt.shape=hollow Dice gap CI high under gaussian_blur@3       -0.316 / -0.307  < -0.10
 shift_data Δ CI high: classification AUROC / segmentation    -0.093 / -0.177  < 0
 Dice                                                         -0.162 / -0.091  < 0
 box_shift@3 Δ Dice CI high (promptable)                      -0.088 / -0.087  < 0
@@ -57,23 +57,24 @@ def test_demo_recovers_the_planted_weaknesses(tmp_path: Path) -> None:
     # all five families are exercised
     assert {"corruption", "domain_shift"} <= set(seg["family"])
     assert "prompt" in set(prm["family"])
-    assert {"size=small", "location=peripheral", "shape=hollow", "site=B"} <= set(seg["slice"])
+    assert {"gt.size=small", "meta.location=peripheral", "gt.shape=hollow",
+            "meta.site=B"} <= set(seg["slice"])
 
     # planted: the low-resolution, low-contrast site C is the hardest site for the classifier
-    site_auroc = {site: _row(cls, "clean", f"site={site}", "auroc", "macro")["value"]
+    site_auroc = {site: _row(cls, "clean", f"meta.site={site}", "auroc", "macro")["value"]
                   for site in "ABC"}
     assert min(site_auroc, key=site_auroc.get) == "C"
     assert site_auroc["A"] - site_auroc["C"] > 0.08, site_auroc
     # planted: small lesions vanish first under blur (missed lesions, not just lower Dice)
-    small = _row(seg, "gaussian_blur@3", "size=small", "lesion_sensitivity", "lesion")
-    large = _row(seg, "gaussian_blur@3", "size=large", "lesion_sensitivity", "lesion")
+    small = _row(seg, "gaussian_blur@3", "gt.size=small", "lesion_sensitivity", "lesion")
+    large = _row(seg, "gaussian_blur@3", "gt.size=large", "lesion_sensitivity", "lesion")
     assert large["value"] - small["value"] > 0.1
-    assert _row(seg, "gaussian_blur@3", "size=small", "dice", "lesion")["gap_ci_high"] < -0.1
+    assert _row(seg, "gaussian_blur@3", "gt.size=small", "dice", "lesion")["gap_ci_high"] < -0.1
     # planted: ring-shaped (hollow) masks lose more Dice under blur
-    assert _row(seg, "gaussian_blur@3", "shape=hollow", "dice", "lesion")["gap_ci_high"] < -0.1
+    assert _row(seg, "gaussian_blur@3", "gt.shape=hollow", "dice", "lesion")["gap_ci_high"] < -0.1
     # planted: the noisy low-dose site B loses more Dice under extra noise than standard site A
-    drop = {site: _row(seg, "clean", f"site={site}", "dice", "lesion")["value"]
-            - _row(seg, "gaussian_noise@3", f"site={site}", "dice", "lesion")["value"]
+    drop = {site: _row(seg, "clean", f"meta.site={site}", "dice", "lesion")["value"]
+            - _row(seg, "gaussian_noise@3", f"meta.site={site}", "dice", "lesion")["value"]
             for site in "AB"}
     assert drop["B"] - drop["A"] > 0.05, drop
     # planted: an unseen vendor (site D) is a real domain shift for every task

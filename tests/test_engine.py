@@ -79,8 +79,8 @@ def test_segmentation_run_directory_contract(seg_folder: Path, tmp_path: Path) -
                           & (mitigations["metric"] == "dice") & (mitigations["slice"] == "all")]
     assert len(tta_row) == 1 and tta_row["forward_passes"].iloc[0] == 4
     assert (tta_row["ci_low"] <= tta_row["effect"]).all()
-    assert {"site=s1", "site=s2", "size=small", "size=large", "shape=solid"} <= set(
-        metrics["slice"])
+    assert {"meta.site=s1", "meta.site=s2", "gt.size=small", "gt.size=large",
+            "gt.shape=solid"} <= set(metrics["slice"])
     per_sample = pd.read_parquet(run / "per_sample.parquet")
     # 8 rows per sample and condition: 5 per-image metrics + 3 lesion counts
     assert len(per_sample) == metrics["condition"].nunique() * len(ds) * 8

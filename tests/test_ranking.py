@@ -28,18 +28,34 @@ def test_ranking_orders_by_effect_and_flags_significance() -> None:
         _row("clean", "all", 0.9, 0.0, (0.0, 0.0)),
         _row("gaussian_noise@3", "all", 0.5, -0.4, (-0.5, -0.3)),
         _row("jpeg@1", "all", 0.89, -0.01, (-0.03, 0.01)),
-        _row("clean", "site=B", 0.7, -0.2, (-0.3, -0.1)),
-        _row("clean", "size=small", 0.6, -0.3, (-0.6, 0.05), small=True),
-        _row("gaussian_noise@3", "site=B", 0.1, -0.4, (-0.5, -0.3)),  # slices rank on clean only
+        _row("clean", "meta.site=B", 0.7, -0.2, (-0.3, -0.1)),
+        _row("clean", "gt.size=small", 0.6, -0.3, (-0.6, 0.05), small=True),
+        _row("gaussian_noise@3", "meta.site=B", 0.1, -0.4, (-0.5, -0.3)),  # clean only
     ])
     r = breaking_table(metrics, "segmentation")
-    assert r["name"].tolist() == ["gaussian_noise@3", "size=small", "site=B", "jpeg@1"]
+    assert r["name"].tolist() == ["gaussian_noise@3", "gt.size=small", "meta.site=B", "jpeg@1"]
+    assert r["test"].tolist() == ["gaussian_noise", "gt.size", "meta.site", "jpeg"]
     assert r["significant"].tolist() == [True, False, True, False]
     assert r.loc[0, "reference"] == 0.9
     sentence = breaking_sentence(r)
-    assert "gaussian noise (severity 3)" in sentence and "site: B" in sentence
+    assert "gaussian noise (severity 3)" in sentence and "on metadata site: B" in sentence
     assert "size" not in sentence  # not significant: not named
     assert "1 stress conditions and 1 patient/lesion subgroups" in sentence
+
+
+def test_gt_and_metadata_slices_of_one_name_read_apart() -> None:
+    """A GT rule and a metadata column both called ``location`` stay two ranked slices, and the
+    sentence says which is which (old code merged them into ``location=central``)."""
+    metrics = pd.DataFrame([
+        _row("clean", "all", 0.9, 0.0, (0.0, 0.0)),
+        _row("clean", "gt.location=central", 0.6, -0.3, (-0.4, -0.2)),
+        _row("clean", "meta.location=central", 0.7, -0.2, (-0.3, -0.1)),
+    ])
+    r = breaking_table(metrics, "segmentation")
+    assert r["name"].tolist() == ["gt.location=central", "meta.location=central"]
+    sentence = breaking_sentence(r)
+    assert "on GT location: central (dice 0.90 → 0.60)" in sentence
+    assert "on metadata location: central (dice 0.90 → 0.70)" in sentence
 
 
 def test_lower_is_better_metric_ranks_increases_first() -> None:

@@ -103,7 +103,7 @@ def test_stardist_nuclei_segmentation_stress_and_slices(tmp_path: Path) -> None:
     clean = metrics[(metrics["condition"] == "clean") & (metrics["slice"] == "all")
                     ].set_index("metric")["value"]
     assert clean["dice"] > 0.5 and 0 < clean["lesion_sensitivity"] <= 1
-    assert {"objects=2+", "location=central"} & set(metrics["slice"])
+    assert {"gt.objects=2+", "gt.location=central"} & set(metrics["slice"])
     stress = metrics[~metrics["family"].isin(["uncertainty", "mitigation"])]
     assert stress["condition"].nunique() == 7
     assert np.isfinite(stress.loc[stress["slice"] == "all", "value"]).all()

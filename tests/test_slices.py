@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from medfail.analysis.aggregate import aggregate_per_image
-from medfail.slices.definitions import mask_slices, metadata_slices, slice_membership
+from medfail.slices.definitions import (
+    mask_slices,
+    metadata_slices,
+    parse_slice,
+    slice_membership,
+    unsliced_columns,
+)
 from medfail.slices.features import mask_features
 
 
@@ -39,14 +47,15 @@ def test_mask_slices_rules() -> None:
     m = mask_slices(index, ["size", "location", "shape"], None, "px")
     got = set(map(tuple, m.to_numpy()))
     # median of non-empty areas = 30: 10 is small, 30 and 50 are large
-    assert {("a", "size=small"), ("d", "size=large"), ("b", "size=large"),
-            ("c", "size=none")} <= got
-    assert {("a", "location=central"), ("b", "location=peripheral"),
-            ("d", "location=central")} <= got
-    assert {("b", "shape=hollow"), ("b", "objects=2+"), ("a", "objects=1")} <= got
-    assert not any(sid == "c" and not s.startswith("size") for sid, s in got)
+    assert {("a", "gt.size=small"), ("d", "gt.size=large"), ("b", "gt.size=large"),
+            ("c", "gt.size=none")} <= got
+    assert {("a", "gt.location=central"), ("b", "gt.location=peripheral"),
+            ("d", "gt.location=central")} <= got
+    assert {("b", "gt.shape=hollow"), ("b", "gt.objects=2+"), ("a", "gt.objects=1")} <= got
+    assert not any(sid == "c" and not s.startswith("gt.size") for sid, s in got)
+    assert all(s.startswith("gt.") for _, s in got)
     only_size = mask_slices(index, ["size"], 20.0, "px")
-    assert set(only_size["slice"]) == {"size=small", "size=large", "size=none"}
+    assert set(only_size["slice"]) == {"gt.size=small", "gt.size=large", "gt.size=none"}
 
 
 def test_metadata_slices_categorical_and_few_level_numeric() -> None:
@@ -55,8 +64,13 @@ def test_metadata_slices_categorical_and_few_level_numeric() -> None:
                          "grade": [1, 2, 1, 2, 1, 2, 1, 2],          # few levels: sliced
                          "constant": ["x"] * 8, "pixel_spacing": [0.7] * 4 + [1.4] * 4})
     s = metadata_slices(meta)
-    assert set(s["slice"]) == {"site=A", "site=B", "site=C", "grade=1", "grade=2"}
-    assert len(s[s["slice"] == "site=A"]) == 3
+    assert set(s["slice"]) == {"meta.site=A", "meta.site=B", "meta.site=C", "meta.grade=1",
+                               "meta.grade=2", "meta.pixel_spacing=0.7",
+                               "meta.pixel_spacing=1.4"}
+    assert len(s[s["slice"] == "meta.site=A"]) == 3
+    assert set(s.loc[s["slice"] == "meta.pixel_spacing=1.4", "id"]) == set("efgh")
+    assert unsliced_columns(meta) == {"age": "8 distinct numeric values (more than 5)",
+                                      "constant": "1 distinct value"}
 
 
 def test_slice_aggregation_values_gaps_and_flags() -> None:
@@ -70,10 +84,10 @@ def test_slice_aggregation_values_gaps_and_flags() -> None:
     conditions = pd.DataFrame([{"condition": "clean", "test": "clean", "family": "clean",
                                 "severity": 0}])
     membership = pd.DataFrame({"id": [i for i, m in zip(ids, member, strict=True) if m],
-                               "slice": "size=small"})
+                               "slice": "gt.size=small"})
     out = aggregate_per_image(ps, conditions, 200, 0, membership=membership, min_slice_n=10)
     whole = out[out["slice"] == "all"].iloc[0]
-    small = out[out["slice"] == "size=small"].iloc[0]
+    small = out[out["slice"] == "gt.size=small"].iloc[0]
     assert small["value"] == pytest.approx(values[member].mean())
     assert whole["value"] == pytest.approx(values.mean())
     assert small["gap_vs_all"] == pytest.approx(small["value"] - whole["value"])
@@ -88,4 +102,204 @@ def test_slice_membership_combines_kinds() -> None:
                           "hollow": [0.0, 0.0], "centre_offset": [0.2, 0.7]})
     meta = pd.DataFrame({"site": ["A", "B"]}, index=pd.Index(["a", "b"], name="id"))
     m = slice_membership(index, meta, ["size", "metadata"], None, "px")
-    assert set(m["slice"]) == {"size=small", "size=large", "site=A", "site=B"}
+    assert set(m["slice"]) == {"gt.size=small", "gt.size=large", "meta.site=A", "meta.site=B"}
+
+
+def _index(offsets: list[float], hollow: list[float]) -> pd.DataFrame:
+    n = len(offsets)
+    return pd.DataFrame({"id": [f"s{i}" for i in range(n)], "gt_area_px": [20.0] * n,
+                         "gt_area_mm2": [np.nan] * n, "n_objects": [1.0] * n,
+                         "hollow": hollow, "centre_offset": offsets})
+
+
+def test_gt_rule_and_metadata_column_of_one_name_stay_two_slices() -> None:
+    """Old code: the GT rule and the metadata column both wrote ``location=central`` /
+    ``shape=hollow`` and were merged (s1 then sat in location=central and =peripheral)."""
+    index = _index([0.1, 0.8, 0.9], [1.0, 0.0, 0.0])
+    meta = pd.DataFrame({"id": ["s0", "s1", "s2"], "location": ["peripheral", "central", "none"],
+                         "shape": ["solid", "hollow", "none"]})
+    m = slice_membership(index, meta, ["location", "shape", "metadata"], None, "px")
+    members = m.groupby("slice")["id"].apply(set).to_dict()
+    assert members["gt.location=central"] == {"s0"}
+    assert members["gt.location=peripheral"] == {"s1", "s2"}
+    assert members["meta.location=central"] == {"s1"}
+    assert members["meta.location=peripheral"] == {"s0"}
+    assert members["gt.shape=hollow"] == {"s0"} and members["meta.shape=hollow"] == {"s1"}
+    for source in ("gt", "meta"):  # one location per source and image
+        loc = m[m["slice"].str.startswith(f"{source}.location=")]
+        assert not loc["id"].duplicated().any()
+    assert not m.duplicated().any()
+    assert all(parse_slice(s)[0] in ("gt", "meta") for s in m["slice"])
+    assert parse_slice("meta.pixel_spacing=0.7") == ("meta", "pixel_spacing", "0.7")
+    assert parse_slice("gt.objects=2+") == ("gt", "objects", "2+")
+    assert parse_slice("all") == ("", "all", "")
+
+
+def test_numeric_metadata_float_and_integer_columns() -> None:
+    """Old code skipped pixel_spacing outright; numeric columns of 2-5 values are sliced,
+    whatever their dtype, with 6+ values they are not (and say why)."""
+    meta = pd.DataFrame({
+        "id": [f"s{i}" for i in range(8)],
+        "pixel_spacing": np.array([0.7, 1.4] * 4, dtype=np.float32),    # float, 2 values
+        "n_lesions": np.array([0, 1, 2, 3, 0, 1, 2, 3], dtype=np.int64),  # integer, 4 values
+        "grade": [1.0, 2.0, np.nan, 1.0, 2.0, 1.0, 2.0, 1.0],          # int with a gap: float
+        "dose": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],              # 8 values: not sliced
+        "contrast": [True, False] * 4,                                  # boolean
+    })
+    s = metadata_slices(meta)
+    members = s.groupby("slice")["id"].apply(set).to_dict()
+    assert set(members) == {"meta.pixel_spacing=0.7", "meta.pixel_spacing=1.4",
+                            "meta.n_lesions=0", "meta.n_lesions=1", "meta.n_lesions=2",
+                            "meta.n_lesions=3", "meta.grade=1", "meta.grade=2",
+                            "meta.contrast=True", "meta.contrast=False"}
+    assert members["meta.pixel_spacing=0.7"] == {"s0", "s2", "s4", "s6"}
+    assert members["meta.grade=1"] == {"s0", "s3", "s5", "s7"}  # missing: in no slice
+    assert unsliced_columns(meta) == {"dose": "8 distinct numeric values (more than 5)"}
+    many = pd.DataFrame({"id": [f"s{i}" for i in range(21)], "scanner": [f"x{i}" for i in
+                                                                         range(21)]})
+    assert metadata_slices(many).empty
+    assert unsliced_columns(many) == {"scanner": "21 distinct text values (more than 20)"}
+    mixed = pd.DataFrame({"id": ["a", "b"], "k": pd.Series([1, "1"], dtype=object)})
+    with pytest.raises(ValueError, match=r"'k': values 1 and '1' would both name slice meta.k=1"):
+        metadata_slices(mixed)
+
+
+def test_numeric_metadata_read_from_a_folder(tmp_path: Path) -> None:
+    """The folder reader's dtypes: pixel_spacing (0.7 / 1.4, as in the demo) is sliced, and
+    its values stay the run's spacing."""
+    from conftest import write_png_folder
+
+    from medfail.data.datasets import open_dataset
+
+    root = write_png_folder(tmp_path / "seg", "segmentation", n=6)
+    meta = pd.read_csv(root / "metadata.csv")
+    meta["pixel_spacing"] = [0.7, 1.4] * 3
+    meta["n_lesions"] = [1, 1, 2, 1, 2, 1]
+    meta.to_csv(root / "metadata.csv", index=False)
+    ds = open_dataset(root, "segmentation")
+    s = metadata_slices(ds.metadata)
+    assert {"meta.pixel_spacing=0.7", "meta.pixel_spacing=1.4", "meta.n_lesions=1",
+            "meta.n_lesions=2", "meta.site=s1", "meta.site=s2"} == set(s["slice"])
+    assert len(s[s["slice"] == "meta.pixel_spacing=1.4"]) == 3
+
+
+def _lesion_rows(tp: np.ndarray, fn: np.ndarray, fp: np.ndarray,
+                 condition: str = "clean") -> pd.DataFrame:
+    ids = [f"s{i:02d}" for i in range(len(tp))]
+    return pd.DataFrame([{"id": sid, "condition": condition, "target": "lesion",
+                          "metric": metric, "value": float(v)}
+                         for metric, values in (("lesion_tp", tp), ("lesion_fn", fn),
+                                                ("lesion_fp", fp))
+                         for sid, v in zip(ids, values, strict=True)])
+
+
+def _outside_f1_ci(tp: np.ndarray, fn: np.ndarray, fp: np.ndarray, member: np.ndarray,
+                   idx: np.ndarray) -> tuple[float, float]:
+    """Plain numpy: pooled lesion F1 of the slice's images in each resample (1.0 with no
+    lesion and no prediction), then np.percentile."""
+    stats = []
+    for row in idx:
+        rows = row[member[row]]
+        t, f, p = tp[rows].sum(), fn[rows].sum(), fp[rows].sum()
+        stats.append(1.0 if 2 * t + f + p == 0 else 2 * t / (2 * t + f + p))
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def test_lesion_f1_slice_value_and_interval_match_an_outside_bootstrap() -> None:
+    """96 images, 35 without lesion (gt.size=none), one false positive among them.
+
+    Old code: the slice value was NaN with no lesion and no prediction (docs: 1.0), and the
+    resamples without the false positive (undefined there) were dropped, so the interval was
+    [0, 0]; an outside percentile bootstrap on the same indices gives [0, 1]."""
+    from medfail.engine.seeding import derive_seed
+    from medfail.metrics.bootstrap import bootstrap_indices
+    from medfail.metrics.detection import pooled_lesion_f1
+
+    n, n_boot, seed = 96, 1000, 0
+    rng = np.random.default_rng(1)
+    lesion_free = np.arange(n) < 35
+    tp = np.where(lesion_free, 0, rng.integers(0, 3, n))
+    fn = np.where(lesion_free, 0, rng.integers(0, 2, n))
+    fp = np.where(lesion_free, 0, rng.integers(0, 2, n))
+    ids = [f"s{i:02d}" for i in range(n)]
+    membership = pd.DataFrame({"id": [i for i, m in zip(ids, lesion_free, strict=True) if m],
+                               "slice": "gt.size=none"})
+    conditions = pd.DataFrame([{"condition": c, "test": c, "family": "clean", "severity": 0}
+                               for c in ("clean", "one_fp")])
+    fp_one = fp.copy()
+    fp_one[7] = 1  # one false positive on a lesion-free image
+    ps = pd.concat([_lesion_rows(tp, fn, fp), _lesion_rows(tp, fn, fp_one, "one_fp")])
+    out = aggregate_per_image(ps, conditions, n_boot, seed, membership=membership)
+    row = out[out["slice"] == "gt.size=none"].set_index(["condition", "metric"])
+    # documented value: no lesion and no prediction in the slice -> F1 1.0, CI [1, 1]
+    clean = row.loc[("clean", "lesion_f1")]
+    assert clean["value"] == 1.0 and (clean["ci_low"], clean["ci_high"]) == (1.0, 1.0)
+    assert clean["value"] == pooled_lesion_f1(np.zeros((35, 3), int))
+    idx = bootstrap_indices(n, n_boot, derive_seed(seed, "bootstrap"))
+    np.testing.assert_array_equal(  # the indices, as an outsider draws them
+        idx, np.random.default_rng(derive_seed(seed, "bootstrap")).integers(0, n, (n_boot, n)))
+    one = row.loc[("one_fp", "lesion_f1")]
+    assert one["value"] == 0.0
+    assert (one["ci_low"], one["ci_high"]) == _outside_f1_ci(tp, fn, fp_one, lesion_free, idx)
+    assert (one["ci_low"], one["ci_high"]) == (0.0, 1.0)
+    # Δ vs clean, paired: 0 - 1 where the false positive is drawn, else 0
+    assert (one["delta_ci_low"], one["delta_ci_high"]) == (-1.0, 0.0)
+    # sensitivity is undefined without lesions; precision in the ~37 % of resamples that
+    # miss the false positive: no interval rather than a shrunken one
+    assert np.isnan(row.loc[("one_fp", "lesion_sensitivity"), ["value", "ci_low"]]).all()
+    prec = row.loc[("one_fp", "lesion_precision")]
+    assert prec["value"] == 0.0 and np.isnan(prec["ci_low"]) and np.isnan(prec["ci_high"])
+    # the whole set matches the same outside bootstrap
+    whole = out[(out["slice"] == "all") & (out["metric"] == "lesion_f1")
+                & (out["condition"] == "one_fp")].iloc[0]
+    assert whole["value"] == pooled_lesion_f1(np.c_[tp, fn, fp_one])
+    assert (whole["ci_low"], whole["ci_high"]) == pytest.approx(
+        _outside_f1_ci(tp, fn, fp_one, np.ones(n, bool), idx), abs=1e-12)
+
+
+def test_slice_resample_without_members_is_undefined() -> None:
+    """A 2-image slice is missing from ~13 % of the resamples: no data there, so no interval
+    (old code: lesion F1 dropped them; an outsider's empty-slice F1 would be 1.0)."""
+    n = 96
+    tp, fn, fp = np.ones(n, int), np.zeros(n, int), np.zeros(n, int)
+    tp[:2], fn[:2] = 0, 1  # the slice's two lesions are missed
+    ids = [f"s{i:02d}" for i in range(n)]
+    membership = pd.DataFrame({"id": ids[:2], "slice": "gt.objects=2+"})
+    conditions = pd.DataFrame([{"condition": "clean", "test": "clean", "family": "clean",
+                                "severity": 0}])
+    out = aggregate_per_image(_lesion_rows(tp, fn, fp), conditions, 1000, 0,
+                              membership=membership)
+    row = out[(out["slice"] == "gt.objects=2+")].set_index("metric")
+    assert row.loc["lesion_f1", "value"] == row.loc["lesion_sensitivity", "value"] == 0.0
+    assert np.isnan(row.loc["lesion_precision", "value"])  # no predicted component
+    assert row["ci_low"].isna().all()
+    assert row["ci_high"].isna().all() and row["gap_ci_low"].isna().all()
+
+
+def test_pooled_lesion_scores_batched_equal_the_set_functions() -> None:
+    """The vectorised sums path that runs use for bootstrap draws equals the tested set-level
+    functions on every resample (F1 1.0 with nothing anywhere; NaN sensitivity/precision)."""
+    from medfail.metrics.detection import (
+        pooled_lesion_f1,
+        pooled_lesion_precision,
+        pooled_lesion_scores,
+        pooled_lesion_sensitivity,
+    )
+
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 3, (12, 3)) * (rng.random((12, 1)) < 0.5)  # many all-zero images
+    idx = rng.integers(0, 12, (200, 3))  # small draws: some without lesions or predictions
+    sens, prec, f1 = pooled_lesion_scores(np.stack([counts[row].sum(0) for row in idx]))
+    for b, row in enumerate(idx):
+        np.testing.assert_equal([sens[b], prec[b], f1[b]],
+                                [pooled_lesion_sensitivity(counts[row]),
+                                 pooled_lesion_precision(counts[row]),
+                                 pooled_lesion_f1(counts[row])])
+    assert np.isnan(sens).any() and (f1 == 1.0).any()
+    assert pooled_lesion_scores(np.zeros(3, int))[2] == 1.0
+    assert pooled_lesion_scores(np.array([0, 0, 2]))[1] == 0.0  # predictions, no TP
+    with pytest.raises(ValueError, match=r"last axis of 3 \(TP, FN, FP\), got shape \(2, 2\)"):
+        pooled_lesion_scores(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="non-negative integers"):
+        pooled_lesion_scores(np.array([1, -1, 0]))

@@ -93,7 +93,7 @@ def test_coin_flip_run_renders_and_flags_interval_excluding_estimate(weak_cls_ru
     metrics = pd.read_parquet(run / "metrics.parquet")
     bad = _excluding(metrics)
     # the scenario: a 5-image slice whose interval excludes its estimate, kept as computed
-    row = bad[(bad["slice"] == "site=s2") & (bad["metric"] == "auprc")
+    row = bad[(bad["slice"] == "meta.site=s2") & (bad["metric"] == "auprc")
               & (bad["target"] == "macro")]
     assert len(row) == 1 and row["n"].iloc[0] == 5
     assert row["value"].iloc[0] < row["ci_low"].iloc[0]
@@ -101,7 +101,7 @@ def test_coin_flip_run_renders_and_flags_interval_excluding_estimate(weak_cls_ru
     assert "slices_auprc.png" in html
     assert "excludes its point estimate" in html  # footnote in the report
     cap = re.search(r"Figure \d+: auprc per slice \(clean\)[^<]*", html)
-    assert cap and "site=s2" in cap.group(0)
+    assert cap and "meta.site=s2" in cap.group(0)
 
 
 def test_report_command_recovers_after_figures_are_deleted(weak_cls_run: Path,
@@ -127,7 +127,7 @@ def test_report_renders_adversarial_metrics(weak_cls_run: Path, tmp_path: Path) 
     clean_auroc = macro & (m["condition"] == "clean") & (m["slice"] == "all") & (
         m["metric"] == "auroc")
     m.loc[clean_auroc, ["value", "ci_low", "ci_high"]] = [0.40, 0.45, 0.90]
-    m.loc[macro & (m["slice"] == "site=s1") & (m["metric"] == "auroc"), "value"] = np.inf
+    m.loc[macro & (m["slice"] == "meta.site=s1") & (m["metric"] == "auroc"), "value"] = np.inf
     m.loc[macro & (m["condition"] != "clean"), ["delta_vs_clean", "delta_ci_low",
                                                 "delta_ci_high"]] = np.nan
     m.to_parquet(run / "metrics.parquet")
@@ -193,7 +193,7 @@ def _png_ok(path: Path) -> bool:
 @pytest.mark.parametrize("case", list(FOREST))
 def test_slice_forest_plot_adversarial(case: str, tmp_path: Path) -> None:
     v, lo, hi = FOREST[case]
-    slices = ["all", "site=a", "site=b"][:len(v)]
+    slices = ["all", "meta.site=a", "meta.site=b"][:len(v)]
     path = F.slice_forest_plot(_frame(v, lo, hi, slices), "auroc", "macro", tmp_path / "f.png")
     assert _png_ok(path)
 

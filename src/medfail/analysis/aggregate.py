@@ -9,7 +9,10 @@ small_slice``.
   ``n`` counts the finite ones.
 * Lesion metrics are pooled over images: ``lesion_sensitivity = ΣTP / (ΣTP + ΣFN)``,
   ``lesion_precision = ΣTP / (ΣTP + ΣFP)``, ``lesion_f1 = 2ΣTP / (2ΣTP + ΣFN + ΣFP)``, so one
-  large lesion cannot dominate and missed small lesions count one each.
+  large lesion cannot dominate and missed small lesions count one each. Values and draws are
+  those of ``metrics.detection.pooled_lesion_*``: F1 = 1.0 with no lesion and no predicted
+  component (as ``pooled_lesion_f1``), sensitivity NaN without lesions, precision NaN without
+  predicted components.
 * Classification metrics are set-level per target; ``target = "macro"`` is the unweighted mean
   over targets with a defined value. A target with one class (AUROC, AUPRC, sens@95spec
   undefined) keeps its rows with ``value = NaN`` and its ``n``; :func:`macro_coverage` says which
@@ -22,9 +25,14 @@ small_slice``.
   (own seeded matrix) because set-level metrics need the slice's own class balance; their gap
   interval combines the two resamplings (unpaired, conservative).
 * ``small_slice`` flags slices with fewer than ``min_slice_n`` samples: kept, never hidden.
-* Resamples where a metric is undefined are dropped; per resample the macro averages the
-  targets defined in that resample. On tiny or skewed samples a percentile interval can
-  therefore exclude its own estimate: it is stored as computed (the report marks it).
+* A resample is undefined for a slice's metric when the metric is NaN on it (one class; no
+  lesion; no member image of the slice drawn). Undefined resamples are never dropped: they
+  count at the least favourable end of each bound, and when more than
+  ``metrics.bootstrap.max_undefined`` (24 of 1000) of them would reach a bound the interval
+  is NaN (``metrics.bootstrap.percentile_ci``); a Δ or gap resample is undefined when either
+  side is. Per resample the macro averages the targets defined in that resample. On tiny or
+  skewed samples a percentile interval can exclude its own estimate: it is stored as
+  computed (the report marks it).
 """
 
 from __future__ import annotations
@@ -48,6 +56,12 @@ from medfail.metrics.bootstrap import (
 )
 from medfail.metrics.classification import auprc, auroc, sens_at_95spec
 from medfail.metrics.classification import f1 as f1_score
+from medfail.metrics.detection import (
+    pooled_lesion_f1,
+    pooled_lesion_precision,
+    pooled_lesion_scores,
+    pooled_lesion_sensitivity,
+)
 
 COLUMNS: list[str] = [
     "condition", "test", "family", "severity", "slice", "target", "metric", "value", "sd",
@@ -107,21 +121,23 @@ def mean_estimate(values: np.ndarray, member: np.ndarray, counts: np.ndarray) ->
 
 def pooled_lesion_estimates(tp: np.ndarray, fn: np.ndarray, fp: np.ndarray, member: np.ndarray,
                             counts: np.ndarray) -> dict[str, Estimate]:
-    """Pooled lesion sensitivity / precision / F1 over member images."""
-    m = member.astype(float)
-    sums = [float((x * m).sum()) for x in (tp, fn, fp)]
-    draws = [counts @ (x * m) for x in (tp, fn, fp)]
-    n = int(member.sum())
+    """Pooled lesion sensitivity / precision / F1 over member images.
 
-    def build(f: Callable[[object, object, object], np.ndarray]) -> Estimate:
-        return Estimate(float(f(*sums)), f(*draws), n)
-
-    return {
-        "lesion_sensitivity": build(lambda t, f, p: _ratio(t, np.add(t, f))),
-        "lesion_precision": build(lambda t, f, p: _ratio(t, np.add(t, p))),
-        "lesion_f1": build(lambda t, f, p: _ratio(np.multiply(2, t),
-                                                 np.add(np.multiply(2, t), np.add(f, p)))),
-    }
+    Values and draws come from :func:`medfail.metrics.detection.pooled_lesion_f1` (and its
+    siblings) on the summed counts: F1 = 1.0 when the slice has no lesion and no predicted
+    component, sensitivity / precision NaN when undefined. A resample that draws no member
+    image is undefined (NaN) for all three, as for mean metrics."""
+    m = member.astype(bool)
+    per_image = np.stack([tp, fn, fp], axis=1)[m]
+    value = {"lesion_sensitivity": pooled_lesion_sensitivity(per_image),
+             "lesion_precision": pooled_lesion_precision(per_image),
+             "lesion_f1": pooled_lesion_f1(per_image)}
+    sums = np.stack([counts @ (x * m) for x in (tp, fn, fp)], axis=1)
+    drawn = counts @ m.astype(float)
+    scores = pooled_lesion_scores(np.rint(sums).astype(np.int64))
+    n = int(m.sum())
+    return {metric: Estimate(value[metric], np.where(drawn > 0, draws, np.nan), n)
+            for metric, draws in zip(value, scores, strict=True)}
 
 
 def _f1_draws(y: np.ndarray, decision: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -96,7 +96,8 @@ def _data_assumptions(t: RunTables) -> list[tuple[str, str]]:
         items.append(("intensity range (1st–99th pct.)", f"{lo:.4g} to {hi:.4g}"))
     slices = pd.read_parquet(t.run_dir / "slices.parquet")
     for key in ("site", "protocol", "scanner", "vendor"):
-        vals = sorted({s.split("=", 1)[1] for s in slices["slice"] if s.startswith(f"{key}=")})
+        vals = sorted({s.split("=", 1)[1] for s in slices["slice"]
+                       if s.startswith(f"meta.{key}=")})
         if vals:
             items.append((f"{key}s seen", ", ".join(vals)))
     if run["data"].get("shift"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER, MACRO
+from medfail.slices.definitions import GT, META, parse_slice
 
 STRESS_FAMILIES = ("corruption", "domain_shift", "prompt")
 PRIMARY_METRIC = {"classification": "auroc", "segmentation": "dice", "promptable": "dice"}
@@ -63,6 +64,9 @@ def _pretty(name: str) -> str:
         return f"{test.replace('_', ' ')} (severity {sev})"
     if name == "shift_data":
         return "the second site's data"
+    source, key, value = parse_slice(name)
+    if source in (GT, META):  # "GT size: small", "metadata site: B"
+        return f"{'GT' if source == GT else 'metadata'} {key.replace('_', ' ')}: {value}"
     return name.replace("=", ": ").replace("_", " ")
 
 

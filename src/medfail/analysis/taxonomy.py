@@ -80,6 +80,14 @@ def _stress_rows(t: RunTables, entry: str) -> pd.DataFrame:
     return r[np.asarray(keep, dtype=bool)] if len(r) else r
 
 
+#: slice-name prefixes per taxonomy entry (``gt.`` = ground-truth rules, ``meta.`` = metadata)
+ACQUISITION_SLICES = ("meta.site=", "meta.protocol=", "meta.scanner=", "meta.vendor=",
+                      "meta.pixel_spacing=")
+MORPHOLOGY_SLICES = ("gt.shape=", "gt.size=", "gt.objects=", "meta.shape=", "meta.lesion_size=",
+                     "meta.n_lesions=")
+LOCATION_SLICES = ("gt.location=", "meta.location=")
+
+
 def _slice_rows(t: RunTables, prefixes: tuple[str, ...]) -> pd.DataFrame:
     """Slices whose name starts with one of ``prefixes``, without the no-object slices."""
     r = t.ranking
@@ -97,7 +105,7 @@ def _figure_for(t: RunTables, rows: pd.DataFrame) -> str | None:
 
 def _acquisition(t: RunTables) -> Entry:
     rows = pd.concat([_stress_rows(t, "acquisition / contrast"),
-                      _slice_rows(t, ("site=", "protocol=", "scanner=", "vendor="))])
+                      _slice_rows(t, ACQUISITION_SLICES)])
     rows = rows.sort_values(["significant", "effect"], ascending=[False, True])
     return _from_ranking(t, "data", "acquisition / contrast", rows,
                          "intensity, resolution, site or protocol probes", _figure_for(t, rows))
@@ -166,7 +174,7 @@ def _label_noise(t: RunTables) -> Entry:
 
 
 def _morphology(t: RunTables) -> Entry:
-    rows = _slice_rows(t, ("shape=", "size=", "lesion_size=", "n_lesions=", "objects="))
+    rows = _slice_rows(t, MORPHOLOGY_SLICES)
     return _from_ranking(t, "data", "rare morphologies", rows, "shape or size slices",
                          _figure_for(t, rows))
 
@@ -240,12 +248,11 @@ def _boundary(t: RunTables) -> Entry:
 
 
 def _spurious(t: RunTables) -> Entry:
-    rows = _slice_rows(t, ("location=",))
+    rows = _slice_rows(t, LOCATION_SLICES)
     r = t.ranking
     named = r["name"].str
     meta = r[(r["kind"] == "slice") & ~named.endswith(("=none", "=0")) & ~named.startswith(
-        ("location=", "shape=", "size=", "lesion_size=", "n_lesions=", "objects=", "site=",
-         "protocol=", "scanner=", "vendor="))]
+        ("gt.", *LOCATION_SLICES, *MORPHOLOGY_SLICES, *ACQUISITION_SLICES))]
     rows = pd.concat([rows, meta]).sort_values(["significant", "effect"],
                                                ascending=[False, True])
     return _from_ranking(t, "model", "spurious cues", rows,

@@ -4,10 +4,18 @@ Draw the index matrix once with ``bootstrap_indices(n, B, seed)`` and pass the s
 every metric and every condition: intervals are then reproducible, and differences between
 conditions (Δ intervals) are paired -- each resample compares the same samples.
 
-Convention: the percentile interval ``(q_{α/2}, q_{1−α/2})`` of the resampled statistic
-(numpy's default linear interpolation between order statistics). Resamples whose statistic
-is NaN (e.g. AUROC of a resample with a single class) are dropped; if all are NaN the
-interval is ``(nan, nan)``.
+Convention: the percentile interval ``(q_{α/2}, q_{1−α/2})`` of the resampled statistic over
+all B resamples (numpy's default linear interpolation between order statistics).
+
+Undefined resamples (statistic NaN, e.g. AUROC of a resample with a single class) are never
+dropped, so they cannot shrink an interval: each counts as the least favourable value for
+each bound, below every defined value for the lower bound and above every defined value for
+the upper bound. With k undefined resamples the bounds are reported only when they do not
+depend on those values, ``k <= floor(α/2 · (B − 1))`` (24 of 1000 at 95 %); otherwise both
+are NaN (not reported). Recomputed with numpy (:func:`percentile_ci`)::
+
+    lo = np.percentile(np.where(np.isnan(s), np.nanmin(s), s), 100 * α / 2)
+    hi = np.percentile(np.where(np.isnan(s), np.nanmax(s), s), 100 * (1 - α / 2))
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ __all__ = [
     "auroc_bootstrap",
     "bootstrap_indices",
     "bootstrap_statistic",
+    "max_undefined",
     "mean_ci",
     "paired_delta_ci",
     "paired_statistic_delta_ci",
@@ -88,9 +97,18 @@ def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndar
     return rng.integers(0, int(n), size=(int(n_resamples), int(n)), dtype=np.int32)
 
 
-def percentile_ci(stats: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile interval ``(q_{α/2}, q_{1−α/2})`` of resampled statistics, ignoring NaNs.
+def max_undefined(n_resamples: int, alpha: float = 0.05) -> int:
+    """The most undefined (NaN) resamples out of ``n_resamples`` that still give an interval:
+    ``floor(α/2 · (B − 1))`` (24 of 1000 at α = 0.05; 1 of 50; 0 below 41)."""
+    return int(np.floor(_check_alpha(alpha) / 2.0 * (int(n_resamples) - 1) + 1e-9))
 
+
+def percentile_ci(stats: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval ``(q_{α/2}, q_{1−α/2})`` of resampled statistics.
+
+    NaN resamples (undefined statistic) are kept at the least favourable end for each bound
+    (below every defined value for ``lo``, above for ``hi``); when more than
+    :func:`max_undefined` of them would reach a bound, the interval is ``(nan, nan)``.
     Edge cases: all NaN (or empty) -> ``(nan, nan)``.
 
     Raises:
@@ -98,10 +116,11 @@ def percentile_ci(stats: np.ndarray, alpha: float = 0.05) -> tuple[float, float]
     """
     a = _check_alpha(alpha)
     s = _check_1d("stats", stats).astype(np.float64)
-    s = s[~np.isnan(s)]
-    if s.size == 0:
+    undefined = np.isnan(s)
+    if s.size == 0 or undefined.all() or int(undefined.sum()) > max_undefined(s.size, a):
         return float("nan"), float("nan")
-    lo, hi = np.percentile(s, [100.0 * a / 2.0, 100.0 * (1.0 - a / 2.0)])
+    lo = np.percentile(np.where(undefined, np.nanmin(s), s), 100.0 * a / 2.0)
+    hi = np.percentile(np.where(undefined, np.nanmax(s), s), 100.0 * (1.0 - a / 2.0))
     return float(lo), float(hi)
 
 
@@ -122,8 +141,8 @@ def _resampled_nanmean(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def mean_ci(values: np.ndarray, indices: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
     """Percentile CI of the mean of per-sample values (e.g. per-image Dice).
 
-    Per resample b: ``nanmean(values[indices[b]])`` (NaN values are ignored); then
-    ``percentile_ci``.
+    Per resample b: ``nanmean(values[indices[b]])`` (NaN values are ignored; a resample with
+    no finite value is undefined); then ``percentile_ci``.
 
     Raises:
         ValueError: values not 1-D, indices not (B, len(values)) in range, or bad alpha.
@@ -189,7 +208,8 @@ def statistic_ci(
 ) -> tuple[float, float]:
     """Percentile CI of any set-level statistic, e.g. ``statistic_ci(auroc, (y, s), idx)``.
 
-    NaN statistics (undefined on a resample) are ignored by ``percentile_ci``.
+    NaN statistics (undefined on a resample) are handled by ``percentile_ci`` (kept at the
+    least favourable end; too many of them -> ``(nan, nan)``).
     """
     a = _check_alpha(alpha)
     return percentile_ci(bootstrap_statistic(statistic, arrays, indices), a)

@@ -43,6 +43,9 @@ __all__ = [
     "lesion_sensitivity",
     "lesion_table",
     "pooled_lesion_f1",
+    "pooled_lesion_precision",
+    "pooled_lesion_scores",
+    "pooled_lesion_sensitivity",
 ]
 
 
@@ -245,16 +248,60 @@ def lesion_f1(counts: np.ndarray) -> np.ndarray:
     return _ratio(2 * c[:, 0], 2 * c[:, 0] + c[:, 1] + c[:, 2], 1.0)
 
 
+def pooled_lesion_scores(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Set-level lesion sensitivity, precision and F1 from summed counts, vectorised.
+
+    ``sums[..., :]`` = (ΣTP, ΣFN, ΣFP) over a set of images, e.g. shape (3,) for one set or
+    (B, 3) for one sum per bootstrap resample. Per set:
+
+    * sensitivity ``ΣTP / (ΣTP + ΣFN)``; no GT lesion -> NaN;
+    * precision ``ΣTP / (ΣTP + ΣFP)``; no predicted component (TP + FP = 0) -> NaN;
+    * F1 ``2·ΣTP / (2·ΣTP + ΣFN + ΣFP)``; no lesion and no predicted component -> 1.0.
+
+    Returns:
+        (sensitivity, precision, f1), float64 arrays of shape ``sums.shape[:-1]``.
+
+    Raises:
+        ValueError: last axis not of length 3, or values not non-negative integers.
+    """
+    s = np.asarray(sums)
+    if s.ndim < 1 or s.shape[-1] != 3:
+        raise ValueError(f"sums must have a last axis of 3 (TP, FN, FP), got shape {s.shape}")
+    _check_counts(s.reshape(-1, 3))
+    s = s.astype(np.float64)
+    tp, fn, fp = s[..., 0], s[..., 1], s[..., 2]
+    return (_ratio(tp, tp + fn, np.nan), _ratio(tp, tp + fp, np.nan),
+            _ratio(2 * tp, 2 * tp + fn + fp, 1.0))
+
+
+def pooled_lesion_sensitivity(counts: np.ndarray) -> float:
+    """Set-level lesion sensitivity ``ΣTP / (ΣTP + ΣFN)`` over images; no lesion -> NaN.
+
+    Raises:
+        ValueError: as ``lesion_sensitivity``.
+    """
+    return float(pooled_lesion_scores(_check_counts(counts).sum(axis=0))[0])
+
+
+def pooled_lesion_precision(counts: np.ndarray) -> float:
+    """Set-level lesion precision ``ΣTP / (ΣTP + ΣFP)`` over images; no predicted component
+    -> NaN.
+
+    Raises:
+        ValueError: as ``lesion_sensitivity``.
+    """
+    return float(pooled_lesion_scores(_check_counts(counts).sum(axis=0))[1])
+
+
 def pooled_lesion_f1(counts: np.ndarray) -> float:
     """Set-level lesion F1 from counts summed over images: ``2·ΣTP / (2·ΣTP + ΣFN + ΣFP)``.
 
     Every lesion weighs the same whatever its size or image, so one large lesion cannot
     dominate it (unlike a pixel-level Dice), and lesion-free images add only their FPs.
     Edge case: no lesion and no predicted component in the whole set (or no images) -> 1.0.
+    Runs report this value for every slice (``lesion_f1`` in ``metrics.parquet``).
 
     Raises:
         ValueError: as ``lesion_sensitivity``.
     """
-    tp, fn, fp = (int(v) for v in _check_counts(counts).sum(axis=0))
-    denom = 2 * tp + fn + fp
-    return 1.0 if denom == 0 else 2.0 * tp / denom
+    return float(pooled_lesion_scores(_check_counts(counts).sum(axis=0))[2])

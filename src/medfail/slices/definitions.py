@@ -1,20 +1,30 @@
 """Slice membership: which samples belong to which slice.
 
-Slice names are ``kind=value`` strings (``size=small``, ``site=B``); ``all`` is the whole set.
+Slice names are ``source.key=value``; the source says where the definition comes from, so two
+definitions never share a name (a ground-truth rule and a metadata column both called
+``location`` stay two slices). ``all`` is the whole set.
 
-* ``size``: ``small`` / ``large`` by GT foreground area (mm² when every sample has a spacing,
-  else px), split at ``size_threshold`` (default: the median area of non-empty masks);
-  ``none`` for empty masks.
-* ``location``: ``central`` when the foreground centroid lies within half of the half-diagonal
-  of the image centre (``centre_offset < 0.5``), else ``peripheral``.
-* ``shape``: ``hollow`` / ``solid`` (an object encloses background), and ``objects=1`` /
-  ``objects=2+``.
-* ``metadata``: every text/boolean column of ``metadata.csv`` with 2-20 distinct values (site,
-  protocol, scanner...) and numeric columns with 2-5 distinct values; numeric columns with more
-  levels (areas, ages) are not sliced.
+Ground-truth rules (``gt.``), from the GT mask features of :mod:`medfail.slices.features`:
 
-A sample can be in several slices; slices with fewer than ``min_slice_n`` samples are kept and
-flagged (``small_slice``), never hidden.
+* ``gt.size``: ``small`` / ``large`` by GT foreground area (mm² when every sample has a
+  spacing, else px), split at ``size_threshold`` (default: the median area of non-empty
+  masks); ``none`` for empty masks.
+* ``gt.location``: ``central`` when the foreground centroid lies within half of the
+  half-diagonal of the image centre (``centre_offset < 0.5``), else ``peripheral``.
+* ``gt.shape``: ``hollow`` / ``solid`` (an object encloses background), and ``gt.objects``:
+  ``1`` / ``2+``. Images with an empty mask are only in ``gt.size=none``.
+
+Metadata columns (``meta.``): one slice per distinct value of every column of
+``metadata.csv`` (except ``id``) that has
+
+* text or boolean values: 2-20 distinct values (``meta.site=B``, ``meta.location=central``);
+* numbers (integer or float, ``pixel_spacing`` included): 2-5 distinct values
+  (``meta.pixel_spacing=0.7``, ``meta.grade=2``; integral floats are written as integers).
+  Numeric columns with 6 or more distinct values (areas, ages, continuous spacings) are not
+  sliced: :func:`unsliced_columns` says which and why.
+
+Missing values belong to no slice. A sample can be in several slices; slices with fewer than
+``min_slice_n`` samples are kept and flagged (``small_slice``), never hidden.
 """
 
 from __future__ import annotations
@@ -24,9 +34,26 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+GT = "gt"
+META = "meta"
 MAX_LEVELS = 20
 MAX_NUMERIC_LEVELS = 5
-SKIP_COLUMNS = {"id", "pixel_spacing"}
+SKIP_COLUMNS = {"id"}
+
+
+def slice_name(source: str, key: str, value: object) -> str:
+    """``source.key=value``, e.g. ``slice_name("meta", "site", "B") == "meta.site=B"``."""
+    return f"{source}.{key}={value}"
+
+
+def parse_slice(name: str) -> tuple[str, str, str]:
+    """``(source, key, value)`` of a slice name: ``"gt.size=small"`` -> ``("gt", "size",
+    "small")``; ``("", "all", "")`` for the whole set."""
+    head, sep, value = name.partition("=")
+    if not sep:
+        return "", name, ""
+    source, dot, key = head.partition(".")
+    return (source, key, value) if dot else ("", head, value)
 
 
 def size_threshold(index: pd.DataFrame, unit: str) -> float:
@@ -37,7 +64,7 @@ def size_threshold(index: pd.DataFrame, unit: str) -> float:
 
 def mask_slices(index: pd.DataFrame, kinds: Sequence[str], threshold: float | None,
                 unit: str) -> pd.DataFrame:
-    """Membership rows ``(id, slice)`` from the GT features in ``index``."""
+    """Membership rows ``(id, slice)`` from the GT features in ``index`` (``gt.`` slices)."""
     if "gt_area_px" not in index or index["gt_area_px"].isna().all():
         return pd.DataFrame(columns=["id", "slice"])
     rows: list[tuple[str, str]] = []
@@ -46,49 +73,107 @@ def mask_slices(index: pd.DataFrame, kinds: Sequence[str], threshold: float | No
     for r in index.itertuples():
         empty = r.gt_area_px == 0
         if "size" in kinds:
-            rows.append((r.id, "size=none" if empty else
-                         f"size={'small' if getattr(r, col) < thr else 'large'}"))
+            size = "none" if empty else ("small" if getattr(r, col) < thr else "large")
+            rows.append((r.id, slice_name(GT, "size", size)))
         if empty:
             continue
         if "location" in kinds:
-            rows.append((r.id, f"location={'central' if r.centre_offset < 0.5 else 'peripheral'}"))
+            where = "central" if r.centre_offset < 0.5 else "peripheral"
+            rows.append((r.id, slice_name(GT, "location", where)))
         if "shape" in kinds:
-            rows.append((r.id, f"shape={'hollow' if r.hollow else 'solid'}"))
-            rows.append((r.id, f"objects={'1' if r.n_objects == 1 else '2+'}"))
+            rows.append((r.id, slice_name(GT, "shape", "hollow" if r.hollow else "solid")))
+            rows.append((r.id, slice_name(GT, "objects", "1" if r.n_objects == 1 else "2+")))
     return pd.DataFrame(rows, columns=["id", "slice"])
 
 
-def metadata_slices(metadata: pd.DataFrame) -> pd.DataFrame:
-    """Membership rows from categorical metadata columns (2-20 levels)."""
-    rows: list[tuple[str, str]] = []
-    if metadata is None or metadata.empty:
-        return pd.DataFrame(columns=["id", "slice"])
+def _with_id(metadata: pd.DataFrame) -> pd.DataFrame:
     meta = metadata.reset_index() if "id" not in metadata.columns else metadata
-    for col in meta.columns:
-        if col in SKIP_COLUMNS:
-            continue
-        values = meta[col]
-        levels = values.dropna().unique()
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        if not 2 <= len(levels) <= (MAX_NUMERIC_LEVELS if numeric else MAX_LEVELS):
-            continue
-        for sid, v in zip(meta["id"], values, strict=True):
-            if pd.notna(v):
-                rows.append((str(sid), f"{col}={_level(v)}"))
-    return pd.DataFrame(rows, columns=["id", "slice"])
+    dup = meta.columns[meta.columns.duplicated()].tolist()
+    if dup:
+        raise ValueError(f"metadata has duplicate column(s) {', '.join(map(str, dup))}: each "
+                         "column must be named once to name its slices")
+    return meta
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
 
 def _level(v: object) -> str:
+    """A value as written in a slice name: integral floats as integers (``2.0`` -> ``2``),
+    other floats by their shortest round-trip repr at their own precision (``0.7``), everything
+    else by ``str``."""
     if isinstance(v, float | np.floating) and float(v).is_integer():
         return str(int(v))
+    if isinstance(v, np.floating):
+        return str(v)  # shortest repr at the value's own precision: float32 0.7 -> "0.7"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, np.integer | np.bool_):
+        return str(v.item())
     return str(v)
+
+
+def _levels(values: pd.Series) -> list[object]:
+    return list(pd.unique(values.dropna()))
+
+
+def unsliced_columns(metadata: pd.DataFrame | None) -> dict[str, str]:
+    """``{column: reason}`` for the metadata columns :func:`metadata_slices` does not slice."""
+    if metadata is None or metadata.empty:
+        return {}
+    meta = _with_id(metadata)
+    out = {}
+    for col in meta.columns:
+        if col in SKIP_COLUMNS:
+            continue
+        n, numeric = len(_levels(meta[col])), _is_numeric(meta[col])
+        limit = MAX_NUMERIC_LEVELS if numeric else MAX_LEVELS
+        if n < 2:
+            out[str(col)] = f"{n} distinct value{'s' if n != 1 else ''}"
+        elif n > limit:
+            out[str(col)] = (f"{n} distinct {'numeric' if numeric else 'text'} values "
+                             f"(more than {limit})")
+    return out
+
+
+def metadata_slices(metadata: pd.DataFrame | None) -> pd.DataFrame:
+    """Membership rows ``(id, slice)`` from metadata columns (``meta.`` slices): text/boolean
+    columns with 2-20 distinct values, numeric (integer or float) columns with 2-5.
+
+    Raises:
+        ValueError: duplicate column names, or two distinct values of one column that would
+            be written alike (e.g. ``1`` and ``"1"`` in an object column).
+    """
+    rows: list[tuple[str, str]] = []
+    if metadata is None or metadata.empty:
+        return pd.DataFrame(columns=["id", "slice"])
+    meta = _with_id(metadata)
+    skipped = unsliced_columns(meta)
+    for col in meta.columns:
+        if col in SKIP_COLUMNS or str(col) in skipped:
+            continue
+        values = meta[col]
+        written: dict[str, object] = {}
+        for v in _levels(values):
+            other = written.setdefault(_level(v), v)
+            if other is not v and other != v:
+                raise ValueError(f"metadata column '{col}': values {other!r} and {v!r} would "
+                                 f"both name slice {slice_name(META, col, _level(v))}")
+        for sid, v in zip(meta["id"], values.to_numpy(), strict=True):  # numpy scalars
+            if pd.notna(v):
+                rows.append((str(sid), slice_name(META, str(col), _level(v))))
+    return pd.DataFrame(rows, columns=["id", "slice"])
 
 
 def slice_membership(index: pd.DataFrame, metadata: pd.DataFrame | None, kinds: Sequence[str],
                      threshold: float | None, unit: str) -> pd.DataFrame:
-    """All membership rows ``(id, slice)`` for the requested slice kinds."""
+    """All membership rows ``(id, slice)`` for the requested slice kinds, sorted by slice, id.
+
+    ``gt.`` and ``meta.`` names cannot collide, so every slice name has one definition."""
     parts = [mask_slices(index, kinds, threshold, unit)]
     if "metadata" in kinds and metadata is not None:
         parts.append(metadata_slices(metadata))
-    out = pd.concat(parts, ignore_index=True).drop_duplicates()
+    out = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
+    out = out.drop_duplicates()
     return out.sort_values(["slice", "id"]).reset_index(drop=True)
