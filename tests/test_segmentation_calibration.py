@@ -43,3 +43,18 @@ def test_binned_pixel_ece_equals_ece_on_all_pixels() -> None:
     assert pixel_ece(all_px) == pytest.approx(expected, abs=1e-9)
     band = table[table["region"] == "band"]
     assert 0 < band["count"].sum() <= 3 * 256
+
+
+def test_mask_entropy_is_not_clipped_on_saturated_maps() -> None:
+    """Old code clipped p to [1e-7, 1 - 1e-7] before the entropy: an image predicted 0 exactly
+    and one at float16's smallest step (2**-24 ≈ 6e-8) tied, and neither scored 0 entropy."""
+    zero = image_confidences(np.zeros((8, 8), np.float32))
+    tiny = image_confidences(np.full((8, 8), np.float16(2.0**-24), np.float32))
+    assert zero["mask_entropy"] == 0.0
+    p = 2.0**-24
+    expected = p * np.log(p) + (1 - p) * np.log1p(-p)  # minus the binary entropy, numpy only
+    assert tiny["mask_entropy"] == pytest.approx(expected, rel=1e-12)
+    assert zero["mask_entropy"] > tiny["mask_entropy"]
+    sure = np.zeros((8, 8), np.float32)
+    sure[2:4, 2:4] = 1.0
+    assert image_confidences(sure)["mask_entropy"] == 0.0  # p = 1 inside the mask

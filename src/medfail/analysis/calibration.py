@@ -5,11 +5,19 @@ value, n``.
 
 Methods (confidence signals):
 
-* ``max_prob`` - the model's probabilities as they are; confidence ``max(p, 1 - p)`` per target
-  (multi-label) or the top-class probability (multi-class);
+* ``max_prob`` - the model's probabilities as they are; cases ranked by the log-odds of the
+  decision, ``|z|`` per target (multi-label; z = the stored logit, else ``log p − log1p(−p)``),
+  or ``s_c − logsumexp_{k≠c} s_k`` for the predicted class c (multi-class; s = logits, else
+  ``log p``): the order of ``max(p, 1 − p)`` / the top-class probability, without the ties that
+  rounding p to float creates (:mod:`medfail.uncertainty.temperature`);
 * ``temperature`` - probabilities after temperature scaling fitted on the calibration split only
-  (one temperature per target for multi-label, one for multi-class); absent without a split;
-* ``entropy`` - confidence ``-H(p)``; a ranking only (its calibration metrics are ``max_prob``'s);
+  (one temperature per target for multi-label, one for multi-class); absent without a split.
+  Decisions are those of ``max_prob``; the ranking is that of ``|z| / T``, i.e. exactly
+  ``max_prob``'s for binary targets (and two classes), so its AURC equals ``max_prob``'s
+  exactly, whatever T (also on a bound of the search, where ``p_T`` rounds to 0 or 1);
+* ``entropy`` - confidence ``-H(p)``; a ranking only (its calibration metrics are ``max_prob``'s).
+  For binary targets ``-H`` is decreasing in ``|z|``, so cases are ranked by ``|z|``;
+  multi-class: ``-H`` from float64 log-probabilities;
 * ``spread`` - for the TTA and MC-dropout conditions: confidence = minus the standard deviation of
   the target's probability across passes (a ranking that CAN differ from ``max_prob``'s).
 
@@ -18,16 +26,17 @@ of P(target) (multi-label) or of the top label / full distribution (multi-class)
 prediction with residual = 1 for a wrong decision at the run's threshold: ``aurc``, ``eaurc``,
 ``augrc``, ``risk_at_80`` (error rate of the 80 % most confident cases), ``coverage_at_risk_5``
 (the largest share of cases kept with an error rate ≤ 5 %), and ``sens_all`` /
-``sens_at_80`` (sensitivity over all positives vs over the positives kept at 80 % coverage), so a
-report can say "deferring the 20 % least confident cases raises sensitivity from a to b".
-For binary targets temperature scaling and entropy are monotone in ``|logit p|``: they cannot
-change the ranking, so their AURC equals ``max_prob``'s (stated, not hidden).
+``sens_at_80``. The deferral never sees a label: ``sens_at_80`` keeps the 80 % most confident of
+ALL cases (``ceil(0.8 N)`` plus ties, as ``risk_at_80``) and is the share of the positives among
+them that are detected (NaN when none is kept), so a report can say "deferring the 20 % least
+confident cases changes sensitivity from a to b".
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.special import log_softmax
 
 from medfail.metrics.calibration import (
     adaptive_ece,
@@ -47,11 +56,15 @@ from medfail.metrics.selective import (
     selective_metric,
 )
 from medfail.uncertainty.temperature import (
-    apply_temperature_binary,
-    apply_temperature_multiclass,
-    entropy_binary,
+    binary_confidence,
+    binary_scores,
+    class_log_odds,
+    finite_scores,
     fit_temperature_binary,
     fit_temperature_multiclass,
+    multiclass_scores,
+    scale_binary,
+    scale_multiclass,
 )
 
 COVERAGE = 0.8
@@ -61,19 +74,37 @@ CAL_COLUMNS = ["condition", "test", "family", "severity", "target", "method", "m
                "n"]
 
 
-def _wide(pred: pd.DataFrame, targets: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    probs = pred.pivot(index="id", columns="target", values="prob")[targets]
-    labels = pred.pivot(index="id", columns="target", values="label")[targets]
-    return probs.to_numpy(np.float64), labels.to_numpy(np.float64)
+def _wide(pred: pd.DataFrame, targets: list[str]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(probabilities, labels, logits or None) as (N, targets) arrays; logits are None unless
+    the table has a ``logit`` column that is finite everywhere."""
+    def pivot(col: str) -> np.ndarray:
+        return pred.pivot(index="id", columns="target", values=col)[targets].to_numpy(np.float64)
+
+    logits = pivot("logit") if "logit" in pred else None
+    if logits is not None and not np.isfinite(logits).all():
+        logits = None
+    return pivot("prob"), pivot("label"), logits
 
 
 def fit_temperatures(calibration: pd.DataFrame, multi_label: bool) -> dict[str, float]:
-    """Temperatures from the calibration split's clean predictions."""
+    """Temperatures from the calibration split's clean predictions (its stored logits when the
+    model gave them, else the log-odds / log-probabilities of its probabilities)."""
     targets = list(dict.fromkeys(calibration["target"]))
-    p, y = _wide(calibration, targets)
+    p, y, z = _wide(calibration, targets)
     if multi_label:
-        return {t: fit_temperature_binary(y[:, k], p[:, k]) for k, t in enumerate(targets)}
-    return {"all": fit_temperature_multiclass(np.argmax(y, axis=1), p)}
+        return {t: fit_temperature_binary(y[:, k], p[:, k], None if z is None else z[:, k])
+                for k, t in enumerate(targets)}
+    return {"all": fit_temperature_multiclass(np.argmax(y, axis=1), p, z)}
+
+
+def selective_sensitivity(conf: np.ndarray, y: np.ndarray, decision: np.ndarray,
+                          coverage: float = COVERAGE) -> float:
+    """Sensitivity among the positives kept when the ``coverage`` share of most confident cases
+    of ALL cases (positives and negatives alike; the label is not used to defer) is kept."""
+    pos = np.asarray(y) > 0.5
+    hit = np.where(pos, (np.asarray(decision) > 0.5).astype(np.float64), np.nan)
+    return selective_metric(conf, hit, coverage) if pos.any() else float("nan")
 
 
 def _selective(conf: np.ndarray, wrong: np.ndarray, y: np.ndarray,
@@ -85,49 +116,61 @@ def _selective(conf: np.ndarray, wrong: np.ndarray, y: np.ndarray,
         "risk_at_80": risk_at_coverage(conf, wrong, COVERAGE),
         "coverage_at_risk_5": coverage_at_risk(conf, wrong, TARGET_RISK),
         "sens_all": float(detected[pos].mean()) if pos.any() else float("nan"),
-        "sens_at_80": selective_metric(conf[pos], detected[pos], COVERAGE)
-        if pos.any() else float("nan"),
+        "sens_at_80": selective_sensitivity(conf, y, decision, COVERAGE),
     }
 
 
 def _binary_rows(y: np.ndarray, p: np.ndarray, threshold: float,
-                 temperature: float | None,
-                 spread: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+                 temperature: float | None, spread: np.ndarray | None = None,
+                 logits: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     decision = (p >= threshold).astype(np.float64)
     wrong = (decision != y).astype(np.float64)
+    z = binary_scores(p, logits)
+    # |z| ranks like max(p, 1 - p), -H(p) and, for every T > 0, |z| / T: one ranking for all
+    conf = binary_confidence(z)
+    selective = _selective(conf, wrong, y, decision)
     out: dict[str, dict[str, float]] = {}
     variants: list[tuple[str, np.ndarray]] = [("max_prob", p)]
     if temperature is not None:
-        variants.append(("temperature", apply_temperature_binary(p, temperature)))
+        variants.append(("temperature", scale_binary(z, temperature)))
     for method, q in variants:
         calib = {"ece": ece(y, q, N_BINS), "adaptive_ece": adaptive_ece(y, q, N_BINS),
                  "brier": brier(y, q), "nll": nll(y, q)}
-        out[method] = {**calib, **_selective(np.maximum(q, 1 - q), wrong, y, decision)}
-    out["entropy"] = _selective(-entropy_binary(p), wrong, y, decision)
+        out[method] = {**calib, **selective}
+    out["entropy"] = dict(selective)
     if spread is not None and np.isfinite(spread).all():
         out["spread"] = _selective(-spread, wrong, y, decision)
     return out
 
 
-def _multiclass_rows(y: np.ndarray, p: np.ndarray,
-                     temperature: float | None) -> dict[str, dict[str, float]]:
+def _ranking(conf: np.ndarray, wrong: np.ndarray) -> dict[str, float]:
+    return {"aurc": aurc(conf, wrong), "eaurc": eaurc(conf, wrong), "augrc": augrc(conf, wrong),
+            "risk_at_80": risk_at_coverage(conf, wrong, COVERAGE)}
+
+
+def _multiclass_rows(y: np.ndarray, p: np.ndarray, temperature: float | None,
+                     logits: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     labels = np.argmax(y, axis=1)
-    out: dict[str, dict[str, float]] = {}
-    variants: list[tuple[str, np.ndarray]] = [("max_prob", p)]
+    pred = np.argmax(p, axis=1)  # the decision, whatever the method
+    wrong = (pred != labels).astype(np.float64)
+    s = multiclass_scores(p, logits)
+    conf = class_log_odds(s, pred)
+    out: dict[str, dict[str, float]] = {
+        "max_prob": {"ece": ece_top_label(labels, p, N_BINS),
+                     "brier": brier_multiclass(labels, p), "nll": nll_multiclass(labels, p),
+                     **_ranking(conf, wrong)}}
     if temperature is not None:
-        variants.append(("temperature", apply_temperature_multiclass(p, temperature)))
-    for method, q in variants:
-        pred = np.argmax(q, axis=1)
-        wrong = (pred != labels).astype(np.float64)
-        out[method] = {"ece": ece_top_label(labels, q, N_BINS),
-                       "brier": brier_multiclass(labels, q), "nll": nll_multiclass(labels, q),
-                       "aurc": aurc(q.max(axis=1), wrong), "eaurc": eaurc(q.max(axis=1), wrong),
-                       "augrc": augrc(q.max(axis=1), wrong),
-                       "risk_at_80": risk_at_coverage(q.max(axis=1), wrong, COVERAGE)}
-    ent = -(p * np.log(np.clip(p, 1e-12, 1))).sum(axis=1)
-    wrong = (np.argmax(p, axis=1) != labels).astype(np.float64)
-    out["entropy"] = {"aurc": aurc(-ent, wrong), "eaurc": eaurc(-ent, wrong),
-                      "augrc": augrc(-ent, wrong)}
+        q = scale_multiclass(s, temperature)
+        # two classes: log-odds / T, the order of the log-odds; more: it can re-rank cases
+        conf_t = conf if p.shape[1] == 2 else class_log_odds(
+            finite_scores(s) / float(temperature), pred)
+        out["temperature"] = {"ece": ece_top_label(labels, q, N_BINS),
+                              "brier": brier_multiclass(labels, q),
+                              "nll": nll_multiclass(labels, q), **_ranking(conf_t, wrong)}
+    logp = log_softmax(s, axis=1)
+    fin = np.isfinite(logp)
+    ent = -np.sum(np.exp(logp) * np.where(fin, logp, 0.0), axis=1)  # 0 log 0 = 0
+    out["entropy"] = {k: v for k, v in _ranking(-ent, wrong).items() if k != "risk_at_80"}
     return out
 
 
@@ -142,7 +185,7 @@ def calibration_table(predictions: pd.DataFrame, multi_label: bool,
     for cond, grp in predictions.groupby("condition", sort=False):
         meta = {"condition": cond, "test": grp["test"].iloc[0], "family": grp["family"].iloc[0],
                 "severity": grp["severity"].iloc[0]}
-        p, y = _wide(grp, targets)
+        p, y, z = _wide(grp, targets)
         spread = grp.pivot(index="id", columns="target", values="spread")[targets].to_numpy(
             np.float64) if "spread" in grp else None
         if multi_label:
@@ -150,13 +193,14 @@ def calibration_table(predictions: pd.DataFrame, multi_label: bool,
             for k, t in enumerate(targets):
                 temp = None if temperatures is None else temperatures.get(t)
                 per_target[t] = _binary_rows(y[:, k], p[:, k], thresholds[t], temp,
-                                             None if spread is None else spread[:, k])
+                                             None if spread is None else spread[:, k],
+                                             None if z is None else z[:, k])
                 rows += _rows(meta, t, per_target[t], len(y))
             if len(targets) > 1:
                 rows += _rows(meta, "macro", _macro(per_target), len(y))
         else:
             temp = None if temperatures is None else temperatures.get("all")
-            rows += _rows(meta, "all", _multiclass_rows(y, p, temp), len(y))
+            rows += _rows(meta, "all", _multiclass_rows(y, p, temp, z), len(y))
     return pd.DataFrame(rows, columns=CAL_COLUMNS)
 
 

@@ -10,7 +10,9 @@ effect, ci_low, ci_high, helps, time_ratio, forward_passes, coverage, note``.
 * ``temperature`` (classification): ECE and NLL before/after scaling under the base condition
   (no interval: a single fitted transform; ``helps`` = it lowers them).
 * ``selective_80``: keep the 80 % most confident cases and defer the rest to a reader: the metric
-  on kept cases vs all (``coverage`` = 0.8 is the cost).
+  on kept cases vs all (``coverage`` = 0.8 is the cost). The kept cases are the 80 % most
+  confident of ALL cases, chosen without the label (``sens_at_80`` / ``dice_at_80`` of
+  ``calibration.parquet``): classification reports the sensitivity among the kept positives.
 
 Cost: ``time_ratio`` = wall-clock of the mitigation condition ÷ that of its base condition;
 ``forward_passes`` per image (TTA 4, MC dropout ``mc_passes``, post-processing 0 extra).
@@ -109,5 +111,6 @@ def _posthoc_rows(task: str, calibration: pd.DataFrame, bases: list[str],
             rows.append({**common, "mitigation": "selective_80", "metric": metric, "before": b,
                          "after": a, "effect": a - b, "helps": bool(a > b), "time_ratio": 0.0,
                          "forward_passes": 0, "coverage": 0.8,
-                         "note": f"defer the 20% least confident ({method}) to a reader"})
+                         "note": f"defer the 20% least confident of all cases ({method}, "
+                                 "label-free) to a reader"})
     return rows

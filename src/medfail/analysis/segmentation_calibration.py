@@ -16,8 +16,9 @@ inference from the stored float16 map ``p`` of each class:
 * ``mean_max_prob`` = mean over pixels of ``max(p, 1 - p)``;
 * ``mask_confidence`` = mean ``p`` inside the predicted mask (``p > 0.5``), or mean ``1 - p`` over
   the image when nothing is predicted;
-* ``mask_entropy`` = minus the mean binary entropy inside the predicted mask (whole image when
-  empty), so higher = more confident;
+* ``mask_entropy`` = minus the mean binary entropy (nats, float64, ``−p ln p − (1−p) ln(1−p)``
+  without clipping: 0 at p = 0 or 1) inside the predicted mask (whole image when empty), so
+  higher = more confident;
 * ``sampling_agreement`` (TTA and MC-dropout conditions only) = minus the mean standard deviation
   across passes inside the predicted mask.
 
@@ -25,7 +26,9 @@ Selective prediction defers whole images: residual = ``1 - dice``; ``aurc``, ``e
 ``augrc``, ``risk_at_80`` (mean 1 - Dice of the 80 % most confident images),
 ``coverage_at_risk_10`` (largest share of images kept with mean 1 - Dice ≤ 0.10), ``dice_all`` and
 ``dice_at_80`` (mean Dice over all vs over the kept images), and ``acceptable_at_80`` (share of
-kept images with Dice ≥ 0.8, a "case acceptable" rate).
+kept images with Dice ≥ 0.8, a "case acceptable" rate). The kept images are the
+``ceil(0.8 N)`` most confident of ALL images of the condition (plus ties with the last), chosen
+from the confidence signal alone: the ground truth (empty or not) never decides what is kept.
 """
 
 from __future__ import annotations

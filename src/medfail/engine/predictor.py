@@ -12,6 +12,7 @@ objects stay separate) instead of one per connected component.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from medfail.analysis.per_sample import classification_rows, segmentation_rows
@@ -53,6 +55,18 @@ from medfail.uncertainty.sampling import ensemble_predict, mc_dropout_predict, t
 
 #: the shift-data condition: clean images of a second dataset
 SHIFT = Condition("shift_data", "shift_data", "domain_shift", 1)
+
+
+def classifier_logits(adapter: ModelAdapter, images: list[np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities, logits)`` (N, K) float32 of an ``output="logits"`` classifier: one
+    ``predict_proba`` pass (same resizing, batching and output checks) on a copy whose activation
+    keeps the raw output, then the adapter's activation of those logits (sigmoid / softmax in
+    float32, the probabilities ``predict_proba`` gives on the CPU)."""
+    raw = copy.copy(adapter)
+    raw.activate = lambda out: out.float()  # type: ignore[method-assign]
+    logits = np.asarray(raw.predict_proba(images), np.float32)  # type: ignore[attr-defined]
+    return adapter.activate(torch.from_numpy(logits)).numpy(), logits
 
 
 @dataclass
@@ -228,9 +242,15 @@ class Predictor:
 
     def classify(self, batch: list[Sample], images: list[np.ndarray],
                  cond: Condition) -> pd.DataFrame:
-        """Long prediction rows (``predictions/<condition>.parquet``) of one batch."""
-        probs_list, spreads = self._model_output(batch, images, cond)
-        probs = np.stack(probs_list)
+        """Long prediction rows (``predictions/<condition>.parquet``) of one batch; ``logit`` is
+        the model's raw output for plain conditions of ``output="logits"`` models, else NaN."""
+        logits = None
+        if cond.method == "plain" and self.adapter.spec.output == "logits":
+            probs, logits = classifier_logits(self.adapter, images)
+            spreads: list = [None] * len(batch)
+        else:
+            probs_list, spreads = self._model_output(batch, images, cond)
+            probs = np.stack(probs_list)
         spread = np.stack([np.full(len(self.targets), np.nan) if sp is None else sp
                            for sp in spreads])
         labels = np.stack([self._one_hot(s) for s in batch])
@@ -240,7 +260,9 @@ class Predictor:
             "test": cond.test, "family": cond.family, "severity": cond.severity,
             "target": np.tile(self.targets, len(batch)),
             "prob": probs.reshape(-1).astype(np.float64), "label": labels.reshape(-1),
-            "spread": spread.reshape(-1).astype(np.float64)})
+            "spread": spread.reshape(-1).astype(np.float64),
+            "logit": np.full(probs.size, np.nan) if logits is None
+            else logits.reshape(-1).astype(np.float64)})
 
     def _one_hot(self, s: Sample) -> np.ndarray:
         label = np.asarray(s.label)

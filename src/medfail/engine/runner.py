@@ -73,6 +73,7 @@ from medfail.slices.definitions import slice_membership
 from medfail.slices.features import mask_features
 from medfail.stress.prompt_perturbations import prompt_table_rows
 from medfail.uncertainty.postprocess import PostProcess, choose_params
+from medfail.uncertainty.temperature import temperature_warnings
 
 PARTS = ".parts"
 #: the run directory's top-level tables (listed in the manifest before they are written)
@@ -80,8 +81,9 @@ TABLES = ("per_sample.parquet", "metrics.parquet", "ranking.parquet", "calibrati
           "mitigations.parquet", "run.json", "evidence.parquet")
 #: bump when what a finished condition stores changes, so older caches are recomputed
 #: (4: masks interpreted by mask mode, 16-bit images on the 8-bit scale, effective bit depth;
-#: 5: the pixel_bins band is Euclidean distance <= 5 px, was city-block)
-PARTS_FORMAT = 5
+#: 5: the pixel_bins band is Euclidean distance <= 5 px, was city-block;
+#: 6: classification predictions store the model's logits, mask_entropy without a 1e-7 clip)
+PARTS_FORMAT = 6
 PACKAGES = ("medfail", "torch", "monai", "numpy", "scipy", "scikit-image", "scikit-learn",
             "pandas", "pyarrow", "pydicom", "nibabel", "pillow", "onnxruntime", "matplotlib")
 
@@ -349,6 +351,8 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     if task == "classification":
         if cal_preds is not None:
             temperatures = fit_temperatures(cal_preds, adapter.spec.multi_label)
+            for message in temperature_warnings(temperatures).values():
+                print(f"warning: {message}", file=sys.stderr, flush=True)
         preds = pd.concat([pd.read_parquet(condition_path(run_dir, n, task)) for n in names],
                           ignore_index=True)
         cal_table = calibration_table(preds, adapter.spec.multi_label, thresholds, temperatures)
@@ -372,6 +376,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
                                      config.surface_tolerance_mm, BAND_PX),
         "thresholds": thresholds,
         "temperatures": temperatures,
+        "temperature_warnings": temperature_warnings(temperatures),  # T on a search bound
         "model": {**model_info, "spec": adapter.spec.to_dict(),
                   "ensemble": [m.name for m in ensemble]},
         "data": {"name": Path(dataset.root).name, "n_samples": len(dataset),

@@ -280,10 +280,12 @@ def coverage_at_risk(confidence: np.ndarray, residual: np.ndarray, max_risk: flo
 def selective_metric(confidence: np.ndarray, values: np.ndarray, coverage: float) -> float:
     """Mean of a per-sample value over the ``coverage`` fraction of most confident samples.
 
-    Same acceptance rule as ``risk_at_coverage``. NaN values are ignored (e.g. pass a 0/1
-    detection indicator for positives and NaN for negatives to get the sensitivity among
-    accepted cases), so "deferring the 20% least confident cases raises X from a to b" is
-    ``selective_metric(c, x, 1.0)`` -> ``selective_metric(c, x, 0.8)``.
+    Same acceptance rule as ``risk_at_coverage``. NaN values are ignored *after* acceptance:
+    pass the confidences of ALL cases with a 0/1 detection indicator for positives and NaN for
+    negatives to get the sensitivity among the accepted positives (label-free deferral; passing
+    only the positives' confidences would defer by label). "Deferring the 20% least confident
+    cases raises X from a to b" is ``selective_metric(c, x, 1.0)`` ->
+    ``selective_metric(c, x, 0.8)``.
 
     EDGE CASES: no samples, or every accepted value NaN -> nan.
 

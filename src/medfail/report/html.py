@@ -40,7 +40,16 @@ from medfail.report.figures import (
     slice_forest_plot,
 )
 from medfail.report.pdf import render_pdf
-from medfail.uncertainty.temperature import apply_temperature_binary, apply_temperature_multiclass
+from medfail.uncertainty.temperature import (
+    apply_temperature_binary,
+    apply_temperature_multiclass,
+    binary_confidence,
+    binary_scores,
+    class_log_odds,
+    multiclass_scores,
+    temperature_at_bound,
+    temperature_warnings,
+)
 
 FAMILY_TITLES = {"corruption": "Common corruptions", "domain_shift": "Domain shift",
                  "prompt": "Prompt perturbations"}
@@ -271,34 +280,40 @@ CAL_METRICS = ["ece", "adaptive_ece", "brier", "nll", "aurc", "eaurc", "augrc", 
                "coverage_at_risk_5", "sens_all", "sens_at_80"]
 
 
-def _pooled(pred: pd.DataFrame, run: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray],
-                                                                np.ndarray]:
-    """Labels, probabilities per method and wrong-decision flags pooled over targets."""
+def _pooled(pred: pd.DataFrame, run: dict[str, Any]
+            ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Labels, probabilities per method, wrong-decision flags and the ranking confidence
+    (log-odds of the decision, as in ``calibration.parquet``) pooled over targets."""
     temps = run.get("temperatures") or {}
     thresholds = run.get("thresholds")
     multi = run["model"]["spec"]["multi_label"]
     if multi:
-        y, probs, temp, wrong = [], [], [], []
+        y, probs, temp, wrong, conf = [], [], [], [], []
         for target, grp in pred.groupby("target", sort=False):
             yy, pp = grp["label"].to_numpy(float), grp["prob"].to_numpy(float)
+            zz = grp["logit"].to_numpy(float) if "logit" in grp else None
             thr = thresholds[target] if isinstance(thresholds, dict) else float(thresholds)
             y.append(yy)
             probs.append(pp)
             wrong.append(((pp >= thr) != (yy > 0.5)).astype(float))
+            conf.append(binary_confidence(binary_scores(pp, zz)))
             if target in temps:
-                temp.append(apply_temperature_binary(pp, temps[target]))
+                temp.append(apply_temperature_binary(pp, temps[target], zz))
         out = {"max_prob": np.concatenate(probs)}
         if temp:
             out["temperature"] = np.concatenate(temp)
-        return np.concatenate(y), out, np.concatenate(wrong)
+        return np.concatenate(y), out, np.concatenate(wrong), np.concatenate(conf)
     wide_p = pred.pivot(index="id", columns="target", values="prob").to_numpy(float)
     wide_y = pred.pivot(index="id", columns="target", values="label").to_numpy(float)
+    wide_z = pred.pivot(index="id", columns="target", values="logit").to_numpy(float) \
+        if "logit" in pred else None
     labels = np.argmax(wide_y, axis=1)
-    correct = (np.argmax(wide_p, axis=1) == labels).astype(float)
+    decision = np.argmax(wide_p, axis=1)
+    correct = (decision == labels).astype(float)
     out = {"max_prob": wide_p.max(axis=1)}
     if "all" in temps:
-        out["temperature"] = apply_temperature_multiclass(wide_p, temps["all"]).max(axis=1)
-    return correct, out, 1 - correct
+        out["temperature"] = apply_temperature_multiclass(wide_p, temps["all"], wide_z).max(axis=1)
+    return correct, out, 1 - correct, class_log_odds(multiclass_scores(wide_p, wide_z), decision)
 
 
 def _calibration_section(run_dir: Path, run: dict[str, Any],
@@ -314,7 +329,7 @@ def _calibration_section(run_dir: Path, run: dict[str, Any],
     figdir = run_dir / "figures"
     figs = []
     clean = pd.read_parquet(run_dir / "predictions" / "clean.parquet")
-    y, probs, _ = _pooled(clean, run)
+    y, probs, _, _ = _pooled(clean, run)
     path = reliability_plot(y, probs, figdir / "reliability_clean.png",
                             "reliability on clean test images (all targets pooled)")
     figs.append(_figure(path, run_dir, "reliability diagrams, clean"))
@@ -322,9 +337,8 @@ def _calibration_section(run_dir: Path, run: dict[str, Any],
     for cond in ["clean"] + ([worst] if worst else []):
         pred = clean if cond == "clean" else pd.read_parquet(
             run_dir / "predictions" / f"{cond}.parquet")
-        _, pr, wr = _pooled(pred, run)
-        p = pr["max_prob"]
-        cov, risk, _ = risk_coverage_curve(np.maximum(p, 1 - p), wr)
+        _, _, wr, conf = _pooled(pred, run)
+        cov, risk, _ = risk_coverage_curve(conf, wr)
         curves[cond] = (cov, risk)
     path = risk_coverage_plot(curves, figdir / "risk_coverage.png",
                               "risk-coverage: defer the least confident cases")
@@ -344,13 +358,19 @@ def _calibration_section(run_dir: Path, run: dict[str, Any],
                       & (table["method"] == "max_prob")].set_index("metric")["value"]
     sentence = ""
     if {"sens_all", "sens_at_80"} <= set(clean_max.index):
-        sentence = (f"On clean images, deferring the 20% least confident cases changes "
-                    f"sensitivity ({target}) from {clean_max['sens_all']:.2f} to "
-                    f"{clean_max['sens_at_80']:.2f} and the error rate of the kept cases to "
+        sentence = (f"On clean images, deferring the 20% least confident cases (chosen "
+                    f"without the label) changes sensitivity ({target}) from "
+                    f"{clean_max['sens_all']:.2f} to {clean_max['sens_at_80']:.2f} among the "
+                    f"kept positives and the error rate of the kept cases to "
                     f"{clean_max['risk_at_80']:.3f}.")
     temps = run.get("temperatures")
+    bound = temperature_warnings(temps)
     return {"figures": figs, "metrics": CAL_METRICS, "rows": rows, "sentence": sentence,
-            "temperatures": ", ".join(f"{k} {v:.2f}" for k, v in temps.items()) if temps
+            "temperatures": ", ".join(
+                f"{k} {v:.2f}" + (f" (WARNING: on the {temperature_at_bound(v)} bound of the "
+                                  "search, not an NLL optimum; read its ECE/NLL with care)"
+                                  if k in bound else "")
+                for k, v in temps.items()) if temps
             else "not fitted (no --calibration split)"}
 
 
