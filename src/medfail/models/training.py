@@ -6,10 +6,10 @@
   flips;
 * segmentation: MONAI U-Net on random ``size`` patches at native resolution (half of them centred
   on a foreground pixel so small structures are seen), Dice + cross-entropy loss;
-* promptable: the same U-Net with box and point channels; one example per object (the objects
-  ``medfail run`` prompts: :attr:`~medfail.data.sample.Sample.object_map`, so one per instance
-  of an instance map) with a jittered box (±10 % of its size) and a random interior point,
-  target = that object only.
+* promptable: the same U-Net with box and point channels; one example per object, for the 3
+  largest objects of each image (the objects ``medfail run`` prompts:
+  :attr:`~medfail.data.sample.Sample.object_map`, so one per instance of an instance map) with a
+  jittered box (±10 % of its size) and a random interior point, target = that object only.
 
 Defaults that fit a CPU (:func:`resolve_config`): classification ``size`` = the median image
 side clipped to ``CLASSIFICATION_SIZE_RANGE`` (never upsampling 28 px images to 64 px), the
