@@ -194,6 +194,22 @@ def test_cli_bad_training_options(extra: list[str], expected: str, tmp_path: Pat
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_cli_out_must_be_a_writable_file_path_before_training(tmp_path: Path) -> None:
+    """--out a folder, or under a file, is one error before any training (was: an
+    IsADirectoryError / FileExistsError traceback after the last epoch)."""
+    d = str(write_png_folder(tmp_path / "d", "classification", n=4, size=20))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "taken.txt").write_text("mine")
+    for out, expected in ((tmp_path / "models", "is a folder; --out names the model file"),
+                          (tmp_path / "taken.txt" / "m.pt", "taken.txt is a file")):
+        result = runner.invoke(app, ["train", "--task", "classification", "--data", d, "--out",
+                                     str(out), "--quiet", "--epochs", "1"])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error: ") and expected in result.output, result.output
+        assert "checking" not in result.output and "epoch" not in result.output
+    assert (tmp_path / "taken.txt").read_text() == "mine"
+
+
 def test_segmentation_patch_size_must_fit_the_unet() -> None:
     with pytest.raises(ValueError, match="multiple of 8"):
         TrainConfig(task="segmentation", size=36)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,18 @@ def demo(
     print(f"demo wall-clock: {time.perf_counter() - t0:.1f} s")
 
 
+def _check_model_out(out: Path) -> None:
+    """``--out`` of ``medfail train`` must be a file path medfail can write."""
+    if out.is_dir():
+        raise MedfailInputError(out, "is a folder; --out names the model file to write, e.g. "
+                                f"--out {out / 'model.pt'}")
+    folder = next((p for p in out.parents if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise MedfailInputError(out, f"cannot create the folder: {folder} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MedfailInputError(out, f"cannot write there: no write permission in {folder}")
+
+
 @app.command()
 def train(
     task: Annotated[str, typer.Option(help=f"{TASK_HELP}. Example: --task classification")],
@@ -121,6 +134,7 @@ def train(
 
     try:
         _check_task(task)
+        _check_model_out(out)  # before training, not after it
         config = TrainConfig(task=task, arch=arch, size=size, epochs=epochs, seed=seed,
                              device=device, patience=patience, batch_size=batch_size)
         dataset = open_dataset(data, task, split=_npz_split(data, split, "train"),
