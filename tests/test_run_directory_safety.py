@@ -277,6 +277,20 @@ def test_report_outputs_remove_only_listed_figures(tmp_path: Path) -> None:
     assert Manifest.read(tmp_path).files == {"figures/new.png", "report.html", "report.pdf"}
 
 
+def test_remove_leaves_a_folder_or_file_the_user_put_in_a_listed_place(tmp_path: Path) -> None:
+    """A listed file replaced by the user's folder, or a listed folder replaced by a file, is
+    theirs: removal skips it (was: IsADirectoryError / NotADirectoryError tracebacks)."""
+    manifest = Manifest(tmp_path, {"model": "x"}, True)
+    manifest.claim(tmp_path / "report.html", tmp_path / "figures" / "a.png")
+    (tmp_path / "report.html").mkdir()
+    (tmp_path / "report.html" / "mine.txt").write_text("mine")
+    (tmp_path / "figures").write_text("a file now")
+    manifest.remove()
+    assert (tmp_path / "report.html" / "mine.txt").read_text() == "mine"
+    assert (tmp_path / "figures").read_text() == "a file now"
+    assert Manifest.read(tmp_path).files == set()
+
+
 def test_damaged_manifest_is_refused_even_with_overwrite(data: Path, tmp_path: Path) -> None:
     out = run(data, tmp_path / "run")
     (out / MANIFEST).write_text('{"files": ')

@@ -100,6 +100,14 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _unlink_file(path: Path) -> None:
+    """Delete ``path`` if it is a file (or a link); a folder the user put in its place, or a
+    path under a file, is left alone."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+
+
 class Manifest:
     """The manifest of one run directory (see the module docstring)."""
 
@@ -181,7 +189,7 @@ class Manifest:
         for rel in sorted(gone):
             path = self.run_dir / rel
             for p in (path, path.with_name(path.name + ".tmp")):
-                p.unlink(missing_ok=True)
+                _unlink_file(p)
             folders.update(p for p in path.parents if self.run_dir in p.parents)
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):  # only when empty: the user's files keep theirs
@@ -193,7 +201,7 @@ class Manifest:
         """Delete ``.tmp`` files a killed run left next to listed files."""
         for rel in self.files:
             path = self.run_dir / rel
-            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+            _unlink_file(path.with_name(path.name + ".tmp"))
 
     def differences(self, identity: dict[str, Any]) -> list[str]:
         """Dotted names of the identity entries that differ, e.g. ``config.n_bootstrap``."""
