@@ -212,6 +212,9 @@ def test_instance_lesions_through_the_runner(tmp_path: Path) -> None:
     assert (clean["lesion_fp"] == 0).all() and (clean["dice"] > 0.99).all()
     info = json.loads((run / "run.json").read_text())
     assert info["data"]["mask_mode"]["mode"] == "instances"
+    # the gt.objects slice counts the same objects: 22 nuclei per image (was 11 touching pairs)
+    index = pd.read_parquet(run / "predictions" / "index.parquet")
+    assert index["n_objects"].tolist() == [22.0, 22.0]
 
 
 def test_promptable_instances_one_prompt_per_nucleus(tmp_path: Path) -> None:

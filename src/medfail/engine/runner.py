@@ -163,7 +163,7 @@ def _index_table(dataset: Dataset, task: str, gt: GroundTruth | None = None) -> 
             "height": s.spatial_shape[0], "width": s.spatial_shape[1],
             "spacing": None if s.spacing is None else list(s.spacing), "modality": s.modality}
         if s.mask is not None:
-            row.update(mask_features(s.mask, s.spacing))
+            row.update(mask_features(s.object_map, s.spacing))  # instances: one object each
             if gt is not None:
                 gt.add(s.id, s.mask, s.instances)
         rows.append(row)

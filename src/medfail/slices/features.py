@@ -1,9 +1,11 @@
 """Per-sample ground-truth features that size/location/shape slices are cut from.
 
-Computed once per sample from its mask (stored in ``predictions/index.parquet``):
+Computed once per sample from its object map (``Sample.object_map``: the instance map of instance
+masks, else the mask; stored in ``predictions/index.parquet``):
 
 * ``gt_area_px`` - foreground pixels; ``gt_area_mm2`` - the same in mm² when spacing is known;
-* ``n_objects`` - 8-connected foreground components;
+* ``n_objects`` - ground-truth objects as prompts and promptable training count them
+  (:func:`medfail.data.prompts.objects`: 8-connected pieces of each label, so one per instance);
 * ``hollow`` - some object encloses background (``binary_fill_holes`` adds pixels);
 * ``centre_offset`` - distance of the foreground centroid from the image centre divided by half
   the image diagonal (0 = centre, 1 = corner); NaN for empty masks.
@@ -14,14 +16,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medfail.data.prompts import EIGHT_CONNECTED
+from medfail.data.prompts import label_pieces
 
 
 def mask_features(mask: np.ndarray, spacing: tuple[float, ...] | None) -> dict[str, float]:
-    """Features of one integer GT mask (foreground = ``mask > 0``)."""
+    """Features of one integer GT label map (foreground = ``mask > 0``; objects as module
+    docstring)."""
     fg = mask > 0
     area = int(fg.sum())
-    _, n_objects = ndimage.label(fg, structure=EIGHT_CONNECTED)
+    n_objects = sum(n for _, _, n in label_pieces(mask))
     hollow = bool(area and ndimage.binary_fill_holes(fg).sum() > area)
     if area:
         centroid = np.array(ndimage.center_of_mass(fg))
