@@ -80,9 +80,8 @@ def _ci(lo: float, hi: float, value: float | None = None) -> str:
 
 CI_FOOTNOTE = ("* The 95% bootstrap interval excludes its point estimate in {n} result{s} of "
                "this run ({examples}). A percentile interval can do this on tiny or skewed "
-               "samples, and when resamples in which the metric is undefined (one class) are "
-               "dropped, or average fewer targets (macro). It is shown as computed "
-               "(metrics.parquet keeps it); read such a result as unreliable.")
+               "samples, and when resamples average fewer targets (macro). It is shown as "
+               "computed (metrics.parquet keeps it); read such a result as unreliable.")
 #: (estimate, interval low, interval high, what) column triples of metrics.parquet
 _INTERVALS = (("value", "ci_low", "ci_high", ""), ("delta_vs_clean", "delta_ci_low",
                                                     "delta_ci_high", "Δ vs clean "),
