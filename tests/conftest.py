@@ -10,6 +10,20 @@ import pytest
 from PIL import Image
 
 
+def dsb2018() -> tuple[np.ndarray, np.ndarray]:
+    """stardist's real DSB2018 nuclei image (512², uint16 holding 0..235) and its instance mask;
+    skips the calling test when stardist (which ships them) is not installed."""
+    import importlib.util
+
+    import tifffile
+
+    spec = importlib.util.find_spec("stardist")
+    if spec is None or spec.origin is None:
+        pytest.skip("stardist (which ships the DSB2018 nuclei image) is not installed")
+    src = Path(spec.origin).parent / "data" / "images"
+    return tifffile.imread(src / "img2d.tif"), tifffile.imread(src / "mask2d.tif")
+
+
 def write_png_folder(root: Path, task: str, n: int = 16, size: int = 32, seed: int = 0,
                      multi_class: bool = False) -> Path:
     """A folder of 8-bit PNGs with a learnable signal (bright discs), in the folder format.

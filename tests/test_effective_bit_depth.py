@@ -3,7 +3,6 @@ bits they use (like DICOM BitsStored), decided once per dataset; the model input
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 from pathlib import Path
@@ -25,6 +24,7 @@ from medfail.models.adapters import Segmenter
 from medfail.models.intensity import check_intensity
 from medfail.models.spec import ModelSpec
 from medfail.stress.corruptions import perturb_samples
+from tests.conftest import dsb2018
 
 SIZE = 32
 UNIT = 255 / 65535  # one 16-bit step on medfail's 8-bit scale
@@ -183,11 +183,7 @@ def test_same_decision_whichever_path_decides(tmp_path: Path,
 def _stardist_tile(root: Path) -> Path:
     """Two 256x256 tiles of stardist's real DSB2018 nuclei image (uint16 holding 0..235), with
     their instance masks as 0/1 PNGs."""
-    spec = importlib.util.find_spec("stardist")
-    if spec is None or spec.origin is None:
-        pytest.skip("stardist (which ships the DSB2018 nuclei image) is not installed")
-    src = Path(spec.origin).parent / "data" / "images"
-    image, instances = tifffile.imread(src / "img2d.tif"), tifffile.imread(src / "mask2d.tif")
+    image, instances = dsb2018()
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     for i in range(2):

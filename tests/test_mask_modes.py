@@ -3,7 +3,6 @@ class label maps, read as one documented mask mode per dataset (medfail.data.mas
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -29,7 +28,7 @@ from medfail.metrics.detection import lesion_counts, lesion_table
 from medfail.models.adapters import PromptableSegmenter, Segmenter
 from medfail.models.spec import ModelSpec
 from medfail.models.training import segmentation_classes
-from tests.conftest import write_png_folder
+from tests.conftest import dsb2018, write_png_folder
 
 FAST = {"tests": ["gaussian_blur"], "severities": [1], "n_bootstrap": 20}
 
@@ -239,11 +238,7 @@ def test_promptable_instances_one_prompt_per_nucleus(tmp_path: Path) -> None:
 
 
 def test_dsb2018_instance_mask_detected(tmp_path: Path) -> None:
-    spec = importlib.util.find_spec("stardist")
-    if spec is None or spec.origin is None:
-        pytest.skip("stardist (which ships the DSB2018 nuclei image) is not installed")
-    src = Path(spec.origin).parent / "data" / "images"
-    image, instances = tifffile.imread(src / "img2d.tif"), tifffile.imread(src / "mask2d.tif")
+    image, instances = dsb2018()
     root = tmp_path / "nuclei"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -259,10 +254,7 @@ def test_dsb2018_instance_mask_detected(tmp_path: Path) -> None:
 def test_tiles_keeping_slide_ids_are_instances(tmp_path: Path) -> None:
     """128² tiles of the DSB2018 image keep the image's object ids: at most 16 per tile (too few
     for rule 3), 125 across the dataset, each one connected object -> instances (rule 3b)."""
-    spec = importlib.util.find_spec("stardist")
-    if spec is None or spec.origin is None:
-        pytest.skip("stardist (which ships the DSB2018 nuclei image) is not installed")
-    instances = tifffile.imread(Path(spec.origin).parent / "data" / "images" / "mask2d.tif")
+    _, instances = dsb2018()
     tiles = [instances[r:r + 128, c:c + 128] for r in range(0, 512, 128)
              for c in range(0, 512, 128)]
     assert max(len(np.unique(t)) - 1 for t in tiles) <= 20

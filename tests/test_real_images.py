@@ -3,7 +3,6 @@ stardist's DSB2018 nuclei image with its instance masks (segmentation stress and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from medfail.engine.runner import run_suite
 from medfail.engine.suite import SuiteConfig
 from medfail.models.adapters import Segmenter
 from medfail.models.spec import ModelSpec
+from tests.conftest import dsb2018
 
 
 def threshold_model(level: float, scale: float) -> Segmenter:
@@ -64,17 +64,8 @@ def test_pydicom_ct_through_windowing_shift(tmp_path: Path) -> None:
             assert patient.encode() not in path.read_bytes(), path
 
 
-def _stardist_images() -> Path:
-    spec = importlib.util.find_spec("stardist")
-    if spec is None or spec.origin is None:
-        pytest.skip("stardist (which ships the DSB2018 nuclei image) is not installed")
-    return Path(spec.origin).parent / "data" / "images"
-
-
 def test_stardist_nuclei_segmentation_stress_and_slices(tmp_path: Path) -> None:
-    src = _stardist_images()
-    image = tifffile.imread(src / "img2d.tif")
-    instances = tifffile.imread(src / "mask2d.tif")
+    image, instances = dsb2018()
     assert len(np.unique(instances)) - 1 >= 100  # the real instance annotation
     root = tmp_path / "nuclei"
     (root / "images").mkdir(parents=True)
