@@ -381,6 +381,17 @@ def test_promptable_training_examples_are_one_per_instance(tmp_path: Path) -> No
     assert y.sum(dim=(1, 2, 3)).tolist() == [25] * len(y)  # one 5x5 nucleus each, not 50
 
 
+def test_promptable_training_without_objects_names_the_folder(tmp_path: Path) -> None:
+    """Every mask empty: one error naming the data (was 'error: need at least one array to
+    stack')."""
+    empty = mask_folder(tmp_path / "empty", [np.zeros((16, 16), np.uint8)] * 2)
+    result = CliRunner().invoke(app, ["train", "--task", "promptable", "--data", str(empty),
+                                      "--out", str(tmp_path / "m.pt"), "--epochs", "1",
+                                      "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert re.search(r"error: .*empty: no object in any mask", result.output), result.output
+
+
 # ---------------------------------------------------------------------------- end to end
 
 

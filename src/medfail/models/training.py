@@ -264,6 +264,14 @@ class _Examples:
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
+def _check_objects(examples: _Examples, dataset: Dataset) -> None:
+    """Promptable training prompts ground-truth objects: a dataset without any is an error."""
+    if examples.spec.task == "promptable" and not any(examples.objects):
+        raise MedfailInputError(
+            getattr(dataset, "root", None), "no object in any mask: promptable training prompts "
+            "each ground-truth object, so it needs masks with foreground")
+
+
 def _same_shape(samples: list[Sample]) -> bool:
     return len({s.image.shape for s in samples}) == 1
 
@@ -348,9 +356,12 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
     optimiser = torch.optim.Adam(module.parameters(), lr=config.lr)
     loss_fn = _loss_fn(spec)
     examples = _Examples(samples, spec, config)
+    _check_objects(examples, dataset)
     val = None
     if val_dataset is not None:
-        val = _Examples(list(val_dataset), spec, config).epoch(np.random.default_rng(config.seed))
+        val_examples = _Examples(list(val_dataset), spec, config)
+        _check_objects(val_examples, val_dataset)
+        val = val_examples.epoch(np.random.default_rng(config.seed))
     early = val is not None and config.patience is not None
     setup = _setup_line(config, samples, module, size_why, early, val is not None)
     say(setup)
