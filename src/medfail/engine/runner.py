@@ -62,7 +62,7 @@ from medfail.engine.predictions import (
 )
 from medfail.engine.predictor import SHIFT, Predictor
 from medfail.engine.suite import Condition, SuiteConfig
-from medfail.errors import MedfailInputError
+from medfail.errors import MedfailInputError, listing
 from medfail.metrics.classification import threshold_max_f1
 from medfail.models.adapters import ModelAdapter
 from medfail.models.intensity import check_intensity
@@ -184,12 +184,10 @@ def _check_shift_spacing(shift: Dataset, shift_index: pd.DataFrame) -> None:
     must too, else its values would be in px and its Δ vs in-domain meaningless."""
     missing = shift_index.loc[shift_index["spacing"].isna(), "image"].tolist()
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
-                                          else "")
         raise MedfailInputError(
             shift.root, f"no pixel spacing for {len(missing)} of {len(shift_index)} images "
-            f"({shown}) while every test image has one: nsd and hd95 are in mm for the test "
-            "data and would be in px for these; add a pixel_spacing column to its "
+            f"({listing(missing, 3)}) while every test image has one: nsd and hd95 are in mm "
+            "for the test data and would be in px for these; add a pixel_spacing column to its "
             "metadata.csv (or use data whose headers carry the spacing)")
 
 
