@@ -322,8 +322,6 @@ def aggregate_classification(predictions: pd.DataFrame, conditions: pd.DataFrame
     return _table(estimates, conditions, min_slice_n, draws_out, reference)
 
 
-#: set-level metrics that need both classes (AUPRC needs positives only: no negatives -> 1.0)
-ONE_CLASS_METRICS = ("auroc", "auprc", "sens_at_95spec")
 #: where each kind of predictions comes from, as named in messages and ``run.json``
 SPLITS = {"test": "clean", "shift_data": "shift_data"}
 
