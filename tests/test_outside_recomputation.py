@@ -2,7 +2,7 @@
 
 Three small runs are made here with cheap deterministic models: multi-label classification (a
 logits model, a calibration split, TTA), two-class segmentation (pixel spacings in mm, a
-second site, a text and a numeric metadata column) and promptable
+second site, a calibration split, a text and a numeric metadata column) and promptable
 segmentation on instance maps (a prompt perturbation). Then every number of
 ``per_sample.parquet``, ``metrics.parquet`` (values, SDs, CIs, Δ vs clean and its CI, gaps and
 their CIs, n, small_slice), ``calibration.parquet``, ``mitigations.parquet`` and
@@ -193,6 +193,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         segmenter(), open_dataset(segmentation_folder(tmp / "s", 14, 0), "segmentation"),
         tmp / "run_s", SuiteConfig(tests=["gaussian_noise", "gaussian_blur"], **common),
         progress=False, render=False,
+        calibration=open_dataset(segmentation_folder(tmp / "sc", 6, 1), "segmentation"),
         shift=open_dataset(segmentation_folder(tmp / "ss", 5, 2), "segmentation"))
     out["promptable"] = run_suite(
         promptable(), open_dataset(instance_folder(tmp / "p", 10, 0), "promptable",
@@ -1011,3 +1012,17 @@ def test_the_recomputation_has_teeth(outsider: dict[str, dict[str, Any]]) -> Non
     assert compare(ps, o["per_sample"], ["id", "condition", "target", "metric"], ["value"],
                    per_metric_tolerance)
 
+
+def test_two_class_segmentation_with_calibration_gets_tta_but_no_morphology(
+        runs: dict[str, Path]) -> None:
+    """Post-processing is binary (one foreground map): a two-class segmenter with a calibration
+    split and mitigations used to crash in its ``morphology|`` condition (IndexError); it now
+    gets TTA only, while the one-class promptable run gets both."""
+    seg = json.loads((runs["segmentation"] / "run.json").read_text())
+    assert seg["data"]["calibration"] and seg["mitigation"]["worst_condition"]
+    assert "postprocess" not in seg["mitigation"]
+    assert [c.split("|")[0] for c in seg["conditions"] if "|" in c] == ["tta"]
+    prm = json.loads((runs["promptable"] / "run.json").read_text())
+    assert "postprocess" in prm["mitigation"]
+    assert sorted(c.split("|")[0] for c in prm["conditions"] if "|" in c) == ["morphology",
+                                                                             "tta"]

@@ -483,7 +483,8 @@ def _mitigation_jobs(run_dir: Path, adapter: ModelAdapter, dataset: Dataset,
                      membership: pd.DataFrame, thresholds: dict[str, float] | float,
                      config: SuiteConfig) -> tuple[list[Job], dict[str, Any]]:
     """Mitigations on the top breaking condition: TTA, and for segmentation with a calibration
-    split, post-processing chosen on it. Returns the jobs and run.json's ``mitigation``."""
+    split and one foreground class, post-processing chosen on it (the morphology is binary: it
+    reads and writes one foreground map). Returns the jobs and run.json's ``mitigation``."""
     task = adapter.spec.task
     per_sample = _per_sample(run_dir / PARTS, conditions)
     metrics = _aggregate(run_dir, task, adapter, conditions, per_sample, membership,
@@ -494,7 +495,8 @@ def _mitigation_jobs(run_dir: Path, adapter: ModelAdapter, dataset: Dataset,
     jobs = [Job(Condition(f"tta|{worst.name}", "tta", "mitigation", worst.severity,
                           method="tta", base=worst), dataset)]
     info: dict[str, Any] = {}
-    if task != "classification" and calibration is not None:
+    if task != "classification" and calibration is not None \
+            and len(adapter.spec.target_names) == 1:
         postprocess, cal_dice = _choose_postprocess(adapter, calibration, config)
         info["postprocess"] = {**postprocess.to_dict(), "calibration_dice": cal_dice}
         jobs.append(Job(Condition(f"morphology|{worst.name}", "morphology", "mitigation",
