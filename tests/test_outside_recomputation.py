@@ -598,7 +598,8 @@ def nll(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
 
-Z_SATURATED = (-103.97207708399179, 17.328679513998633)  # docs/metrics.md: float32 saturation
+#: docs/metrics.md: logit(2^-150) and logit(1 - 2^-25), where float32 rounds p to 0 / 1
+Z_SATURATED = (-150 * math.log(2), math.log1p(-2.0 ** -25) + 25 * math.log(2))
 
 
 def finite_scores(z: np.ndarray) -> np.ndarray:
@@ -1026,3 +1027,16 @@ def test_two_class_segmentation_with_calibration_gets_tta_but_no_morphology(
     assert "postprocess" in prm["mitigation"]
     assert sorted(c.split("|")[0] for c in prm["conditions"] if "|" in c) == ["morphology",
                                                                              "tta"]
+
+
+def test_docs_publish_the_resample_rule_used_here(runs: dict[str, Path]) -> None:
+    """The code block of docs/metrics.md "Recomputing the intervals", run as published, draws
+    the resample matrix this recomputation uses (and which reproduced every stored CI above)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    block = doc.split("**Recomputing the intervals**", 1)[1].split("```python\n", 1)[1]
+    info = json.loads((runs["promptable"] / "run.json").read_text())
+    space: dict[str, Any] = {"np": np, "run_json": info, "n": 10, "B": B}
+    exec(block.split("```", 1)[0], space)  # the published snippet
+    np.testing.assert_array_equal(space["idx"], resamples(10, info["seed"], "bootstrap"))
+    assert space["derive_seed"](7, "bootstrap", "meta.site=B") == derive_seed(
+        7, "bootstrap", "meta.site=B")
