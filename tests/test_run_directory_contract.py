@@ -283,3 +283,16 @@ def test_calibration_band_is_euclidean_5_px() -> None:
     expected = ndimage.distance_transform_edt(~truth) <= 5
     np.testing.assert_array_equal(band, expected)
     assert not band_mask(np.zeros((4, 4), bool), np.zeros((4, 4), bool)).any()
+
+
+def test_ground_truth_buffer_discarded_unwritten_finalises_quietly() -> None:
+    """A run refused after the ground truth was read drops its NpzBuffer unwritten; when the
+    garbage collector finalises the in-memory file before the ZipFile, the ZipFile's __del__
+    must not raise 'I/O operation on closed file' (an unraisable error that, on CPython 3.11.7,
+    broke a later torch.jit.script with 'AST constructor recursion depth mismatch')."""
+    from medfail.engine.predictions import NpzBuffer
+
+    buffer = NpzBuffer()
+    buffer.add("case0", np.zeros((4, 4), np.uint8))
+    buffer._buf.close()  # the buffer's finaliser, run first
+    buffer._zip.close()  # then the ZipFile's __del__: must not raise

@@ -132,12 +132,21 @@ def label_dtype(array: np.ndarray) -> np.dtype:
     raise ValueError(f"label {top} does not fit in uint32")
 
 
+class _Buffer(io.BytesIO):
+    """An in-memory file that stays open until freed: a buffer discarded unwritten (a run
+    refused after the ground truth was read) may be finalised before its ZipFile, whose
+    ``__del__`` then writes the end record into it instead of raising on a closed file."""
+
+    def close(self) -> None:
+        pass
+
+
 class NpzBuffer:
     """An ``.npz`` assembled in memory, one compressed member per key (memory: about the
     compressed size), written atomically by :meth:`write`. ``numpy.load`` reads the result."""
 
     def __init__(self, compresslevel: int = GT_COMPRESSLEVEL) -> None:
-        self._buf = io.BytesIO()
+        self._buf = _Buffer()
         self._zip = zipfile.ZipFile(self._buf, "w", compression=zipfile.ZIP_DEFLATED,
                                     compresslevel=compresslevel)
         self.keys: list[str] = []
