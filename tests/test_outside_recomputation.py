@@ -61,7 +61,7 @@ def _save(path: Path, img: np.ndarray) -> None:
 
 def classification_folder(root: Path, n: int, seed: int) -> Path:
     """Targets ``disc`` (a faint disc) and ``bar`` (a faint bar in rows 2-4) on noisy images:
-    imperfect but informative scores."""
+    imperfect but informative scores; metadata ``site`` (a 3-image site: one-class resamples)."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -77,7 +77,7 @@ def classification_folder(root: Path, n: int, seed: int) -> Path:
         sid = f"case{i:03d}"
         _save(root / "images" / f"{sid}.png", img)
         labels.append({"id": sid, "disc": int(disc), "bar": int(bar)})
-        meta.append({"id": sid, "site": "AB"[i % 2]})
+        meta.append({"id": sid, "site": "C" if i % 10 == 9 else "AB"[i % 2]})  # C: 3 images
     pd.DataFrame(labels).to_csv(root / "labels.csv", index=False)
     pd.DataFrame(meta).to_csv(root / "metadata.csv", index=False)
     return root
@@ -612,7 +612,7 @@ def finite_scores(z: np.ndarray) -> np.ndarray:
 def scores(pred: pd.DataFrame, target: str, ids: list[str]) -> np.ndarray:
     """z: the stored logits where finite, else log(p) − log1p(−p), float64, no clip."""
     t = pred[pred["target"] == target].set_index("id").reindex(ids)
-    logit = t["logit"].to_numpy(np.float64)
+    logit = t["logit"].to_numpy(np.float64) if "logit" in t else np.array([np.nan])
     if np.isfinite(logit).all():
         return logit
     p = t["prob"].to_numpy(np.float64)
