@@ -8,7 +8,7 @@ import torch
 from skimage import data as skdata
 
 from medfail.data.sample import Sample
-from medfail.engine.seeding import sample_rng
+from medfail.seeding import sample_rng
 from medfail.stress.corruptions import (
     CORRUPTIONS,
     _disk_kernel,

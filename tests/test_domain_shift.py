@@ -13,7 +13,7 @@ from skimage import color as skcolor
 from skimage import data as skdata
 
 from medfail.data.sample import Sample
-from medfail.engine.seeding import sample_rng
+from medfail.seeding import sample_rng
 from medfail.stress import domain_shift as ds
 from medfail.stress.corruptions import apply_corruption, perturb_samples
 from medfail.stress.registry import REGISTRY, condition_name, get, names

@@ -212,9 +212,9 @@ def test_lesion_f1_slice_value_and_interval_match_an_outside_bootstrap() -> None
     Old code: the slice value was NaN with no lesion and no prediction (docs: 1.0), and the
     resamples without the false positive (undefined there) were dropped, so the interval was
     [0, 0]; an outside percentile bootstrap on the same indices gives [0, 1]."""
-    from medfail.engine.seeding import derive_seed
     from medfail.metrics.bootstrap import bootstrap_indices
     from medfail.metrics.detection import pooled_lesion_f1
+    from medfail.seeding import derive_seed
 
     n, n_boot, seed = 96, 1000, 0
     rng = np.random.default_rng(1)

@@ -46,7 +46,6 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medfail.engine.seeding import derive_seed
 from medfail.metrics.bootstrap import (
     auprc_bootstrap,
     auroc_bootstrap,
@@ -62,6 +61,7 @@ from medfail.metrics.detection import (
     pooled_lesion_scores,
     pooled_lesion_sensitivity,
 )
+from medfail.seeding import derive_seed
 
 COLUMNS: list[str] = [
     "condition", "test", "family", "severity", "slice", "target", "metric", "value", "sd",

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 
 from medfail.analysis.aggregate import LESION_COUNTS, MACRO
-from medfail.engine.seeding import derive_seed
 from medfail.metrics.bootstrap import (
     auprc_bootstrap,
     auroc_bootstrap,
     bootstrap_indices,
     percentile_ci,
 )
+from medfail.seeding import derive_seed
 
 COMPARE_COLUMNS = ["condition", "target", "metric", "value_a", "value_b", "delta", "ci_low",
                    "ci_high", "paired", "n"]

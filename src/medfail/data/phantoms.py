@@ -40,7 +40,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from medfail.engine.seeding import derive_seed
+from medfail.seeding import derive_seed
 
 FINDINGS: tuple[str, ...] = ("nodule", "cavity", "effusion")
 MASK_CLASSES: tuple[str, ...] = ("lesion",)

@@ -46,8 +46,8 @@ import torch
 from PIL import Image
 
 from medfail.data.sample import Sample
-from medfail.engine.seeding import sample_rng
 from medfail.errors import MedfailInputError
+from medfail.seeding import sample_rng
 from medfail.stress.registry import StressTest, condition_name, get, parse_condition, register
 
 if TYPE_CHECKING:

@@ -71,8 +71,8 @@ import numpy as np
 from scipy import ndimage
 
 from medfail.data.prompts import EIGHT_CONNECTED, Prompt, objects, prompt_for_object
-from medfail.engine.seeding import sample_rng
 from medfail.errors import MedfailInputError
+from medfail.seeding import sample_rng
 from medfail.stress.registry import CLEAN, StressTest, get, parse_condition, register
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfail.data.prompts import Prompt
-from medfail.engine.seeding import derive_seed
 from medfail.models.adapters import ModelAdapter, PromptableSegmenter
+from medfail.seeding import derive_seed
 
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 INJECTED_DROPOUT = 0.1

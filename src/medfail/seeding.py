@@ -2,7 +2,7 @@
 
 Every random draw of a condition is taken from a generator seeded by
 ``(run seed, condition name, sample id)``, so numbers do not depend on batch size, order, worker
-count or executor.
+count or executor. Ground floor: imports nothing of medfail, so every layer may use it.
 """
 
 from __future__ import annotations
