@@ -128,7 +128,7 @@ def _batched(name: str, severity: int, images: list[np.ndarray]) -> Callable[[],
     """medfail's engine path: one ``apply_corruption`` call on the float32 (N, C, H, W) batch."""
     import torch
 
-    from medfail.stress.corruptions import apply_corruption
+    from medfail.stress.registry import apply_corruption
 
     chw = [im[None] if im.ndim == 2 else im.transpose(2, 0, 1) for im in images]
     x = torch.from_numpy(np.stack(chw).astype(np.float32))
@@ -146,7 +146,7 @@ def run() -> dict[str, Any]:
     import cv2
     import torch
 
-    from medfail.stress.corruptions import corrupt
+    from medfail.stress.registry import corrupt
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

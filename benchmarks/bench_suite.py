@@ -79,7 +79,7 @@ def overhead(tmp: Path, model: Path) -> dict[str, Any]:
 
     from medfail.data.datasets import open_dataset
     from medfail.models.loading import load_model
-    from medfail.stress.corruptions import perturb_samples
+    from medfail.stress.registry import perturb_samples
 
     torch.set_num_threads(THREADS)
     data = _data(tmp, N_OVERHEAD)

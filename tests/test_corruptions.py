@@ -15,17 +15,17 @@ from medfail.stress.corruptions import (
     _motion_kernel,
     _poisson_noise,
     _speckle,
-    apply_corruption,
-    corrupt,
-    perturb_samples,
 )
 from medfail.stress.registry import (
     REGISTRY,
     StressTest,
+    apply_corruption,
     condition_name,
+    corrupt,
     get,
     list_rows,
     parse_condition,
+    perturb_samples,
     register,
 )
 

@@ -15,8 +15,14 @@ from skimage import data as skdata
 from medfail.data.sample import Sample
 from medfail.seeding import sample_rng
 from medfail.stress import domain_shift as ds
-from medfail.stress.corruptions import apply_corruption, perturb_samples
-from medfail.stress.registry import REGISTRY, condition_name, get, names
+from medfail.stress.registry import (
+    REGISTRY,
+    apply_corruption,
+    condition_name,
+    get,
+    names,
+    perturb_samples,
+)
 
 names()  # load the built-in tests
 DS_TESTS = sorted(t.name for t in REGISTRY.values() if t.family == "domain_shift")

@@ -23,7 +23,7 @@ from medfail.engine.suite import SuiteConfig
 from medfail.models.adapters import Segmenter
 from medfail.models.intensity import check_intensity
 from medfail.models.spec import ModelSpec
-from medfail.stress.corruptions import perturb_samples
+from medfail.stress.registry import perturb_samples
 from tests.conftest import dsb2018
 
 SIZE = 32

@@ -158,3 +158,101 @@ def test_importing_seeding_loads_no_other_medfail_module() -> None:
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout
     assert out.strip() == "['medfail', 'medfail.seeding']"
+
+
+# --------------------------------------------------------------------- medfail.stress: no cycles
+
+
+def _stress_graph() -> dict[str, set[str]]:
+    """medfail.stress module → the medfail.stress modules it imports (any import, anywhere)."""
+    graph: dict[str, set[str]] = {}
+    for path in _files("stress"):
+        deps = set()
+        for _line, target in _medfail_targets(path):
+            if _within(target, "medfail.stress") and target != "medfail.stress":
+                deps.add(target)
+        graph[_module_name(path, SRC)] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle found by a depth-first search (one per back edge)."""
+    found: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                found.append([*stack[stack.index(dep):], dep])
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_stress_import_graph_has_no_cycle() -> None:
+    graph = _stress_graph()
+    assert "medfail.stress.registry" in graph and "medfail.stress.spec" in graph
+    assert _cycles(graph) == []
+    # the catalogue is on top: no kernel module imports it
+    assert [m for m, deps in graph.items() if "medfail.stress.registry" in deps] == []
+
+
+def test_cycle_finder_finds_the_old_lazy_cycle() -> None:
+    """The shape before issue 12: registry lazily imported the kernels, which imported it."""
+    old = {"medfail.stress.registry": {"medfail.stress.corruptions"},
+           "medfail.stress.corruptions": {"medfail.stress.registry"},
+           "medfail.stress.domain_shift": {"medfail.stress.corruptions"}}
+    assert _cycles(old) == [["medfail.stress.corruptions", "medfail.stress.registry",
+                             "medfail.stress.corruptions"]]
+
+
+def test_stress_modules_import_no_private_names() -> None:
+    """No ``from medfail.x import _name`` in stress/ (and none from stress/ anywhere in src)."""
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        in_stress = path.parent == PKG / "stress"
+        for line, module, name in _imports(path):
+            if not (module == "medfail" or module.startswith("medfail.")):
+                continue
+            if name and name.startswith("_") and (in_stress or _within(module, "medfail.stress")):
+                bad.append(f"{path.relative_to(PKG).as_posix()}:{line} {module}.{name}")
+    assert bad == []
+
+
+def test_importing_medfail_stress_reenters_no_module() -> None:
+    """``import medfail.stress`` and its catalogue never import a module that is still running
+    its own top-level code (the runtime sign of a cycle), and never load the engine."""
+    code = r"""
+import builtins, sys
+seen = []
+real = builtins.__import__
+def hook(name, globals=None, locals=None, fromlist=(), level=0):
+    mod = real(name, globals, locals, fromlist, level)
+    names = [mod.__name__] + [f"{mod.__name__}.{f}" for f in fromlist or () if f != "*"]
+    for n in names:
+        m = sys.modules.get(n)
+        spec = getattr(m, "__spec__", None)
+        if n.startswith("medfail") and getattr(spec, "_initializing", False):
+            seen.append(n)
+    return mod
+builtins.__import__ = hook
+import medfail.stress
+import medfail.stress.registry as r
+r.names(); r.list_rows()
+import medfail.stress.corruptions, medfail.stress.domain_shift
+import medfail.stress.prompt_perturbations, medfail.stress.spec
+print(seen)
+print(sorted(m for m in sys.modules if m.startswith("medfail.engine")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout.split("\n")
+    assert out[:2] == ["[]", "[]"]

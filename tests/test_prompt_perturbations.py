@@ -11,11 +11,8 @@ from scipy import ndimage
 from medfail.data.prompts import Prompt, objects, prompt_for_object, prompts_from_mask
 from medfail.errors import MedfailInputError
 from medfail.stress import registry
-from medfail.stress.prompt_perturbations import (
-    PROMPT_TESTS,
-    perturb_prompts,
-    prompt_table_rows,
-)
+from medfail.stress.prompt_perturbations import PROMPT_TESTS, prompt_table_rows
+from medfail.stress.registry import perturb_prompts
 
 SIZE = 64
 SEVERITIES = (1, 2, 3)

@@ -35,7 +35,7 @@ from medfail.engine.predictions import condition_path, write_table
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.metrics.segmentation import dice
 from medfail.models.adapters import ModelAdapter
-from medfail.stress.corruptions import perturb_samples
+from medfail.stress.registry import perturb_samples
 
 IMAGE_FAMILIES = ("corruption", "domain_shift")
 OCCLUSION_GRID = 8

@@ -47,8 +47,8 @@ from medfail.engine.prefetch import prefetch
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.metrics.detection import lesion_counts
 from medfail.models.adapters import ModelAdapter
-from medfail.stress.corruptions import perturb_samples
-from medfail.stress.prompt_perturbations import perturb_prompts, prompt_table_rows
+from medfail.stress.prompt_perturbations import prompt_table_rows
+from medfail.stress.registry import perturb_prompts, perturb_samples
 from medfail.uncertainty.postprocess import PostProcess
 from medfail.uncertainty.postprocess import apply as apply_postprocess
 from medfail.uncertainty.sampling import ensemble_predict, mc_dropout_predict, tta_predict

@@ -91,7 +91,7 @@ CHECK_KEYS: tuple[str, ...] = ("metric", "max_drop", "severity")
 DEFAULT_CHECK_SEVERITY = 2
 
 
-def applies(test: registry.StressTest, task: str, modality: str) -> tuple[bool, str]:
+def applies(test: registry.Perturbation, task: str, modality: str) -> tuple[bool, str]:
     """Whether ``test`` applies to ``task`` on data of ``modality`` (and why not)."""
     if test.family == "prompt" and task != "promptable":
         return False, "prompt perturbations need a promptable segmenter (--task promptable)"

@@ -1,24 +1,15 @@
-"""Image corruptions with three fixed severities each.
+"""Image corruptions: the kernels and :data:`CORRUPTIONS`, their table of three severities.
 
 Every corruption works on images normalised to ``[0, 1]`` by their ``value_range`` ``(lo, hi)``,
 so the same severity means the same thing on 8-bit, 16-bit and Hounsfield-unit images; results
-are mapped back to native units and clipped to ``[lo, hi]``. Severity 0 is the identity.
+are mapped back to native units and clipped to ``[lo, hi]`` (:func:`normalised`). Severity 0 is
+the identity.
 
-==============  ===========  ===========  ===========  ===========================================
-name            severity 1   severity 2   severity 3   parameter
-==============  ===========  ===========  ===========  ===========================================
-gaussian_noise  0.04         0.08         0.12         additive N(0, σ²), σ as a fraction of hi−lo
-gaussian_blur   1.0          2.0          3.0          gaussian σ in pixels (radius ceil(3σ))
-jpeg            30           15           8            JPEG quality (Pillow), on 8-bit quantisation
-brightness      0.1          0.2          0.3          additive shift as a fraction of hi−lo
-contrast        0.7          0.5          0.3          scale factor around the per-image mean
-poisson_noise   60           25           10           photons at full scale: Poisson(λx)/λ
-speckle         0.15         0.3          0.5          multiplicative x·(1 + σn), n ~ N(0, 1)
-motion_blur     5            9            15           line length in px, angle ~ U(0°, 180°)
-defocus         1.5          3.0          5.0          disk radius in px (anti-aliased weights)
-pixelate        2            3            4            block-average factor, nearest upsample
-gamma           1.5          2.0          3.0          x**γ (darkens mid-tones; deterministic)
-==============  ===========  ===========  ===========  ===========================================
+This module only defines: the severities are written once, in :data:`CORRUPTIONS` below (family
+``corruption``, taxonomy ``data``, all modalities). The catalogue :mod:`medfail.stress.registry`
+collects them and owns the entry points (``corrupt``, ``apply_corruption``, ``perturb_samples``);
+``medfail list`` prints them and tests/test_stress_catalogue.py checks the table of
+docs/stress_tests.md against them.
 
 ``jpeg`` quantises the normalised image to 8 bits before encoding, exactly like a real 8-bit JPEG
 export: detail finer than 1/255 of ``(hi − lo)`` (fine 16-bit or HU gradations) is lost too.
@@ -37,7 +28,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,26 +35,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medfail.data.sample import Sample
-from medfail.errors import MedfailInputError
-from medfail.seeding import sample_rng
-from medfail.stress.registry import StressTest, condition_name, get, parse_condition, register
+from medfail.stress.spec import StressTest
 
 if TYPE_CHECKING:
-    from medfail.stress.registry import ApplyFn
+    from medfail.stress.spec import ApplyFn
 
 __all__ = [
     "CORRUPTIONS",
-    "apply_corruption",
-    "corrupt",
-    "perturb_samples",
+    "Kernel",
+    "blur_axis",
+    "normalised",
 ]
 
 #: A corruption kernel: ``(x in [0, 1], params, rngs) -> corrupted x`` (clipped afterwards).
 Kernel = Callable[[torch.Tensor, Mapping[str, Any], Sequence[np.random.Generator]], torch.Tensor]
 
 
-def _normalised(kernel: Kernel) -> ApplyFn:
+def normalised(kernel: Kernel) -> ApplyFn:
     """Wrap a ``[0, 1]``-space kernel into a native-unit batched ``apply`` function."""
 
     def apply(
@@ -120,7 +107,7 @@ def _image_chunks(x: torch.Tensor) -> list[slice]:
     return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
-def _blur_axis(x: torch.Tensor, weights: torch.Tensor, dim: int) -> torch.Tensor:
+def blur_axis(x: torch.Tensor, weights: torch.Tensor, dim: int) -> torch.Tensor:
     """1D convolution along spatial ``dim`` (< 0) with reflect padding, a sum of shifted slices."""
     radius = (weights.numel() - 1) // 2
     n = x.shape[dim]
@@ -142,7 +129,7 @@ def _gaussian_blur(
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     w = np.exp(-0.5 * (t / sigma) ** 2)
     weights = torch.from_numpy((w / w.sum()).astype(np.float32)).to(x.device, x.dtype)
-    return _blur_axis(_blur_axis(x, weights, -1), weights, -2)
+    return blur_axis(blur_axis(x, weights, -1), weights, -2)
 
 
 def _jpeg_roundtrip(img: np.ndarray, mode: str, quality: int) -> np.ndarray:
@@ -351,7 +338,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"sigma": 0.04}, {"sigma": 0.08}, {"sigma": 0.12}),
         description="Additive gaussian noise (acquisition noise, low dose).",
         unit="sigma: noise std as a fraction of the intensity range (hi - lo)",
-        apply=_normalised(_gaussian_noise),
+        apply=normalised(_gaussian_noise),
     ),
     StressTest(
         name="gaussian_blur",
@@ -361,7 +348,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"sigma_px": 1.0}, {"sigma_px": 2.0}, {"sigma_px": 3.0}),
         description="Gaussian blur (defocus, motion, lower resolution).",
         unit="sigma_px: gaussian std in pixels (kernel radius ceil(3 sigma), reflect padding)",
-        apply=_normalised(_gaussian_blur),
+        apply=normalised(_gaussian_blur),
     ),
     StressTest(
         name="jpeg",
@@ -371,7 +358,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"quality": 30}, {"quality": 15}, {"quality": 8}),
         description="Lossy 8-bit JPEG export (PACS/teleradiology compression).",
         unit="quality: Pillow JPEG quality of the 8-bit quantised image",
-        apply=_normalised(_jpeg),
+        apply=normalised(_jpeg),
     ),
     StressTest(
         name="brightness",
@@ -381,7 +368,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"shift": 0.1}, {"shift": 0.2}, {"shift": 0.3}),
         description="Global brightness increase (exposure, calibration offset).",
         unit="shift: additive offset as a fraction of the intensity range (hi - lo)",
-        apply=_normalised(_brightness),
+        apply=normalised(_brightness),
     ),
     StressTest(
         name="contrast",
@@ -391,7 +378,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"factor": 0.7}, {"factor": 0.5}, {"factor": 0.3}),
         description="Reduced contrast around the image mean (windowing, exposure).",
         unit="factor: scale of deviations from the per-image mean",
-        apply=_normalised(_contrast),
+        apply=normalised(_contrast),
     ),
     StressTest(
         name="poisson_noise",
@@ -401,7 +388,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"photons": 60}, {"photons": 25}, {"photons": 10}),
         description="Poisson quantum noise (low photon count, low-dose X-ray/CT).",
         unit="photons: expected photon count at full scale (hi); x -> Poisson(photons*x)/photons",
-        apply=_normalised(_poisson_noise),
+        apply=normalised(_poisson_noise),
     ),
     StressTest(
         name="speckle",
@@ -411,7 +398,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"sigma": 0.15}, {"sigma": 0.3}, {"sigma": 0.5}),
         description="Multiplicative speckle noise (ultrasound, coherent imaging).",
         unit="sigma: std of the multiplicative factor, x -> x * (1 + sigma * N(0, 1))",
-        apply=_normalised(_speckle),
+        apply=normalised(_speckle),
     ),
     StressTest(
         name="motion_blur",
@@ -421,7 +408,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"length_px": 5}, {"length_px": 9}, {"length_px": 15}),
         description="Linear motion blur at a per-sample random angle (patient/probe motion).",
         unit="length_px: blur length in pixels (angle ~ U(0, 180) deg per sample, reflect pad)",
-        apply=_normalised(_motion_blur),
+        apply=normalised(_motion_blur),
     ),
     StressTest(
         name="defocus",
@@ -431,7 +418,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"radius_px": 1.5}, {"radius_px": 3.0}, {"radius_px": 5.0}),
         description="Defocus blur with a disk kernel (out-of-focus optics, microscopy).",
         unit="radius_px: disk radius in pixels (anti-aliased weights, reflect padding)",
-        apply=_normalised(_defocus),
+        apply=normalised(_defocus),
     ),
     StressTest(
         name="pixelate",
@@ -441,7 +428,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"factor": 2}, {"factor": 3}, {"factor": 4}),
         description="Resolution loss: block-average downsampling, nearest upsampling back.",
         unit="factor: block size in pixels (down by factor, nearest back to the original size)",
-        apply=_normalised(_pixelate),
+        apply=normalised(_pixelate),
     ),
     StressTest(
         name="gamma",
@@ -451,160 +438,6 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"gamma": 1.5}, {"gamma": 2.0}, {"gamma": 3.0}),
         description="Gamma curve x**gamma on [0, 1] (display/LUT mismatch; darkens mid-tones).",
         unit="gamma: exponent applied to the [0, 1]-normalised image (lo and hi are fixed)",
-        apply=_normalised(_gamma),
+        apply=normalised(_gamma),
     ),
 )
-
-for _test in CORRUPTIONS:
-    register(_test)
-
-
-# ---------------------------------------------------------------------------------- public API
-
-
-def apply_corruption(
-    images: torch.Tensor,
-    value_range: torch.Tensor,
-    name: str,
-    severity: int,
-    rngs: Sequence[np.random.Generator],
-) -> torch.Tensor:
-    """Apply a registered stress test to a batch, on the batch's device.
-
-    Args:
-        images: ``(N, C, H, W)`` float tensor in native units.
-        value_range: ``(N, 2)`` per-image ``(lo, hi)`` (a ``(2,)`` tensor is broadcast).
-        name: registered test name (see :data:`~medfail.stress.registry.REGISTRY`).
-        severity: 0 (identity, returns a copy) to 3.
-        rngs: one numpy generator per image; the only source of randomness.
-
-    Returns:
-        A new float32 ``(N, C, H, W)`` tensor in native units, clipped to each ``[lo, hi]``.
-    """
-    test = get(name)
-    params = test.params(severity)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    images = images.to(torch.float32)
-    n = images.shape[0]
-    vr = torch.as_tensor(value_range, dtype=torch.float32, device=images.device)
-    if vr.shape == (2,):
-        vr = vr.expand(n, 2)
-    if vr.shape != (n, 2):
-        raise ValueError(f"value_range must be ({n}, 2), got shape {tuple(vr.shape)}")
-    if len(rngs) != n:
-        raise ValueError(f"need one generator per image: {n} images, {len(rngs)} generators")
-    if severity == 0:
-        return images.clone()
-    return test.apply(images, vr, params, rngs)
-
-
-def corrupt(
-    image: np.ndarray,
-    name: str,
-    severity: int,
-    seed: int = 0,
-    value_range: tuple[float, float] | None = None,
-) -> np.ndarray:
-    """Corrupt one image (``imagecorruptions``-style helper).
-
-    Args:
-        image: ``(H, W)`` or ``(H, W, C)`` array of any integer or float dtype.
-        name: corruption name, e.g. ``"gaussian_noise"``.
-        severity: 0 (identity) to 3.
-        seed: seed of the numpy generator used for any randomness.
-        value_range: intensity range ``(lo, hi)``; default ``(0, 255)`` for uint8, otherwise the
-            image's own ``(min, max)`` (``hi = lo + 1`` for a constant image).
-
-    Returns:
-        An array with the same shape and dtype; integer outputs are rounded and clipped to the
-        dtype's range.
-    """
-    arr = np.asarray(image)
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {arr.shape}")
-    is_int = np.issubdtype(arr.dtype, np.integer)
-    if not (is_int or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"image dtype must be integer or float, got {arr.dtype}")
-    get(name).params(severity)  # validate before any work
-    if severity == 0:
-        return arr.copy()
-
-    if value_range is None:
-        if arr.dtype == np.uint8:
-            lo, hi = 0.0, 255.0
-        else:
-            lo, hi = float(arr.min()), float(arr.max())
-            if hi <= lo:
-                hi = lo + 1.0
-    else:
-        lo, hi = float(value_range[0]), float(value_range[1])
-
-    # channels first in the input dtype (a small copy), then float32 on a contiguous array
-    chw = arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
-    x = torch.from_numpy(chw.astype(np.float32))[None]
-    vr = torch.tensor([[lo, hi]], dtype=torch.float32)
-    y = apply_corruption(x, vr, name, severity, [np.random.default_rng(seed)])[0].numpy()
-    if is_int:
-        info = np.iinfo(arr.dtype)
-        y = np.clip(np.rint(y, out=y), info.min, info.max, out=y)
-    out = y.astype(arr.dtype, copy=False)
-    if arr.ndim == 2:
-        return np.ascontiguousarray(out[0])
-    hwc = np.empty(arr.shape, dtype=arr.dtype)
-    for c in range(arr.shape[2]):  # channel by channel: faster than a strided transpose copy
-        hwc[..., c] = out[c]
-    return hwc
-
-
-def perturb_samples(
-    samples: Sequence[Sample],
-    condition: str,
-    run_seed: int,
-    *,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-) -> list[np.ndarray]:
-    """Perturbed copies of the samples' images under ``condition`` (engine helper).
-
-    Same-shape images are batched together (at most ``batch_size`` per batch, on ``device``);
-    sample ``s`` draws from ``sample_rng(run_seed, condition, s.id)``, so results do not depend on
-    batching or order. Images of ``integer`` samples are rounded (and kept in range).
-
-    Returns:
-        New float32 ``(C, H, W)`` arrays, in the order of ``samples``.
-    """
-    test_name, severity = parse_condition(condition)
-    if severity == 0:
-        return [np.array(s.image, dtype=np.float32, copy=True) for s in samples]
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    canonical = condition_name(test_name, severity)
-
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, s in enumerate(samples):
-        if s.image.ndim != 3:
-            raise MedfailInputError(
-                None, f"sample {s.id}: stress tests need a (C, H, W) image, got {s.image.shape}"
-            )
-        groups[tuple(s.image.shape)].append(i)
-
-    results: list[np.ndarray | None] = [None] * len(samples)
-    for indices in groups.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            batch = [samples[i] for i in chunk]
-            x = torch.from_numpy(np.stack([np.asarray(s.image, dtype=np.float32) for s in batch]))
-            vr = torch.tensor([s.value_range for s in batch], dtype=torch.float32)
-            rngs = [sample_rng(run_seed, canonical, s.id) for s in batch]
-            y = apply_corruption(x.to(device), vr.to(device), test_name, severity, rngs)
-            y_np = y.cpu().numpy()
-            for j, (i, s) in enumerate(zip(chunk, batch, strict=True)):
-                img = y_np[j]
-                if s.integer:
-                    img = np.rint(img)
-                    lo, hi = math.ceil(s.value_range[0]), math.floor(s.value_range[1])
-                    if lo <= hi:
-                        img = np.clip(img, lo, hi)
-                results[i] = np.ascontiguousarray(img, dtype=np.float32)
-    return [r for r in results if r is not None]

@@ -1,23 +1,10 @@
 """Domain-shift stress tests: CT windowing, H&E stain, MRI artifacts, scanner resolution.
 
 Each test mimics data from another site, scanner or protocol. All are family ``domain_shift``,
-taxonomy ``data``, with three fixed severities (severity 0 is the identity, via the registry):
-
-================  ==========  ======================  =========  =========  =========
-name              modalities  parameter               sev. 1     sev. 2     sev. 3
-================  ==========  ======================  =========  =========  =========
-ct_window         CT          level_shift_hu          +20        +50        +100
-                              width_factor            0.8        0.6        0.4
-stain_he          histology,  alpha (scale ±a)        0.05       0.15       0.3
-                  SM          beta (shift ±b)         0.02       0.05       0.1
-mri_bias_field    MR          max_log_amp             0.2        0.4        0.6
-mri_ghosting      MR          ghost                   0.1        0.25       0.45
-mri_motion        MR          line_fraction           0.05       0.15       0.3
-                              max_shift_px            2          4          8
-mri_spike         MR          intensity (× max|k|)    0.05       0.15       0.3
-resolution_shift  any         factor                  1.5        2.0        3.0
-                              noise_std               0.01       0.02       0.03
-================  ==========  ======================  =========  =========  =========
+taxonomy ``data``, with three fixed severities (severity 0 is the identity). The severities are
+written once, in :data:`DOMAIN_SHIFTS` below; the catalogue :mod:`medfail.stress.registry`
+collects them, ``medfail list`` prints them and tests/test_stress_catalogue.py checks the table
+of docs/domain_shift.md against them.
 
 * ``ct_window`` works on native Hounsfield units: with the reference soft-tissue window
   (L₀, W₀) = (40, 400) HU and the shifted window L = L₀ + ΔL, W = f·W₀,
@@ -54,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medfail.stress.corruptions import _blur_axis, _normalised
-from medfail.stress.registry import StressTest, register
+from medfail.stress.corruptions import blur_axis, normalised
+from medfail.stress.spec import StressTest
 
 __all__ = [
     "CT_REFERENCE_WINDOW",
@@ -187,7 +174,7 @@ def _stain_he_kernel(
     return _stain_kernel(x, alpha, beta)
 
 
-_stain_he_rgb = _normalised(_stain_he_kernel)
+_stain_he_rgb = normalised(_stain_he_kernel)
 
 
 def _stain_he(
@@ -345,7 +332,7 @@ def _resolution_shift(
     weights = torch.from_numpy(taps).to(device=x.device, dtype=x.dtype)
     shape = tuple(x.shape[1:])
     white = _stack([rng.standard_normal(shape).astype(np.float32) for rng in rngs], x)
-    noise = _blur_axis(_blur_axis(white, weights, -1), weights, -2)
+    noise = blur_axis(blur_axis(white, weights, -1), weights, -2)
     return y + noise * (std / float(np.sum(taps**2)))
 
 
@@ -390,7 +377,7 @@ DOMAIN_SHIFTS: tuple[StressTest, ...] = (
         severities=({"max_log_amp": 0.2}, {"max_log_amp": 0.4}, {"max_log_amp": 0.6}),
         description="MRI intensity inhomogeneity (smooth multiplicative bias field).",
         unit="max_log_amp: max |log field| of a random degree-3 polynomial field",
-        apply=_normalised(_mri_bias_field),
+        apply=normalised(_mri_bias_field),
     ),
     StressTest(
         name="mri_ghosting",
@@ -400,7 +387,7 @@ DOMAIN_SHIFTS: tuple[StressTest, ...] = (
         severities=({"ghost": 0.1}, {"ghost": 0.25}, {"ghost": 0.45}),
         description="MRI N/2 ghosting (odd k-space lines scaled).",
         unit="ghost: relative intensity of the N/2 ghost (odd rows of k-space x (1 - 2 ghost))",
-        apply=_normalised(_mri_ghosting),
+        apply=normalised(_mri_ghosting),
     ),
     StressTest(
         name="mri_motion",
@@ -414,7 +401,7 @@ DOMAIN_SHIFTS: tuple[StressTest, ...] = (
         ),
         description="MRI motion artifact (random translation phase on some k-space lines).",
         unit="line_fraction: fraction of phase-encode lines moved; max_shift_px: max translation",
-        apply=_normalised(_mri_motion),
+        apply=normalised(_mri_motion),
     ),
     StressTest(
         name="mri_spike",
@@ -424,7 +411,7 @@ DOMAIN_SHIFTS: tuple[StressTest, ...] = (
         severities=({"intensity": 0.05}, {"intensity": 0.15}, {"intensity": 0.3}),
         description="MRI spike/herringbone artifact (1-3 k-space spikes).",
         unit="intensity: spike magnitude as a fraction of max |k-space|",
-        apply=_normalised(_mri_spike),
+        apply=normalised(_mri_spike),
     ),
     StressTest(
         name="resolution_shift",
@@ -439,9 +426,6 @@ DOMAIN_SHIFTS: tuple[StressTest, ...] = (
         description="Coarser scanner resolution and another reconstruction kernel.",
         unit="factor: pixel spacing multiplier (area down, bilinear up); noise_std: correlated "
         "noise std as a fraction of (hi - lo)",
-        apply=_normalised(_resolution_shift),
+        apply=normalised(_resolution_shift),
     ),
 )
-
-for _test in DOMAIN_SHIFTS:
-    register(_test)

@@ -5,43 +5,16 @@ or tight box, a positive click that slips off the object, lands on the backgroun
 structure, a forgotten click, or a mistaken "not this" click inside the object. The image is never
 touched. Severity 0 is the exact prompt of :func:`medfail.data.prompts.prompt_for_object`.
 
-Unlike the image families, a prompt test's ``StressTest.apply`` works on ONE prompt::
-
-    apply(prompt, obj, label_map, params, rng) -> Prompt
-        prompt:    the clean :class:`~medfail.data.prompts.Prompt` of one object
-        obj:       bool (H, W) mask of that object (a component from ``objects(label_map)``)
-        label_map: int (H, W) ground truth of the whole image, 0 = background
-        params:    the severity's parameter dict
-        rng:       numpy generator (all randomness comes from it)
-
-and returns a new prompt. Coordinates follow the prompt convention (``(x, y)`` = (column, row),
+Each test is a :class:`~medfail.stress.spec.PromptTest`: its ``apply`` works on ONE prompt,
+``apply(prompt, obj, label_map, params, rng) -> Prompt`` (see :mod:`medfail.stress.spec`), and
+returns a new prompt. Coordinates follow the prompt convention (``(x, y)`` = (column, row),
 inclusive box corners); boxes and points are always clipped to the image and boxes never invert
 (``x0 <= x1``, ``y0 <= y1``). Coordinates may be sub-pixel (SAM accepts floats).
 
-=================  ============  =====  =====  =====  =========================================
-name               parameter     sev 1  sev 2  sev 3  meaning
-=================  ============  =====  =====  =====  =========================================
-box_shift          shift         0.10   0.25   0.50   box moved by this fraction of its width /
-                                                      height in a random direction
-box_scale_jitter   jitter        0.10   0.25   0.50   each side's distance from the box centre
-                                                      scaled by its own factor in [1−j, 1+j]
-box_loose          expand        0.10   0.30   0.60   every side pushed out by this fraction of
-                                                      the box width / height
-box_tight          shrink        0.10   0.20   0.35   every side pulled in by this fraction
-                                                      (collapses to the centre, never inverts)
-point_jitter       distance_px   2      5      10     positive point moved this far, random
-                                                      direction (may leave the object)
-point_background   distance_px   2      5      10     positive point moved onto the background
-                                                      pixel whose distance to the object is
-                                                      closest to this (ties by rng)
-point_neighbour    radius_px     10     20     40     positive point moved onto another labelled
-                                                      structure (nearest first) within this
-                                                      radius of the object; fallback below
-missing_point      shift         0.00   0.10   0.25   points dropped (box only), box shifted as
-                                                      in box_shift so severity stays monotone
-extra_point        n_points      1      2      3      this many negative (label 0) points added
-                                                      inside the object
-=================  ============  =====  =====  =====  =========================================
+The severities are written once, in the ``@_prompt_test`` decorators below (collected in
+:data:`PROMPT_PERTURBATIONS`); the catalogue :mod:`medfail.stress.registry` collects them,
+``medfail list`` prints them and tests/test_stress_catalogue.py checks the table of
+docs/prompts.md against them.
 
 Box sizes are measured in pixel edges: a box ``(x0, y0, x1, y1)`` spans ``x1 − x0 + 1`` columns,
 so a one-pixel object still has a box of size 1. Details:
@@ -57,8 +30,9 @@ so a one-pixel object still has a box of size 1. Details:
 * Box tests (and ``missing_point``) use the object's exact box when the prompt has none.
 * ``extra_point`` picks distinct object pixels other than the existing points when it can.
 
-:func:`perturb_prompts` applies a condition to a batch with one generator per object,
-``sample_rng(run_seed, condition, f"{id}#{k}")``, so results never depend on batch size or order.
+:func:`medfail.stress.registry.perturb_prompts` applies a condition to a batch with one
+generator per object, ``sample_rng(run_seed, condition, f"{id}#{k}")``, so results never depend
+on batch size or order.
 """
 
 from __future__ import annotations
@@ -70,43 +44,34 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from scipy import ndimage
 
-from medfail.data.prompts import EIGHT_CONNECTED, Prompt, objects, prompt_for_object
-from medfail.errors import MedfailInputError
-from medfail.seeding import sample_rng
-from medfail.stress.registry import CLEAN, StressTest, get, parse_condition, register
+from medfail.data.prompts import EIGHT_CONNECTED, Prompt, prompt_for_object
+from medfail.stress.spec import CLEAN, PROMPT_FAMILY, PromptTest
 
 if TYPE_CHECKING:
-    from medfail.stress.registry import ApplyFn
+    from medfail.stress.spec import PromptApply
 
 __all__ = [
+    "PROMPT_PERTURBATIONS",
     "PROMPT_TESTS",
-    "PromptApply",
-    "perturb_prompts",
+    "as_2d",
     "prompt_table_rows",
 ]
 
-FAMILY = "prompt"
+FAMILY = PROMPT_FAMILY
 TAXONOMY = "human_factors"
 _TIE_TOL = 1e-6
 
-#: The per-prompt ``apply`` of a prompt test (see the module docstring).
-PromptApply = Callable[
-    [Prompt, np.ndarray, np.ndarray, Mapping[str, Any], np.random.Generator], Prompt
-]
-
-#: Names of the prompt tests, in documentation order.
-PROMPT_TESTS: list[str] = []
+_TABLE: list[PromptTest] = []
 
 
 def _prompt_test(name: str, severities: tuple[dict[str, Any], ...], description: str,
                  unit: str) -> Callable[[PromptApply], PromptApply]:
-    """Register a per-prompt function as a ``prompt``-family stress test."""
+    """File a per-prompt function, with its three severities, as a ``prompt``-family test."""
 
     def decorator(fn: PromptApply) -> PromptApply:
-        register(StressTest(name=name, family=FAMILY, taxonomy=TAXONOMY, modalities=("any",),
-                            severities=severities, description=description, unit=unit,
-                            apply=cast("ApplyFn", fn)))
-        PROMPT_TESTS.append(name)
+        _TABLE.append(PromptTest(name=name, family=FAMILY, taxonomy=TAXONOMY,
+                                 modalities=("any",), severities=severities,
+                                 description=description, unit=unit, apply=fn))
         return fn
 
     return decorator
@@ -196,7 +161,8 @@ def _pick(rng: np.random.Generator, candidates: np.ndarray) -> tuple[float, floa
     return float(cols[j]), float(rows[j])
 
 
-def _as_2d(a: np.ndarray, what: str) -> np.ndarray:
+def as_2d(a: np.ndarray, what: str) -> np.ndarray:
+    """``a`` as an (H, W) array (leading size-1 axes dropped); ``what`` names it in the error."""
     a = np.asarray(a)
     while a.ndim > 2 and a.shape[0] == 1:
         a = a[0]
@@ -272,7 +238,7 @@ def point_background(prompt: Prompt, obj: np.ndarray, label_map: np.ndarray,
                      params: Mapping[str, Any], rng: np.random.Generator) -> Prompt:
     """Move the positive point to the background pixel nearest ``distance_px`` from the object."""
     target = float(params["distance_px"])
-    background = _as_2d(label_map, "label_map") == 0
+    background = as_2d(label_map, "label_map") == 0
     if not background.any() or not obj.any():
         return prompt
     err = np.where(background, np.abs(_distance_to(obj) - target), np.inf)
@@ -286,7 +252,7 @@ def point_neighbour(prompt: Prompt, obj: np.ndarray, label_map: np.ndarray,
                     params: Mapping[str, Any], rng: np.random.Generator) -> Prompt:
     """Move the positive point onto the nearest other structure (fallback: far background)."""
     radius = float(params["radius_px"])
-    lm = _as_2d(label_map, "label_map")
+    lm = as_2d(label_map, "label_map")
     if not obj.any():
         return prompt
     dist = _distance_to(obj)
@@ -333,41 +299,13 @@ def extra_point(prompt: Prompt, obj: np.ndarray, label_map: np.ndarray,
     return Prompt(prompt.box, (*prompt.points, *new), (*prompt.point_labels, *([0] * n)))
 
 
-# --- batch helpers ----------------------------------------------------------------------------
+# --- the table and batch helpers --------------------------------------------------------------
 
-def perturb_prompts(prompts_per_image: Sequence[Sequence[Prompt]], masks: Sequence[np.ndarray],
-                    ids: Sequence[str], condition: str, run_seed: int) -> list[list[Prompt]]:
-    """Apply a prompt condition (``"box_shift@2"``, or ``"clean"``) to every image's prompts.
+#: The prompt tests, in documentation order (each with its three severities).
+PROMPT_PERTURBATIONS: tuple[PromptTest, ...] = tuple(_TABLE)
 
-    ``prompts_per_image[i][k]`` must be the prompt of ``objects(masks[i])[k]`` (the order of
-    :func:`~medfail.data.prompts.prompts_from_mask`). Object ``k`` of sample ``id`` draws from
-    ``sample_rng(run_seed, condition, f"{id}#{k}")``.
-
-    Raises:
-        MedfailInputError: unknown condition, or a test that is not in the ``prompt`` family.
-        ValueError: mismatched lengths, or more prompts than objects in a mask.
-    """
-    if not len(prompts_per_image) == len(masks) == len(ids):
-        raise ValueError(f"{len(prompts_per_image)} prompt lists, {len(masks)} masks and "
-                         f"{len(ids)} ids")
-    if condition == CLEAN:
-        return [list(p) for p in prompts_per_image]
-    name, severity = parse_condition(condition)
-    test = get(name)
-    if test.family != FAMILY:
-        raise MedfailInputError(None, f"{name!r} is a {test.family} test, not a prompt test")
-    params = test.params(severity)
-    apply = cast(PromptApply, test.apply)
-    out: list[list[Prompt]] = []
-    for plist, mask, sid in zip(prompts_per_image, masks, ids, strict=True):
-        label_map = _as_2d(mask, "mask")
-        objs = objects(label_map)
-        if len(plist) > len(objs):
-            raise ValueError(f"sample {sid!r}: {len(plist)} prompts but {len(objs)} objects")
-        out.append([apply(p, objs[k], label_map, params,
-                          sample_rng(run_seed, condition, f"{sid}#{k}"))
-                    for k, p in enumerate(plist)])
-    return out
+#: Names of the prompt tests, in documentation order.
+PROMPT_TESTS: list[str] = [t.name for t in PROMPT_PERTURBATIONS]
 
 
 def prompt_table_rows(prompts_per_image: Sequence[Sequence[Prompt]], ids: Sequence[str],

@@ -1,118 +1,93 @@
-"""The stress-test registry: every perturbation medfail can apply, with its fixed severities.
+"""The stress-test catalogue: every perturbation medfail can apply, by name, and the entry points.
 
-A :class:`StressTest` names a perturbation, files it in a family (``"corruption"`` today,
-``"domain_shift"`` and ``"prompt"`` later) and a failure taxonomy, and carries exactly three
-parameter dicts for severities 1..3. Severity 0 is always the identity (the clean condition).
+The kernel modules define tests and their severities and import nothing from here:
+:data:`~medfail.stress.corruptions.CORRUPTIONS`, :data:`~medfail.stress.domain_shift.DOMAIN_SHIFTS`
+and :data:`~medfail.stress.prompt_perturbations.PROMPT_PERTURBATIONS`. This module collects them
+into :data:`REGISTRY` (name → test) when it is imported, and owns everything that looks a test up
+by name: :func:`get`, :func:`names`, conditions (:func:`condition_name`, :func:`parse_condition`),
+``medfail list`` (:func:`list_rows`) and the generic entry points :func:`apply_corruption`,
+:func:`corrupt`, :func:`perturb_samples` (image tests) and :func:`perturb_prompts` (prompt
+tests). The imports only go down: ``spec`` ← kernels ← ``registry``.
 
 A *condition* is a test at a severity, written ``"<test>@<severity>"`` (``"gaussian_noise@2"``);
-severity 0 of every test is the single condition ``"clean"``.
-
-The batched function ``StressTest.apply`` has the signature::
-
-    apply(images, value_range, params, rngs) -> images
-        images:      torch.Tensor (N, C, H, W) float32 in native units, on any device
-        value_range: torch.Tensor (N, 2) with each image's (lo, hi), same device
-        params:      the severity's parameter dict
-        rngs:        N numpy generators, one per image (all randomness comes from them)
-
-and returns a new tensor of the same shape, device and dtype, in native units within ``[lo, hi]``.
+severity 0 of every test is the single condition ``"clean"``. The two test types and the
+signatures of their ``apply`` functions are in :mod:`medfail.stress.spec`.
 """
 
 from __future__ import annotations
 
-import operator
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, overload
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
+import numpy as np
+import torch
+
+from medfail.data.prompts import Prompt, objects
+from medfail.data.sample import Sample
 from medfail.errors import MedfailInputError
+from medfail.seeding import sample_rng
+from medfail.stress.corruptions import CORRUPTIONS
+from medfail.stress.domain_shift import DOMAIN_SHIFTS
+from medfail.stress.prompt_perturbations import PROMPT_PERTURBATIONS, as_2d
+from medfail.stress.spec import (
+    CLEAN,
+    FAMILIES,
+    IMAGE_FAMILIES,
+    N_SEVERITIES,
+    PROMPT_FAMILY,
+    TAXONOMIES,
+    Perturbation,
+    PromptTest,
+    StressTest,
+    check_severity,
+)
 
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
+__all__ = [
+    "CLEAN",
+    "FAMILIES",
+    "N_SEVERITIES",
+    "REGISTRY",
+    "TAXONOMIES",
+    "AnyTest",
+    "Perturbation",
+    "PromptTest",
+    "StressTest",
+    "apply_corruption",
+    "condition_name",
+    "corrupt",
+    "get",
+    "list_rows",
+    "names",
+    "parse_condition",
+    "perturb_prompts",
+    "perturb_samples",
+    "register",
+    "severity_summary",
+]
 
-    ApplyFn = Callable[
-        [torch.Tensor, torch.Tensor, Mapping[str, Any], Sequence[np.random.Generator]],
-        torch.Tensor,
-    ]
+#: A registered test of either type.
+AnyTest = StressTest | PromptTest
 
-FAMILIES: tuple[str, ...] = ("corruption", "domain_shift", "prompt")
-TAXONOMIES: tuple[str, ...] = ("data", "model", "evaluation", "human_factors")
-N_SEVERITIES = 3
-CLEAN = "clean"
-
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class StressTest:
-    """One registered stress test.
-
-    Attributes:
-        name: unique snake_case id (``"gaussian_noise"``).
-        family: ``"corruption"``, ``"domain_shift"`` or ``"prompt"``.
-        taxonomy: failure taxonomy: ``"data"``, ``"model"``, ``"evaluation"`` or
-            ``"human_factors"``.
-        modalities: modalities it applies to, ``("any",)`` for all.
-        severities: exactly three parameter dicts, for severities 1, 2 and 3.
-        description: one line for ``medfail list`` and the report.
-        unit: what the parameter means (``"noise std as a fraction of (hi - lo)"``).
-        apply: the batched torch function (see the module docstring for its signature).
-    """
-
-    name: str
-    family: str
-    taxonomy: str
-    modalities: tuple[str, ...]
-    severities: tuple[dict[str, Any], ...] = field(hash=False)
-    description: str
-    unit: str
-    apply: ApplyFn = field(compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not _NAME_RE.match(self.name) or self.name == CLEAN:
-            raise ValueError(f"invalid stress test name {self.name!r} (snake_case, not 'clean')")
-        if self.family not in FAMILIES:
-            raise ValueError(f"{self.name}: family must be one of {FAMILIES}, got {self.family!r}")
-        if self.taxonomy not in TAXONOMIES:
-            raise ValueError(
-                f"{self.name}: taxonomy must be one of {TAXONOMIES}, got {self.taxonomy!r}"
-            )
-        if len(self.severities) != N_SEVERITIES:
-            raise ValueError(
-                f"{self.name}: needs exactly {N_SEVERITIES} severities, got {len(self.severities)}"
-            )
-        # Freeze the containers we were given (copies, so callers cannot mutate them later).
-        object.__setattr__(self, "modalities", tuple(self.modalities))
-        object.__setattr__(self, "severities", tuple(dict(p) for p in self.severities))
-        if not callable(self.apply):
-            raise ValueError(f"{self.name}: apply must be callable")
-
-    def params(self, severity: int) -> dict[str, Any]:
-        """A copy of the parameter dict for ``severity`` 1..3 (empty for severity 0)."""
-        sev = _check_severity(severity)
-        return {} if sev == 0 else dict(self.severities[sev - 1])
-
-
-REGISTRY: dict[str, StressTest] = {}
+#: name → test: the built-in tests (filled below) and any added with :func:`register`.
+REGISTRY: dict[str, AnyTest] = {}
 
 
 @overload
-def register(test: StressTest, /) -> StressTest: ...
+def register(test: AnyTest, /) -> AnyTest: ...
 
 
 @overload
-def register(test: None = None, /, **fields: Any) -> Callable[[ApplyFn], ApplyFn]: ...
+def register(test: None = None, /, **fields: Any) -> Callable[[Any], Any]: ...
 
 
-def register(
-    test: StressTest | None = None, /, **fields: Any
-) -> StressTest | Callable[[ApplyFn], ApplyFn]:
+def register(test: AnyTest | None = None, /, **fields: Any) -> AnyTest | Callable[[Any], Any]:
     """Add a stress test to :data:`REGISTRY`.
 
-    Either call it with a ready :class:`StressTest` (returns it), or use it as a decorator on the
-    batched function, passing every other field as keywords::
+    Either call it with a ready :class:`StressTest` or :class:`PromptTest` (returns it), or use it
+    as a decorator on the ``apply`` function, passing every other field as keywords (a
+    :class:`PromptTest` when ``family="prompt"``, else a :class:`StressTest`)::
 
         @register(name="my_test", family="corruption", taxonomy="data", modalities=("any",),
                   severities=({"k": 1}, {"k": 2}, {"k": 3}), description="...", unit="...")
@@ -123,39 +98,37 @@ def register(
     """
     if test is not None:
         if fields:
-            raise TypeError("register() takes either a StressTest or keyword fields, not both")
+            raise TypeError("register() takes either a test or keyword fields, not both")
+        if not isinstance(test, StressTest | PromptTest):
+            raise TypeError(f"register() takes a StressTest or PromptTest, got {type(test)}")
         if test.name in REGISTRY:
             raise ValueError(f"stress test {test.name!r} is already registered")
         REGISTRY[test.name] = test
         return test
 
-    def decorator(fn: ApplyFn) -> ApplyFn:
-        register(StressTest(apply=fn, **fields))
+    def decorator(fn: Any) -> Any:
+        kind = PromptTest if fields.get("family") == PROMPT_FAMILY else StressTest
+        register(kind(apply=fn, **fields))
         return fn
 
     return decorator
 
 
-def _load_builtins() -> None:
-    """Import the modules that register the built-in tests (lazy: they import this module)."""
-    import medfail.stress.corruptions
-    import medfail.stress.domain_shift
-    import medfail.stress.prompt_perturbations  # noqa: F401
+for _test in (*CORRUPTIONS, *DOMAIN_SHIFTS, *PROMPT_PERTURBATIONS):
+    register(_test)
 
 
 def names() -> list[str]:
     """Sorted names of all registered stress tests."""
-    _load_builtins()
     return sorted(REGISTRY)
 
 
-def get(name: str) -> StressTest:
+def get(name: str) -> AnyTest:
     """The registered test called ``name``.
 
     Raises:
         MedfailInputError: (a ``ValueError``) unknown name; the message lists the valid names.
     """
-    _load_builtins()
     try:
         return REGISTRY[name]
     except KeyError:
@@ -165,24 +138,19 @@ def get(name: str) -> StressTest:
         ) from None
 
 
-def _check_severity(severity: int) -> int:
-    """``severity`` as an int, checked to be 0..3."""
-    try:
-        if isinstance(severity, bool):
-            raise TypeError
-        sev = operator.index(severity)
-    except TypeError:
+def _image_test(name: str) -> StressTest:
+    test = get(name)
+    if not isinstance(test, StressTest):
         raise MedfailInputError(
-            None, f"severity must be an int 0..{N_SEVERITIES}, got {severity!r}"
-        ) from None
-    if not 0 <= sev <= N_SEVERITIES:
-        raise MedfailInputError(None, f"severity must be 0..{N_SEVERITIES}, got {sev}")
-    return sev
+            None, f"{name!r} is a {test.family} test, not an image test "
+            f"({', '.join(IMAGE_FAMILIES)})"
+        )
+    return test
 
 
-def condition_name(test: StressTest | str, severity: int) -> str:
+def condition_name(test: Perturbation | str, severity: int) -> str:
     """``"<test>@<severity>"`` (e.g. ``"gaussian_noise@2"``), or ``"clean"`` for severity 0."""
-    sev = _check_severity(severity)
+    sev = check_severity(severity)
     name = get(test).name if isinstance(test, str) else test.name
     return CLEAN if sev == 0 else f"{name}@{sev}"
 
@@ -212,7 +180,7 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def severity_summary(test: StressTest) -> str:
+def severity_summary(test: Perturbation) -> str:
     """Compact text of the three severities, e.g. ``"sigma=0.04/0.08/0.12"``."""
     keys = list(dict.fromkeys(k for p in test.severities for k in p))
     parts = [f"{k}=" + "/".join(_fmt(p.get(k, "-")) for p in test.severities) for k in keys]
@@ -221,7 +189,6 @@ def severity_summary(test: StressTest) -> str:
 
 def list_rows() -> list[dict[str, str]]:
     """One row per registered test (sorted by family, then name) for ``medfail list``."""
-    _load_builtins()
     tests = sorted(REGISTRY.values(), key=lambda t: (FAMILIES.index(t.family), t.name))
     return [
         {
@@ -235,3 +202,192 @@ def list_rows() -> list[dict[str, str]]:
         }
         for t in tests
     ]
+
+
+# ------------------------------------------------------------------- entry points: images
+
+
+def apply_corruption(
+    images: torch.Tensor,
+    value_range: torch.Tensor,
+    name: str,
+    severity: int,
+    rngs: Sequence[np.random.Generator],
+) -> torch.Tensor:
+    """Apply a registered stress test to a batch, on the batch's device.
+
+    Args:
+        images: ``(N, C, H, W)`` float tensor in native units.
+        value_range: ``(N, 2)`` per-image ``(lo, hi)`` (a ``(2,)`` tensor is broadcast).
+        name: registered image test name (see :data:`REGISTRY`).
+        severity: 0 (identity, returns a copy) to 3.
+        rngs: one numpy generator per image; the only source of randomness.
+
+    Returns:
+        A new float32 ``(N, C, H, W)`` tensor in native units, clipped to each ``[lo, hi]``.
+    """
+    test = _image_test(name)
+    params = test.params(severity)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    images = images.to(torch.float32)
+    n = images.shape[0]
+    vr = torch.as_tensor(value_range, dtype=torch.float32, device=images.device)
+    if vr.shape == (2,):
+        vr = vr.expand(n, 2)
+    if vr.shape != (n, 2):
+        raise ValueError(f"value_range must be ({n}, 2), got shape {tuple(vr.shape)}")
+    if len(rngs) != n:
+        raise ValueError(f"need one generator per image: {n} images, {len(rngs)} generators")
+    if severity == 0:
+        return images.clone()
+    return test.apply(images, vr, params, rngs)
+
+
+def corrupt(
+    image: np.ndarray,
+    name: str,
+    severity: int,
+    seed: int = 0,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Corrupt one image (``imagecorruptions``-style helper).
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)`` array of any integer or float dtype.
+        name: corruption name, e.g. ``"gaussian_noise"``.
+        severity: 0 (identity) to 3.
+        seed: seed of the numpy generator used for any randomness.
+        value_range: intensity range ``(lo, hi)``; default ``(0, 255)`` for uint8, otherwise the
+            image's own ``(min, max)`` (``hi = lo + 1`` for a constant image).
+
+    Returns:
+        An array with the same shape and dtype; integer outputs are rounded and clipped to the
+        dtype's range.
+    """
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {arr.shape}")
+    is_int = np.issubdtype(arr.dtype, np.integer)
+    if not (is_int or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"image dtype must be integer or float, got {arr.dtype}")
+    _image_test(name).params(severity)  # validate before any work
+    if severity == 0:
+        return arr.copy()
+
+    if value_range is None:
+        if arr.dtype == np.uint8:
+            lo, hi = 0.0, 255.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            if hi <= lo:
+                hi = lo + 1.0
+    else:
+        lo, hi = float(value_range[0]), float(value_range[1])
+
+    # channels first in the input dtype (a small copy), then float32 on a contiguous array
+    chw = arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+    x = torch.from_numpy(chw.astype(np.float32))[None]
+    vr = torch.tensor([[lo, hi]], dtype=torch.float32)
+    y = apply_corruption(x, vr, name, severity, [np.random.default_rng(seed)])[0].numpy()
+    if is_int:
+        info = np.iinfo(arr.dtype)
+        y = np.clip(np.rint(y, out=y), info.min, info.max, out=y)
+    out = y.astype(arr.dtype, copy=False)
+    if arr.ndim == 2:
+        return np.ascontiguousarray(out[0])
+    hwc = np.empty(arr.shape, dtype=arr.dtype)
+    for c in range(arr.shape[2]):  # channel by channel: faster than a strided transpose copy
+        hwc[..., c] = out[c]
+    return hwc
+
+
+def perturb_samples(
+    samples: Sequence[Sample],
+    condition: str,
+    run_seed: int,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> list[np.ndarray]:
+    """Perturbed copies of the samples' images under ``condition`` (engine helper).
+
+    Same-shape images are batched together (at most ``batch_size`` per batch, on ``device``);
+    sample ``s`` draws from ``sample_rng(run_seed, condition, s.id)``, so results do not depend on
+    batching or order. Images of ``integer`` samples are rounded (and kept in range).
+
+    Returns:
+        New float32 ``(C, H, W)`` arrays, in the order of ``samples``.
+    """
+    test_name, severity = parse_condition(condition)
+    if severity == 0:
+        return [np.array(s.image, dtype=np.float32, copy=True) for s in samples]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    canonical = condition_name(test_name, severity)
+
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        if s.image.ndim != 3:
+            raise MedfailInputError(
+                None, f"sample {s.id}: stress tests need a (C, H, W) image, got {s.image.shape}"
+            )
+        groups[tuple(s.image.shape)].append(i)
+
+    results: list[np.ndarray | None] = [None] * len(samples)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            batch = [samples[i] for i in chunk]
+            x = torch.from_numpy(np.stack([np.asarray(s.image, dtype=np.float32) for s in batch]))
+            vr = torch.tensor([s.value_range for s in batch], dtype=torch.float32)
+            rngs = [sample_rng(run_seed, canonical, s.id) for s in batch]
+            y = apply_corruption(x.to(device), vr.to(device), test_name, severity, rngs)
+            y_np = y.cpu().numpy()
+            for j, (i, s) in enumerate(zip(chunk, batch, strict=True)):
+                img = y_np[j]
+                if s.integer:
+                    img = np.rint(img)
+                    lo, hi = math.ceil(s.value_range[0]), math.floor(s.value_range[1])
+                    if lo <= hi:
+                        img = np.clip(img, lo, hi)
+                results[i] = np.ascontiguousarray(img, dtype=np.float32)
+    return [r for r in results if r is not None]
+
+
+# ------------------------------------------------------------------ entry points: prompts
+
+
+def perturb_prompts(prompts_per_image: Sequence[Sequence[Prompt]], masks: Sequence[np.ndarray],
+                    ids: Sequence[str], condition: str, run_seed: int) -> list[list[Prompt]]:
+    """Apply a prompt condition (``"box_shift@2"``, or ``"clean"``) to every image's prompts.
+
+    ``prompts_per_image[i][k]`` must be the prompt of ``objects(masks[i])[k]`` (the order of
+    :func:`~medfail.data.prompts.prompts_from_mask`). Object ``k`` of sample ``id`` draws from
+    ``sample_rng(run_seed, condition, f"{id}#{k}")``.
+
+    Raises:
+        MedfailInputError: unknown condition, or a test that is not in the ``prompt`` family.
+        ValueError: mismatched lengths, or more prompts than objects in a mask.
+    """
+    if not len(prompts_per_image) == len(masks) == len(ids):
+        raise ValueError(f"{len(prompts_per_image)} prompt lists, {len(masks)} masks and "
+                         f"{len(ids)} ids")
+    if condition == CLEAN:
+        return [list(p) for p in prompts_per_image]
+    name, severity = parse_condition(condition)
+    test = get(name)
+    if not isinstance(test, PromptTest):
+        raise MedfailInputError(None, f"{name!r} is a {test.family} test, not a prompt test")
+    params = test.params(severity)
+    apply = test.apply
+    out: list[list[Prompt]] = []
+    for plist, mask, sid in zip(prompts_per_image, masks, ids, strict=True):
+        label_map = as_2d(mask, "mask")
+        objs = objects(label_map)
+        if len(plist) > len(objs):
+            raise ValueError(f"sample {sid!r}: {len(plist)} prompts but {len(objs)} objects")
+        out.append([apply(p, objs[k], label_map, params,
+                          sample_rng(run_seed, condition, f"{sid}#{k}"))
+                    for k, p in enumerate(plist)])
+    return out
