@@ -74,9 +74,15 @@ LESION_COUNTS = ("lesion_tp", "lesion_fn", "lesion_fp")
 LOWER_IS_BETTER = frozenset({"hd95", "brier", "ece", "nll", "aurc", "eaurc"})
 
 
+def harmful_side(metric: str, lo: object, hi: object) -> np.ndarray:
+    """Elementwise :func:`harmful` of arrays of interval ends (NaN ends -> False)."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(lo) > 0 if metric in LOWER_IS_BETTER else np.asarray(hi) < 0
+
+
 def harmful(metric: str, lo: float, hi: float) -> bool:
     """The 95 % CI [lo, hi] of a Δ lies entirely on the harmful side of 0 for ``metric``."""
-    return bool(lo > 0) if metric in LOWER_IS_BETTER else bool(hi < 0)
+    return bool(harmful_side(metric, lo, hi))
 
 
 def beneficial(metric: str, lo: float, hi: float) -> bool:
@@ -110,7 +116,9 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def mean_estimate(values: np.ndarray, member: np.ndarray, counts: np.ndarray) -> Estimate:
-    """Mean of finite member values, with resampled means from the (B, n) counts matrix."""
+    """Mean of finite member values, with resampled means from the (B, n) counts matrix:
+    the counts form of :func:`medfail.metrics.bootstrap.resampled_mean` (equal to it, up to
+    float rounding of the sums, on the member values with the same index matrix)."""
     ok = member & np.isfinite(values)
     v = np.where(ok, values, 0.0)
     value = float(v.sum() / ok.sum()) if ok.any() else float("nan")

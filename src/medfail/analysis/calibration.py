@@ -34,6 +34,8 @@ confident cases changes sensitivity from a to b".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy.special import log_softmax
@@ -53,6 +55,7 @@ from medfail.metrics.selective import (
     coverage_at_risk,
     eaurc,
     risk_at_coverage,
+    risk_coverage_curve,
     selective_metric,
 )
 from medfail.uncertainty.temperature import (
@@ -67,7 +70,13 @@ from medfail.uncertainty.temperature import (
     scale_multiclass,
 )
 
+#: The share of cases kept by every "defer the least confident" number of a run: ``risk_at_80``,
+#: ``sens_at_80``, ``dice_at_80``, ``acceptable_at_80``, mitigation ``selective_80`` (its
+#: ``coverage``), the checklist's deferral threshold and the report's text and figures. The
+#: metric names carry it (``_at_80``): change them with it.
 COVERAGE = 0.8
+#: The share deferred, ``1 − COVERAGE`` written exactly (``1 - 0.8`` is 0.19999999999999996).
+DEFERRED = round(1.0 - COVERAGE, 12)
 TARGET_RISK = 0.05
 N_BINS = 15
 CAL_COLUMNS = ["condition", "test", "family", "severity", "target", "method", "metric", "value",
@@ -107,6 +116,92 @@ def selective_sensitivity(conf: np.ndarray, y: np.ndarray, decision: np.ndarray,
     return selective_metric(conf, hit, coverage) if pos.any() else float("nan")
 
 
+def binary_decisions(y: np.ndarray, p: np.ndarray, threshold: float,
+                     logits: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One target's ``(decision, wrong, confidence)``: decision = ``p >= threshold`` (0/1),
+    wrong = decision differs from the 0/1 label, confidence = ``|z|`` (the log-odds of the
+    decision, z = the logits when given and all finite, else ``log p − log1p(−p)``)."""
+    p = np.asarray(p, np.float64)
+    decision = (p >= threshold).astype(np.float64)
+    wrong = (decision != np.asarray(y, np.float64)).astype(np.float64)
+    return decision, wrong, binary_confidence(binary_scores(p, logits))
+
+
+def multiclass_decisions(y: np.ndarray, p: np.ndarray, logits: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(labels, decision, wrong, confidence)`` of (N, K) one-hot labels and probabilities:
+    the argmax class of each, wrong = they differ, confidence = the log-odds of the decided
+    class, ``s_c − logsumexp_{k≠c} s_k`` (s = the logits when all finite, else ``log p``)."""
+    labels = np.argmax(y, axis=1)
+    decision = np.argmax(p, axis=1)
+    wrong = (decision != labels).astype(np.float64)
+    return labels, decision, wrong, class_log_odds(multiclass_scores(p, logits), decision)
+
+
+@dataclass(frozen=True)
+class PooledDecisions:
+    """Decisions of one condition pooled over targets (the report's reliability and
+    risk-coverage figures), each case scored as in ``calibration.parquet``.
+
+    ``outcome`` is what ``probabilities`` predict: the label (multi-label, every target's cases
+    stacked) or whether the top class is right (multi-class, the top-class probability).
+    ``probabilities`` per method (``max_prob``; ``temperature`` when fitted), ``wrong`` the
+    0/1 residual of the decision and ``confidence`` its log-odds (the ranking)."""
+
+    outcome: np.ndarray
+    probabilities: dict[str, np.ndarray]
+    wrong: np.ndarray
+    confidence: np.ndarray
+
+
+def pooled_decisions(predictions: pd.DataFrame, multi_label: bool,
+                     thresholds: dict[str, float] | float,
+                     temperatures: dict[str, float] | None) -> PooledDecisions:
+    """:class:`PooledDecisions` of one condition's predictions (multi-label: targets stacked
+    in table order, each with its own threshold and temperature; multi-class: one row per
+    case)."""
+    targets = list(dict.fromkeys(predictions["target"]))
+    temps = temperatures or {}
+    p, y, z = _wide(predictions, targets)
+    if not multi_label:
+        _, _, wrong, conf = multiclass_decisions(y, p, z)
+        probs = {"max_prob": p.max(axis=1)}
+        if "all" in temps:
+            probs["temperature"] = scale_multiclass(multiclass_scores(p, z),
+                                                    temps["all"]).max(axis=1)
+        return PooledDecisions(1.0 - wrong, probs, wrong, conf)
+    if not isinstance(thresholds, dict):
+        thresholds = dict.fromkeys(targets, float(thresholds))
+    ys, ps, wrongs, confs, scaled = [], [], [], [], []
+    for k, t in enumerate(targets):
+        zk = None if z is None else z[:, k]
+        _, wrong, conf = binary_decisions(y[:, k], p[:, k], thresholds[t], zk)
+        ys.append(y[:, k])
+        ps.append(p[:, k])
+        wrongs.append(wrong)
+        confs.append(conf)
+        if t in temps:
+            scaled.append(scale_binary(binary_scores(p[:, k], zk), temps[t]))
+    probs = {"max_prob": np.concatenate(ps)}
+    if scaled:
+        probs["temperature"] = np.concatenate(scaled)
+    return PooledDecisions(np.concatenate(ys), probs, np.concatenate(wrongs),
+                           np.concatenate(confs))
+
+
+def decision_risk_coverage(predictions: pd.DataFrame, multi_label: bool,
+                           thresholds: dict[str, float] | float,
+                           temperatures: dict[str, float] | None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """``(coverage, selective risk)`` of the wrong decisions pooled over targets, cases kept
+    by confidence (:func:`pooled_decisions`, :func:`medfail.metrics.selective.
+    risk_coverage_curve`: one point per distinct confidence, ties kept together)."""
+    d = pooled_decisions(predictions, multi_label, thresholds, temperatures)
+    coverage, risk, _ = risk_coverage_curve(d.confidence, d.wrong)
+    return coverage, risk
+
+
 def _selective(conf: np.ndarray, wrong: np.ndarray, y: np.ndarray,
                decision: np.ndarray) -> dict[str, float]:
     pos = y > 0.5
@@ -123,11 +218,9 @@ def _selective(conf: np.ndarray, wrong: np.ndarray, y: np.ndarray,
 def _binary_rows(y: np.ndarray, p: np.ndarray, threshold: float,
                  temperature: float | None, spread: np.ndarray | None = None,
                  logits: np.ndarray | None = None) -> dict[str, dict[str, float]]:
-    decision = (p >= threshold).astype(np.float64)
-    wrong = (decision != y).astype(np.float64)
-    z = binary_scores(p, logits)
     # |z| ranks like max(p, 1 - p), -H(p) and, for every T > 0, |z| / T: one ranking for all
-    conf = binary_confidence(z)
+    decision, wrong, conf = binary_decisions(y, p, threshold, logits)
+    z = binary_scores(p, logits)
     selective = _selective(conf, wrong, y, decision)
     out: dict[str, dict[str, float]] = {}
     variants: list[tuple[str, np.ndarray]] = [("max_prob", p)]
@@ -150,11 +243,9 @@ def _ranking(conf: np.ndarray, wrong: np.ndarray) -> dict[str, float]:
 
 def _multiclass_rows(y: np.ndarray, p: np.ndarray, temperature: float | None,
                      logits: np.ndarray | None = None) -> dict[str, dict[str, float]]:
-    labels = np.argmax(y, axis=1)
-    pred = np.argmax(p, axis=1)  # the decision, whatever the method
-    wrong = (pred != labels).astype(np.float64)
+    # the decision is max_prob's, whatever the method
+    labels, pred, wrong, conf = multiclass_decisions(y, p, logits)
     s = multiclass_scores(p, logits)
-    conf = class_log_odds(s, pred)
     out: dict[str, dict[str, float]] = {
         "max_prob": {"ece": ece_top_label(labels, p, N_BINS),
                      "brier": brier_multiclass(labels, p), "nll": nll_multiclass(labels, p),

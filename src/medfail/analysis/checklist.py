@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 
 from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER
+from medfail.analysis.calibration import DEFERRED
 from medfail.analysis.input_quality import best_monitor
 from medfail.analysis.run_tables import RunTables
 
 WINDOW = 50
-DEFER = 0.2
+DEFER = DEFERRED
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,12 @@ def _deferral(t: RunTables) -> str:
     v = cal[(cal["condition"] == "clean") & (cal["method"] == method)
             & (cal["target"] == target)].set_index("metric")["value"]
     if t.task == "classification":
-        return (f"refer cases whose confidence max(p, 1−p) < {thr:.3f} (20% of clean cases): "
+        return (f"refer cases whose confidence max(p, 1−p) < {thr:.3f} ({DEFER:.0%} of clean "
+                "cases): "
                 f"error rate of the kept cases {v.get('risk_at_80', np.nan):.3f}; the largest "
                 f"coverage with error rate ≤ 5% is {v.get('coverage_at_risk_5', np.nan):.0%}")
-    return (f"refer images whose mask confidence < {thr:.3f} (20% of clean images): mean Dice "
-            f"of the kept images {v.get('dice_at_80', np.nan):.3f} (all: "
+    return (f"refer images whose mask confidence < {thr:.3f} ({DEFER:.0%} of clean images): "
+            f"mean Dice of the kept images {v.get('dice_at_80', np.nan):.3f} (all: "
             f"{v.get('dice_all', np.nan):.3f}); the largest coverage with mean 1 − Dice ≤ 0.10 "
             f"is {v.get('coverage_at_risk_10', np.nan):.0%}")
 

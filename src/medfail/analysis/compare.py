@@ -22,6 +22,7 @@ from medfail.metrics.bootstrap import (
     auroc_bootstrap,
     bootstrap_indices,
     percentile_ci,
+    resampled_mean,
 )
 from medfail.seeding import derive_seed
 
@@ -36,13 +37,6 @@ def _load(run: Path) -> tuple[dict, pd.DataFrame]:
     return info, metrics[metrics["slice"] == "all"]
 
 
-def _mean_draws(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    res = values[idx]
-    ok = np.isfinite(res)
-    with np.errstate(invalid="ignore"):
-        return np.where(ok, res, 0).sum(1) / ok.sum(1)
-
-
 def _paired_per_image(ps_a: pd.DataFrame, ps_b: pd.DataFrame, cond: str, target: str,
                       metric: str, n_boot: int, seed: int) -> tuple[float, float, int] | None:
     a = ps_a[(ps_a["condition"] == cond) & (ps_a["target"] == target)
@@ -53,7 +47,7 @@ def _paired_per_image(ps_a: pd.DataFrame, ps_b: pd.DataFrame, cond: str, target:
     if len(ids) < 2 or len(ids) != len(a) or len(ids) != len(b):
         return None
     idx = bootstrap_indices(len(ids), n_boot, derive_seed(seed, "compare"))
-    draws = _mean_draws(b.reindex(ids).to_numpy(float), idx) - _mean_draws(
+    draws = resampled_mean(b.reindex(ids).to_numpy(float), idx) - resampled_mean(
         a.reindex(ids).to_numpy(float), idx)
     lo, hi = percentile_ci(draws)
     return lo, hi, len(ids)

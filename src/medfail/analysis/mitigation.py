@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from medfail.analysis.aggregate import ALL, Estimate, Key, beneficial
+from medfail.analysis.calibration import COVERAGE, DEFERRED
 from medfail.analysis.ranking import PRIMARY_METRIC, primary_target
 from medfail.metrics.bootstrap import percentile_ci
 from medfail.uncertainty.sampling import TTA_FLIPS
@@ -110,7 +111,8 @@ def _posthoc_rows(task: str, calibration: pd.DataFrame, bases: list[str],
         if np.isfinite(b) and np.isfinite(a):
             rows.append({**common, "mitigation": "selective_80", "metric": metric, "before": b,
                          "after": a, "effect": a - b, "helps": bool(a > b), "time_ratio": 0.0,
-                         "forward_passes": 0, "coverage": 0.8,
-                         "note": f"defer the 20% least confident of all cases ({method}, "
+                         "forward_passes": 0, "coverage": COVERAGE,
+                         "note": f"defer the {DEFERRED:.0%} least confident of all cases "
+                                 f"({method}, "
                                  "label-free) to a reader"})
     return rows

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER, MACRO
+from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER, MACRO, harmful_side
 from medfail.slices.definitions import GT, META, parse_slice
 
 STRESS_FAMILIES = ("corruption", "domain_shift", "prompt")
@@ -51,8 +51,7 @@ def breaking_table(metrics: pd.DataFrame, task: str, metric: str | None = None) 
     if out.empty:
         return pd.DataFrame(columns=RANK_COLUMNS)
     out["metric"], out["target"] = metric, target
-    harmful_bound = out["effect_ci_high"] if sign > 0 else -out["effect_ci_low"]
-    out["significant"] = harmful_bound < 0
+    out["significant"] = harmful_side(metric, out["effect_ci_low"], out["effect_ci_high"])
     out = out.assign(_key=sign * out["effect"]).sort_values(["_key", "name"]).drop(columns="_key")
     out["rank"] = range(1, len(out) + 1)
     return out[RANK_COLUMNS].reset_index(drop=True)

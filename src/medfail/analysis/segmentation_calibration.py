@@ -41,18 +41,19 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from medfail.analysis.calibration import COVERAGE
 from medfail.metrics.selective import (
     augrc,
     aurc,
     coverage_at_risk,
     eaurc,
     risk_at_coverage,
+    risk_coverage_curve,
     selective_metric,
 )
 from medfail.uncertainty.temperature import entropy_binary
 
 N_PIXEL_BINS = 15
-COVERAGE = 0.8
 TARGET_RISK = 0.10
 ACCEPTABLE_DICE = 0.8
 SIGNALS = ("mean_max_prob", "mask_confidence", "mask_entropy")
@@ -127,6 +128,33 @@ def pixel_ece(table: pd.DataFrame) -> float:
     return float(gap.sum() / n.sum())
 
 
+def signal_dice(confidence: pd.DataFrame, dice: pd.DataFrame, condition: str,
+                target: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``signal -> (confidence, Dice)`` per image of one condition and target, aligned by id
+    (in ``per_sample`` order): ``confidence`` = the stored ``<condition>.confidence.parquet``
+    rows, ``dice`` = ``per_sample`` rows of metric ``dice``. The image-level residual is
+    ``1 − Dice``."""
+    d = dice[(dice["metric"] == "dice") & (dice["condition"] == condition)
+             & (dice["target"] == target)].set_index("id")["value"]
+    out = {}
+    for signal, sg in confidence[confidence["target"] == target].groupby("signal", sort=False):
+        out[str(signal)] = (sg.set_index("id")["value"].reindex(d.index).to_numpy(float),
+                            d.to_numpy(float))
+    return out
+
+
+def image_risk_coverage(confidence: pd.DataFrame, dice: pd.DataFrame, condition: str,
+                        target: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``signal -> (coverage, selective risk)``: images kept by each confidence signal, risk =
+    mean ``1 − Dice`` of the kept images (:func:`signal_dice`,
+    :func:`medfail.metrics.selective.risk_coverage_curve`)."""
+    out = {}
+    for signal, (c, v) in signal_dice(confidence, dice, condition, target).items():
+        coverage, risk, _ = risk_coverage_curve(c, 1.0 - v)
+        out[signal] = (coverage, risk)
+    return out
+
+
 def segmentation_calibration_table(run_dir: Path, conditions: Sequence[Any],
                                    per_sample: pd.DataFrame) -> pd.DataFrame:
     """Rows ``condition, test, family, severity, target, method, metric, value, n``.
@@ -146,11 +174,7 @@ def segmentation_calibration_table(run_dir: Path, conditions: Sequence[Any],
                          "metric": "pixel_ece" if region == "all" else f"pixel_ece_{region}",
                          "value": pixel_ece(grp), "n": int(grp["count"].sum())})
         for target in dict.fromkeys(bins["target"]):
-            d = dice[(dice["condition"] == cond.name) & (dice["target"] == target)
-                     ].set_index("id")["value"]
-            for signal, sg in conf[conf["target"] == target].groupby("signal", sort=False):
-                c = sg.set_index("id")["value"].reindex(d.index).to_numpy(float)
-                v = d.to_numpy(float)
+            for signal, (c, v) in signal_dice(conf, dice, cond.name, target).items():
                 r = 1.0 - v
                 values = {"aurc": aurc(c, r), "eaurc": eaurc(c, r), "augrc": augrc(c, r),
                           "risk_at_80": risk_at_coverage(c, r, COVERAGE),

@@ -238,7 +238,7 @@ def _boundary(t: RunTables) -> Entry:
     clean_b = t.metric("boundary_f1", "clean")
     if d is None or b is None or clean_b is None:
         return _not_probed("model", "boundary errors", "boundary_f1 not computed")
-    sig = b["delta_ci_high"] < 0
+    sig = harmful("boundary_f1", b["delta_ci_low"], b["delta_ci_high"])
     return Entry("model", "boundary errors", "breaks" if sig else "measured",
                  "boundary_f1, nsd, per-pixel ECE in the 5 px band",
                  f"boundary F1 {clean_b['value']:.3f} clean → {b['value']:.3f} under {worst} "

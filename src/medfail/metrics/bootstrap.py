@@ -34,6 +34,7 @@ __all__ = [
     "paired_delta_ci",
     "paired_statistic_delta_ci",
     "percentile_ci",
+    "resampled_mean",
     "sens_at_spec_bootstrap",
     "statistic_ci",
 ]
@@ -124,13 +125,25 @@ def percentile_ci(stats: np.ndarray, alpha: float = 0.05) -> tuple[float, float]
     return float(lo), float(hi)
 
 
-def _resampled_nanmean(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Per-resample NaN-ignoring mean of values[idx]; NaN for a resample with no finite value."""
+def resampled_mean(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Mean of each resample, shape (B,): per row b the mean of the FINITE values among
+    ``values[indices[b]]``, each counted as often as it is drawn (NaN and ±inf left out, as
+    the per-image rows of ``metrics.parquet`` do); NaN for a resample without a finite value.
+
+    >>> v = np.array([1.0, 2.0, np.nan, 4.0])
+    >>> resampled_mean(v, np.array([[0, 1, 2, 3], [2, 2, 2, 2], [3, 3, 0, 2]])).tolist()
+    [2.3333333333333335, nan, 3.0]
+
+    Raises:
+        ValueError: values not 1-D or indices not (B, len(values)) in range.
+    """
+    v = _check_1d("values", values).astype(np.float64)
+    idx = _check_indices(indices, v.size)
     out = np.empty(idx.shape[0], dtype=np.float64)
     for rows in _row_blocks(*idx.shape):
-        v = values[idx[rows]]
-        valid = ~np.isnan(v)
-        sums = np.where(valid, v, 0.0).sum(axis=1)
+        drawn = v[idx[rows]]
+        valid = np.isfinite(drawn)
+        sums = np.where(valid, drawn, 0.0).sum(axis=1)
         counts = valid.sum(axis=1)
         block = np.full(sums.shape, np.nan)
         np.divide(sums, counts, out=block, where=counts > 0)
@@ -141,15 +154,13 @@ def _resampled_nanmean(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def mean_ci(values: np.ndarray, indices: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
     """Percentile CI of the mean of per-sample values (e.g. per-image Dice).
 
-    Per resample b: ``nanmean(values[indices[b]])`` (NaN values are ignored; a resample with
-    no finite value is undefined); then ``percentile_ci``.
+    Per resample b: the mean of the finite values drawn, :func:`resampled_mean` (NaN and ±inf
+    are left out; a resample with no finite value is undefined); then ``percentile_ci``.
 
     Raises:
         ValueError: values not 1-D, indices not (B, len(values)) in range, or bad alpha.
     """
-    v = _check_1d("values", values).astype(np.float64)
-    idx = _check_indices(indices, v.size)
-    return percentile_ci(_resampled_nanmean(v, idx), alpha)
+    return percentile_ci(resampled_mean(values, indices), alpha)
 
 
 def paired_delta_ci(
@@ -158,8 +169,8 @@ def paired_delta_ci(
     """Percentile CI of the mean paired difference ``b − a`` of per-sample values.
 
     ``values_a[i]`` and ``values_b[i]`` belong to the same sample i (e.g. Dice of image i before
-    and after a perturbation). Per resample: ``nanmean((values_b − values_a)[indices[b]])``;
-    a sample where either value is NaN is dropped from that mean.
+    and after a perturbation). Per resample: :func:`resampled_mean` of ``values_b − values_a``;
+    a sample where either value is NaN or infinite is left out of that mean.
 
     Raises:
         ValueError: arrays not 1-D or of different lengths, bad indices, or bad alpha.
@@ -170,8 +181,8 @@ def paired_delta_ci(
         raise ValueError(
             f"values_a and values_b must have the same length, got {a.shape} and {b.shape}"
         )
-    idx = _check_indices(indices, a.size)
-    return percentile_ci(_resampled_nanmean(b - a, idx), alpha)
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, left out like any non-finite value
+        return percentile_ci(resampled_mean(b - a, indices), alpha)
 
 
 def _check_arrays(arrays: Sequence[np.ndarray], name: str) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from medfail.analysis.compare import compare_runs
 from medfail.analysis.ranking import PRIMARY_METRIC
 from medfail.engine.manifest import enclosing_manifest
 from medfail.report.figures import compare_plot
-from medfail.report.html import _ci, _figure, _fmt
+from medfail.report.formatting import figure, fmt, fmt_ci
 
 
 def render_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> Path:
@@ -35,15 +35,15 @@ def render_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) ->
     sel = table[(table["metric"] == metric) & (table["target"] == target)]
     if len(sel):
         path = compare_plot(sel, metric, target, out_dir / "figures" / "compare_delta.png")
-        figs.append(_figure(path, out_dir, f"Δ {metric} (B − A) per condition"))
+        figs.append(figure(path, out_dir, f"Δ {metric} (B − A) per condition"))
     rows = []
     for r in table.itertuples():
         better = beneficial(r.metric, r.ci_low, r.ci_high)
         worse = harmful(r.metric, r.ci_low, r.ci_high)
         rows.append({"condition": r.condition, "target": r.target, "metric": r.metric,
-                     "a": _fmt(r.value_a), "b": _fmt(r.value_b),
+                     "a": fmt(r.value_a), "b": fmt(r.value_b),
                      "delta": "n/a" if math.isnan(r.delta) else f"{r.delta:+.3f}",
-                     "ci": _ci(r.ci_low, r.ci_high) if r.paired else "unpaired",
+                     "ci": fmt_ci(r.ci_low, r.ci_high) if r.paired else "unpaired",
                      "cls": "gain" if r.paired and better else (
                          "drop" if r.paired and worse else "")})
     env = Environment(loader=PackageLoader("medfail.report", "templates"),

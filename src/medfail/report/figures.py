@@ -19,24 +19,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from medfail.analysis.aggregate import LOWER_IS_BETTER
+from medfail.analysis.aggregate import harmful_side
+from medfail.analysis.calibration import COVERAGE
+from medfail.report.formatting import ci_excludes, num
 from medfail.stress import registry
 
 EXCLUDES_NOTE = "* 95% CI excludes the estimate (drawn as computed; hollow marker)"
-
-
-def _num(x: object) -> np.ndarray:
-    """Float array of ``x`` (non-numbers -> NaN)."""
-    return pd.to_numeric(pd.Series(np.asarray(x, dtype=object).ravel()),
-                         errors="coerce").to_numpy(np.float64)
-
-
-def ci_excludes(value: object, lo: object, hi: object, tol: float = 1e-12) -> np.ndarray:
-    """Whether the interval [lo, hi] is finite and excludes the finite estimate (elementwise)."""
-    v, a, b = _num(value), _num(lo), _num(hi)
-    with np.errstate(invalid="ignore"):
-        return (np.isfinite(v) & np.isfinite(a) & np.isfinite(b)
-                & ((v < a - tol) | (v > b + tol)))
 
 
 def _save(fig: plt.Figure, path: Path, notes: Sequence[str] = ()) -> Path:
@@ -103,7 +91,7 @@ def _span(pos: np.ndarray) -> float:
 
 
 def _count(x: object) -> str:
-    v = _num([x])[0]
+    v = num([x])[0]
     return str(int(v)) if np.isfinite(v) else "?"
 
 
@@ -129,8 +117,8 @@ def degradation_plot(metrics: pd.DataFrame, metric: str, target: str, path: Path
     any_excl = False
     for test, grp in groups:
         grp = pd.concat([clean, grp]).sort_values("severity")
-        x, v = _num(grp["severity"]), _num(grp["value"])
-        lo, hi = _num(grp["ci_low"]), _num(grp["ci_high"])
+        x, v = num(grp["severity"]), num(grp["value"])
+        lo, hi = num(grp["ci_low"]), num(grp["ci_high"])
         fin = np.isfinite(v)
         line, = ax.plot(x[fin], v[fin], marker="o", label=test)
         color = line.get_color()
@@ -150,7 +138,7 @@ def degradation_plot(metrics: pd.DataFrame, metric: str, target: str, path: Path
     _legend(ax, fontsize=6.5, loc="best", ncol=2)
     ax.set_title(title, fontsize=9)
     return _save(fig, path, [EXCLUDES_NOTE if any_excl else "",
-                             _skipped_note(int((~np.isfinite(_num(shown["value"]))).sum()))])
+                             _skipped_note(int((~np.isfinite(num(shown["value"]))).sum()))])
 
 
 def _prompt_axis(test: str) -> tuple[str, dict[int, float]]:
@@ -181,10 +169,10 @@ def prompt_sensitivity_plot(metrics: pd.DataFrame, metric: str, target: str, pat
     for ax, test in zip(axes.ravel(), tests, strict=False):
         param, size = _prompt_axis(test)
         grp = pd.concat([clean, m[m["test"] == test]]).sort_values("severity")
-        sev = _num(grp["severity"])
+        sev = num(grp["severity"])
         x = np.array([0.0 if s <= 0 else size.get(int(s), float(s)) if np.isfinite(s)
                       else np.nan for s in sev])
-        v, lo, hi = _num(grp["value"]), _num(grp["ci_low"]), _num(grp["ci_high"])
+        v, lo, hi = num(grp["value"]), num(grp["ci_low"]), num(grp["ci_high"])
         fin = np.isfinite(v) & np.isfinite(x)
         ax.plot(x[fin], v[fin], color="C0", lw=1)
         excl, skip = _intervals(ax, x, v, lo, hi, "C0", horizontal=False)
@@ -218,14 +206,13 @@ def slice_forest_plot(metrics: pd.DataFrame, metric: str, target: str, path: Pat
     fig, ax = plt.subplots(figsize=(5.6, 0.28 * len(sl) + 1.4), dpi=110)
     y = np.arange(len(sl), dtype=np.float64)
     nan = pd.Series(np.nan, index=sl.index)
-    gap_lo, gap_hi = _num(sl.get("gap_ci_low", nan)), _num(sl.get("gap_ci_high", nan))
-    with np.errstate(invalid="ignore"):
-        sig = (gap_lo > 0) if metric in LOWER_IS_BETTER else (gap_hi < 0)
+    gap_lo, gap_hi = num(sl.get("gap_ci_low", nan)), num(sl.get("gap_ci_high", nan))
+    sig = harmful_side(metric, gap_lo, gap_hi)
     small = sl.get("small_slice", pd.Series(False, index=sl.index)).fillna(False)
     colors = np.where(small.to_numpy(bool), "#999999", np.where(sig, "#b00020", "#1f5fa8"))
-    v, lo, hi = _num(sl["value"]), _num(sl["ci_low"]), _num(sl["ci_high"])
+    v, lo, hi = num(sl["value"]), num(sl["ci_low"]), num(sl["ci_high"])
     excl, skipped = _intervals(ax, y, v, lo, hi, colors, horizontal=True)
-    whole_v = _num(whole["value"])[:1]
+    whole_v = num(whole["value"])[:1]
     if whole_v.size and np.isfinite(whole_v[0]):
         ax.axvline(float(whole_v[0]), color="k", lw=1, ls="--", label="all")
     labels = [f"{s} (n={_count(n)})" + (" *" if e else "") + ("" if np.isfinite(val) else " n/a")
@@ -250,11 +237,11 @@ def reliability_plot(y: np.ndarray, probs: dict[str, np.ndarray], path: Path,
     Samples with a NaN/inf or out-of-range probability or label are left out (noted)."""
     from medfail.metrics.calibration import reliability_bins
 
-    y = _num(y)
+    y = num(y)
     usable: dict[str, np.ndarray] = {}
     notes = []
     for method, p in probs.items():
-        p = _num(p)
+        p = num(p)
         if p.size != y.size:
             notes.append(f"{method}: {p.size} probabilities for {y.size} labels, not drawn")
             continue
@@ -271,7 +258,7 @@ def reliability_plot(y: np.ndarray, probs: dict[str, np.ndarray], path: Path,
     for ax, strategy in zip(axes, ("uniform", "quantile"), strict=True):
         ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--", label="perfect")
         for k, (method, ok) in enumerate(usable.items()):
-            rb = reliability_bins(y[ok], _num(probs[method])[ok], n_bins=10, strategy=strategy)
+            rb = reliability_bins(y[ok], num(probs[method])[ok], n_bins=10, strategy=strategy)
             nz = rb.counts > 0
             line, = ax.plot(rb.mean_confidence[nz], rb.frequency[nz], marker="o",
                             label=f"{method} (ECE {rb.ece:.3f})")
@@ -293,7 +280,7 @@ def reliability_plot(y: np.ndarray, probs: dict[str, np.ndarray], path: Path,
 
 
 def _finite_pairs(x: object, y: object) -> tuple[np.ndarray, np.ndarray, int]:
-    a, b = _num(x), _num(y)
+    a, b = num(x), num(y)
     if a.size != b.size:
         return a[:0], b[:0], max(a.size, b.size)
     ok = np.isfinite(a) & np.isfinite(b)
@@ -312,7 +299,7 @@ def risk_coverage_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: P
             ax.plot(c, r, label=name)
         else:
             empty.append(name)
-    ax.axvline(0.8, color="grey", lw=0.8, ls=":")
+    ax.axvline(COVERAGE, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("coverage (fraction of cases the model keeps)")
     ax.set_ylabel("risk (error rate of kept cases)")
     ax.set_xlim(0, 1)
@@ -361,11 +348,11 @@ def binned_reliability_plot(tables: dict[str, pd.DataFrame], path: Path, title: 
     ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--", label="perfect")
     skipped, empty = 0, []
     for name, t in tables.items():
-        count = _num(t["count"]) if "count" in t else np.zeros(0)
+        count = num(t["count"]) if "count" in t else np.zeros(0)
         ok = count > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            conf = _num(t["sum_prob"])[ok] / count[ok] if ok.any() else count[:0]
-            freq = _num(t["sum_label"])[ok] / count[ok] if ok.any() else count[:0]
+            conf = num(t["sum_prob"])[ok] / count[ok] if ok.any() else count[:0]
+            freq = num(t["sum_label"])[ok] / count[ok] if ok.any() else count[:0]
         c, f, skip = _finite_pairs(conf, freq)
         skipped += skip
         if c.size:
@@ -388,10 +375,10 @@ def compare_plot(table: pd.DataFrame, metric: str, target: str, path: Path) -> P
     if table.empty:
         return placeholder_figure(path, f"Δ {metric} ({target}), B − A",
                                   "no condition in common")
-    t = table.assign(_d=_num(table["delta"])).sort_values("_d", na_position="last")
+    t = table.assign(_d=num(table["delta"])).sort_values("_d", na_position="last")
     fig, ax = plt.subplots(figsize=(5.6, 0.22 * len(t) + 1.4), dpi=110)
     y = np.arange(len(t), dtype=np.float64)
-    d, lo, hi = _num(t["delta"]), _num(t["ci_low"]), _num(t["ci_high"])
+    d, lo, hi = num(t["delta"]), num(t["ci_low"]), num(t["ci_high"])
     excl, skipped = _intervals(ax, y, d, lo, hi, "C0", horizontal=True, size=10)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(y, [f"{c}" + (" *" if e else "") + ("" if np.isfinite(v) else " n/a")
@@ -406,7 +393,7 @@ def _gray(image: np.ndarray, value_range: np.ndarray) -> np.ndarray:
     """Image in [0, 1] for display (channel-first in; NaN/inf shown as the range ends)."""
     x = np.asarray(image, np.float64)
     x = x[0] if x.shape[0] == 1 else np.moveaxis(x[:3], 0, -1)
-    lo, hi = (float(v) for v in _num(value_range)[:2])
+    lo, hi = (float(v) for v in num(value_range)[:2])
     if not (np.isfinite(lo) and np.isfinite(hi)):
         fin = x[np.isfinite(x)]
         lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 1.0)
@@ -478,7 +465,7 @@ def classification_case_figure(case: dict[str, np.ndarray], probs: pd.DataFrame,
     y = np.arange(len(probs))
     bars = {}
     for col in ("prob_clean", "prob"):
-        v = _num(probs[col])
+        v = num(probs[col])
         bars[col] = (np.clip(np.where(np.isfinite(v), v, 0.0), 0, 1), ~np.isfinite(v))
     ax.barh(y - 0.2, bars["prob_clean"][0], height=0.4, label="clean", color="#4c72b0")
     ax.barh(y + 0.2, bars["prob"][0], height=0.4, label="stressed", color="#dd8452")

@@ -6,7 +6,6 @@ so the file opens offline and can be mailed as one attachment.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import shlex
@@ -18,19 +17,19 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from medfail.analysis.aggregate import ALL, MACRO, harmful, macro_coverage
+from medfail.analysis.calibration import DEFERRED, decision_risk_coverage, pooled_decisions
 from medfail.analysis.case_studies import diagnose
 from medfail.analysis.checklist import build_checklist
 from medfail.analysis.ranking import (
     breaking_sentence,
 )
 from medfail.analysis.run_tables import RunTables
+from medfail.analysis.segmentation_calibration import image_risk_coverage
 from medfail.analysis.taxonomy import build_taxonomy
 from medfail.engine.manifest import ReportOutputs
-from medfail.metrics.selective import risk_coverage_curve
 from medfail.report.figures import (
     binned_reliability_plot,
     calibration_drift_plot,
-    ci_excludes,
     classification_case_figure,
     degradation_plot,
     prompt_sensitivity_plot,
@@ -39,14 +38,16 @@ from medfail.report.figures import (
     segmentation_case_figure,
     slice_forest_plot,
 )
+from medfail.report.formatting import (
+    ci_excludes,
+    figure,
+    fmt,
+    fmt_ci,
+    fmt_delta,
+    metric_label,
+)
 from medfail.report.pdf import render_pdf
 from medfail.uncertainty.temperature import (
-    apply_temperature_binary,
-    apply_temperature_multiclass,
-    binary_confidence,
-    binary_scores,
-    class_log_odds,
-    multiclass_scores,
     temperature_at_bound,
     temperature_warnings,
 )
@@ -56,26 +57,6 @@ FAMILY_TITLES = {"corruption": "Common corruptions", "domain_shift": "Domain shi
 SECONDARY = {"classification": ["auprc", "sens_at_95spec", "f1"],
              "segmentation": ["lesion_f1", "nsd", "hd95", "boundary_f1", "jaccard"],
              "promptable": ["lesion_f1", "nsd", "hd95", "boundary_f1", "jaccard"]}
-
-
-def _fmt(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _delta(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.3f}"
-
-
-def _excludes(value: float | None, lo: float | None, hi: float | None) -> bool:
-    """The interval [lo, hi] is finite and excludes the finite estimate ``value``."""
-    return value is not None and bool(ci_excludes(value, lo, hi)[0])
-
-
-def _ci(lo: float, hi: float, value: float | None = None) -> str:
-    """``[lo, hi]``, with ``*`` when it excludes ``value`` (see :data:`CI_FOOTNOTE`)."""
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return "n/a"
-    return f"[{lo:.3f}, {hi:.3f}]" + ("*" if _excludes(value, lo, hi) else "")
 
 
 CI_FOOTNOTE = ("* The 95% bootstrap interval excludes its point estimate in {n} result{s} of "
@@ -168,25 +149,6 @@ def _slice_caption(metrics: pd.DataFrame, metric: str, target: str, condition: s
     return caption
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def _figure(path: Path, run_dir: Path, alt: str) -> dict[str, str]:
-    return {"src": _data_uri(path), "file": path.relative_to(run_dir).as_posix(), "alt": alt}
-
-
-def metric_label(metric: str, units: dict[str, Any] | None) -> str:
-    """A metric's name with its tolerance and unit from ``run.json: metric_units``, e.g.
-    ``boundary_f1 (τ 2 px)``, ``nsd (τ 2 mm)``, ``hd95 (mm)``; the bare name otherwise."""
-    u = (units or {}).get(metric)
-    if not isinstance(u, dict) or "unit" not in u:
-        return metric
-    if "tolerance" in u:
-        return f"{metric} (τ {u['tolerance']:g} {u['unit']})"
-    return f"{metric} ({u['unit']})"
-
-
 def _distance_text(run: dict[str, Any]) -> str:
     """Section 1's 'distances in ...': the unit of each distance metric (metric_units), or
     the ``distance_unit`` of a run directory written before them."""
@@ -218,11 +180,11 @@ def _family_table(metrics: pd.DataFrame, family: str, metric_list: list[str],
                 continue
             r = by_metric.loc[metric]
             if cond == "clean":
-                cells.append({"text": f"{_fmt(r.value)} {_ci(r.ci_low, r.ci_high, r.value)}",
+                cells.append({"text": f"{fmt(r.value)} {fmt_ci(r.ci_low, r.ci_high, r.value)}",
                               "cls": ""})
                 continue
-            cells.append({"text": f"{_fmt(r.value)} (Δ {_delta(r.delta_vs_clean)} "
-                                  f"{_ci(r.delta_ci_low, r.delta_ci_high, r.delta_vs_clean)})",
+            cells.append({"text": f"{fmt(r.value)} (Δ {fmt_delta(r.delta_vs_clean)} "
+                                  f"{fmt_ci(r.delta_ci_low, r.delta_ci_high, r.delta_vs_clean)})",
                           "cls": "drop" if harmful(metric, r.delta_ci_low, r.delta_ci_high)
                           else ""})
         rows.append({"condition": cond, "cells": cells})
@@ -236,9 +198,9 @@ def _ranking_rows(ranking: pd.DataFrame, limit: int = 15) -> list[dict[str, Any]
     out = []
     for r in ranking.head(limit).itertuples():
         out.append({"rank": r.rank, "kind": r.kind, "name": r.name, "family": r.family,
-                    "reference": _fmt(r.reference), "value": _fmt(r.value),
-                    "effect": _delta(r.effect),
-                    "ci": _ci(r.effect_ci_low, r.effect_ci_high, r.effect),
+                    "reference": fmt(r.reference), "value": fmt(r.value),
+                    "effect": fmt_delta(r.effect),
+                    "ci": fmt_ci(r.effect_ci_low, r.effect_ci_high, r.effect),
                     "cls": "drop" if r.significant else "", "n": r.n,
                     "flag": "few cases" if r.small_slice else ""})
     return out
@@ -258,7 +220,7 @@ def _mitigation_rows(run_dir: Path) -> list[dict[str, Any]]:
         return []
     rows = []
     for r in pd.read_parquet(path).itertuples():
-        ci = "" if math.isnan(r.ci_low) or math.isnan(r.ci_high) else _ci(r.ci_low, r.ci_high,
+        ci = "" if math.isnan(r.ci_low) or math.isnan(r.ci_high) else fmt_ci(r.ci_low, r.ci_high,
                                                                               r.effect)
         cost = []
         if r.forward_passes:
@@ -268,8 +230,8 @@ def _mitigation_rows(run_dir: Path) -> list[dict[str, Any]]:
         if r.coverage < 1:
             cost.append(f"coverage {r.coverage:.0%}")
         rows.append({"mitigation": r.mitigation, "base": r.base, "slice": r.slice,
-                     "metric": r.metric, "before": _fmt(r.before), "after": _fmt(r.after),
-                     "effect": _delta(r.effect), "ci": ci,
+                     "metric": r.metric, "before": fmt(r.before), "after": fmt(r.after),
+                     "effect": fmt_delta(r.effect), "ci": ci,
                      "helps": "yes" if r.helps else "no", "cls": "" if r.helps else "drop",
                      "cost": ", ".join(cost) or "negligible", "note": r.note})
     return rows
@@ -277,42 +239,6 @@ def _mitigation_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 CAL_METRICS = ["ece", "adaptive_ece", "brier", "nll", "aurc", "eaurc", "augrc", "risk_at_80",
                "coverage_at_risk_5", "sens_all", "sens_at_80"]
-
-
-def _pooled(pred: pd.DataFrame, run: dict[str, Any]
-            ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Labels, probabilities per method, wrong-decision flags and the ranking confidence
-    (log-odds of the decision, as in ``calibration.parquet``) pooled over targets."""
-    temps = run.get("temperatures") or {}
-    thresholds = run.get("thresholds")
-    multi = run["model"]["spec"]["multi_label"]
-    if multi:
-        y, probs, temp, wrong, conf = [], [], [], [], []
-        for target, grp in pred.groupby("target", sort=False):
-            yy, pp = grp["label"].to_numpy(float), grp["prob"].to_numpy(float)
-            zz = grp["logit"].to_numpy(float) if "logit" in grp else None
-            thr = thresholds[target] if isinstance(thresholds, dict) else float(thresholds)
-            y.append(yy)
-            probs.append(pp)
-            wrong.append(((pp >= thr) != (yy > 0.5)).astype(float))
-            conf.append(binary_confidence(binary_scores(pp, zz)))
-            if target in temps:
-                temp.append(apply_temperature_binary(pp, temps[target], zz))
-        out = {"max_prob": np.concatenate(probs)}
-        if temp:
-            out["temperature"] = np.concatenate(temp)
-        return np.concatenate(y), out, np.concatenate(wrong), np.concatenate(conf)
-    wide_p = pred.pivot(index="id", columns="target", values="prob").to_numpy(float)
-    wide_y = pred.pivot(index="id", columns="target", values="label").to_numpy(float)
-    wide_z = pred.pivot(index="id", columns="target", values="logit").to_numpy(float) \
-        if "logit" in pred else None
-    labels = np.argmax(wide_y, axis=1)
-    decision = np.argmax(wide_p, axis=1)
-    correct = (decision == labels).astype(float)
-    out = {"max_prob": wide_p.max(axis=1)}
-    if "all" in temps:
-        out["temperature"] = apply_temperature_multiclass(wide_p, temps["all"], wide_z).max(axis=1)
-    return correct, out, 1 - correct, class_log_odds(multiclass_scores(wide_p, wide_z), decision)
 
 
 def _calibration_section(run_dir: Path, run: dict[str, Any],
@@ -328,37 +254,38 @@ def _calibration_section(run_dir: Path, run: dict[str, Any],
     figdir = run_dir / "figures"
     figs = []
     clean = pd.read_parquet(run_dir / "predictions" / "clean.parquet")
-    y, probs, _, _ = _pooled(clean, run)
-    path = reliability_plot(y, probs, figdir / "reliability_clean.png",
+    decided = (bool(run["model"]["spec"]["multi_label"]), run.get("thresholds"),
+               run.get("temperatures"))
+    pooled = pooled_decisions(clean, *decided)
+    path = reliability_plot(pooled.outcome, pooled.probabilities,
+                            figdir / "reliability_clean.png",
                             "reliability on clean test images (all targets pooled)")
-    figs.append(_figure(path, run_dir, "reliability diagrams, clean"))
+    figs.append(figure(path, run_dir, "reliability diagrams, clean"))
     curves = {}
     for cond in ["clean"] + ([worst] if worst else []):
         pred = clean if cond == "clean" else pd.read_parquet(
             run_dir / "predictions" / f"{cond}.parquet")
-        _, _, wr, conf = _pooled(pred, run)
-        cov, risk, _ = risk_coverage_curve(conf, wr)
-        curves[cond] = (cov, risk)
+        curves[cond] = decision_risk_coverage(pred, *decided)
     path = risk_coverage_plot(curves, figdir / "risk_coverage.png",
                               "risk-coverage: defer the least confident cases")
-    figs.append(_figure(path, run_dir, "risk-coverage curves"))
+    figs.append(figure(path, run_dir, "risk-coverage curves"))
     if (table["severity"] > 0).any():
         path = calibration_drift_plot(table, "ece", target, figdir / "calibration_drift.png")
-        figs.append(_figure(path, run_dir, "ECE vs severity"))
+        figs.append(figure(path, run_dir, "ECE vs severity"))
     rows = []
     for cond in _method_conditions(table, worst):
         sub = table[(table["condition"] == cond) & (table["target"] == target)]
         for method, grp in sub.groupby("method", sort=False):
             vals = grp.set_index("metric")["value"]
             rows.append({"condition": cond, "method": method, "cost": _cost(run, cond),
-                         "cells": [_fmt(float(vals[m])) if m in vals.index else ""
+                         "cells": [fmt(float(vals[m])) if m in vals.index else ""
                                    for m in CAL_METRICS]})
     clean_max = table[(table["condition"] == "clean") & (table["target"] == target)
                       & (table["method"] == "max_prob")].set_index("metric")["value"]
     sentence = ""
     if {"sens_all", "sens_at_80"} <= set(clean_max.index):
-        sentence = (f"On clean images, deferring the 20% least confident cases (chosen "
-                    f"without the label) changes sensitivity ({target}) from "
+        sentence = (f"On clean images, deferring the {DEFERRED:.0%} least confident cases "
+                    f"(chosen without the label) changes sensitivity ({target}) from "
                     f"{clean_max['sens_all']:.2f} to {clean_max['sens_at_80']:.2f} among the "
                     f"kept positives and the error rate of the kept cases to "
                     f"{clean_max['risk_at_80']:.3f}.")
@@ -399,27 +326,20 @@ def _segmentation_calibration_section(run_dir: Path, run: dict[str, Any], worst:
     conds = ["clean"] + ([worst] if worst else [])
     bins = {c: pd.read_parquet(pred_dir / f"{c}.pixel_bins.parquet") for c in conds}
     bins = {c: b[(b["target"] == target) & (b["region"] == "band")] for c, b in bins.items()}
-    figs = [_figure(binned_reliability_plot(bins, figdir / "pixel_reliability.png",
+    figs = [figure(binned_reliability_plot(bins, figdir / "pixel_reliability.png",
                                             "per-pixel reliability (pixels within 5 px of GT "
                                             "or prediction)"),
                     run_dir, "per-pixel reliability")]
     ps = pd.read_parquet(run_dir / "per_sample.parquet")
-    dice = ps[(ps["metric"] == "dice") & (ps["condition"] == "clean") & (ps["target"] == target)
-              ].set_index("id")["value"]
     conf = pd.read_parquet(pred_dir / "clean.confidence.parquet")
-    conf = conf[conf["target"] == target]
-    curves = {}
-    for signal, grp in conf.groupby("signal", sort=False):
-        c = grp.set_index("id")["value"].reindex(dice.index).to_numpy(float)
-        cov, risk, _ = risk_coverage_curve(c, 1.0 - dice.to_numpy(float))
-        curves[str(signal)] = (cov, risk)
+    curves = image_risk_coverage(conf, ps, "clean", target)
     path = risk_coverage_plot(curves, figdir / "risk_coverage.png",
                               "defer images by confidence (risk = 1 - Dice of kept images)")
-    figs.append(_figure(path, run_dir, "image-level risk-coverage, clean"))
+    figs.append(figure(path, run_dir, "image-level risk-coverage, clean"))
     pix = table[table["metric"] == "pixel_ece_band"].assign(method="max_prob", metric="ece")
     if (pix["severity"] > 0).any():
         path = calibration_drift_plot(pix, "ece", target, figdir / "calibration_drift.png")
-        figs.append(_figure(path, run_dir, "per-pixel ECE vs severity"))
+        figs.append(figure(path, run_dir, "per-pixel ECE vs severity"))
     rows = []
     for cond in _method_conditions(table, worst):
         sub = table[table["condition"] == cond]
@@ -427,15 +347,15 @@ def _segmentation_calibration_section(run_dir: Path, run: dict[str, Any], worst:
         for method, grp in sub[sub["method"] != "pixel"].groupby("method", sort=False):
             vals = grp.set_index("metric")["value"]
             rows.append({"condition": cond, "method": method, "cost": _cost(run, cond),
-                         "cells": [_fmt(float(pe.iloc[0])) if len(pe) else ""] +
-                         [_fmt(float(vals[m])) if m in vals.index else ""
+                         "cells": [fmt(float(pe.iloc[0])) if len(pe) else ""] +
+                         [fmt(float(vals[m])) if m in vals.index else ""
                           for m in SEG_CAL_METRICS]})
     clean = table[(table["condition"] == "clean") & (table["method"] == "mask_confidence")
                   ].set_index("metric")["value"]
     sentence = ""
     if {"dice_all", "dice_at_80"} <= set(clean.index):
-        sentence = (f"On clean images, deferring the 20% of images with the lowest mask "
-                    f"confidence changes mean Dice from {clean['dice_all']:.3f} to "
+        sentence = (f"On clean images, deferring the {DEFERRED:.0%} of images with the lowest "
+                    f"mask confidence changes mean Dice from {clean['dice_all']:.3f} to "
                     f"{clean['dice_at_80']:.3f}; {clean['acceptable_at_80']:.0%} of the kept "
                     f"images reach Dice ≥ 0.8.")
     return {"figures": figs, "metrics": ["pixel_ece_band", *SEG_CAL_METRICS], "rows": rows,
@@ -455,8 +375,8 @@ def _problem(run: dict[str, Any], task: str, primary: str, target: str,
     if len(clean):
         r = clean.iloc[0]
         note = "; ".join(_macro_notes(metrics, [primary], ["clean"])) if target == MACRO else ""
-        ci = _ci(r["ci_low"], r["ci_high"], r["value"])
-        clean_text = (f" Clean {primary} ({target}): {_fmt(r['value'])}"
+        ci = fmt_ci(r["ci_low"], r["ci_high"], r["value"])
+        clean_text = (f" Clean {primary} ({target}): {fmt(r['value'])}"
                       + ("" if ci == "n/a" else f" {ci}")
                       + (f" ({note})" if note else "") + ".")
     n_stress = sum(1 for c in run["conditions"] if "@" in c and "|" not in c)
@@ -499,7 +419,7 @@ def _case_studies(tables: RunTables, checklist: dict[str, Any], figdir: Path,
             classification_case_figure(arrays, probs, case["target"], fig_path)
         else:
             segmentation_case_figure(arrays, fig_path)
-        out.append({**text, "figure": _sized(_figure(fig_path, run_dir, f"case {k + 1}: "
+        out.append({**text, "figure": _sized(figure(fig_path, run_dir, f"case {k + 1}: "
                                                      f"{case['id']} under {case['condition']}"),
                                              "full")})
     return out
@@ -532,7 +452,7 @@ def _taxonomy_rows(entries: list[Any], numbers: dict[str, int]) -> list[dict[str
     rows = []
     for e in entries:
         effect = "" if e.effect is None else f"{e.effect:+.3f}" if e.ci_low is None \
-            else f"{e.effect:+.3f} {_ci(e.ci_low, e.ci_high, e.effect)}"
+            else f"{e.effect:+.3f} {fmt_ci(e.ci_low, e.ci_high, e.effect)}"
         if e.ci_low is None and e.effect is not None and e.status != "breaks":
             effect = ""
         rows.append({**e.to_dict(), "effect": effect,
@@ -561,12 +481,12 @@ def render_report(run_dir: str | Path) -> Path:
         for k, metric in enumerate(metric_list[:2]):
             path = degradation_plot(metrics, metric, target,
                                     figdir / f"degradation_{family}_{metric}.png", family=family)
-            fig = _sized(_figure(path, run_dir, f"{metric} vs severity, {family}"), "third")
+            fig = _sized(figure(path, run_dir, f"{metric} vs severity, {family}"), "third")
             (main_stress if k == 0 else appendix).append(fig)
         if family == "prompt":
             path = prompt_sensitivity_plot(metrics, primary, target,
                                            figdir / "prompt_sensitivity.png")
-            main_stress.append(_sized(_figure(path, run_dir, "prompt sensitivity curves"),
+            main_stress.append(_sized(figure(path, run_dir, "prompt sensitivity curves"),
                                       "third"))
         families.append({"title": FAMILY_TITLES[family],
                          "table": _family_table(metrics, family, metric_list, target,
@@ -575,7 +495,7 @@ def render_report(run_dir: str | Path) -> Path:
         for k, metric in enumerate(metric_list[:2]):
             if ((metrics["metric"] == metric) & (metrics["slice"] != ALL)).any():
                 path = slice_forest_plot(metrics, metric, target, figdir / f"slices_{metric}.png")
-                fig = _sized(_figure(path, run_dir, _slice_caption(
+                fig = _sized(figure(path, run_dir, _slice_caption(
                     metrics, metric, target, "clean", f"{metric} per slice (clean)")), "half")
                 (main_stress if k == 0 else appendix).append(fig)
     top = tables.breaking
@@ -583,7 +503,7 @@ def render_report(run_dir: str | Path) -> Path:
     if worst_cond and ((metrics["condition"] == worst_cond) & (metrics["slice"] != ALL)).any():
         path = slice_forest_plot(metrics, primary, target, figdir / "slices_worst.png",
                                  condition=worst_cond)
-        main_stress.append(_sized(_figure(path, run_dir, _slice_caption(
+        main_stress.append(_sized(figure(path, run_dir, _slice_caption(
             metrics, primary, target, worst_cond, f"{primary} per slice under {worst_cond}, "
             "the top breaking condition")), "half"))
     calibration = _calibration_section(run_dir, run, worst_cond) if task == "classification" \
@@ -611,8 +531,8 @@ def render_report(run_dir: str | Path) -> Path:
         mitigation_notes=sorted({f"{r['mitigation']}: {r['note']}" for r in mitigations}),
         cases=cases, checklist=_checklist_view(checklist), n_bootstrap=run["config"]["n_bootstrap"],
         shift=[{"metric": metric_label(r.metric, run.get("metric_units")),
-                "value": _fmt(r.value), "delta": _delta(r.delta_vs_clean),
-                "ci": _ci(r.delta_ci_low, r.delta_ci_high, r.delta_vs_clean), "n": r.n,
+                "value": fmt(r.value), "delta": fmt_delta(r.delta_vs_clean),
+                "ci": fmt_ci(r.delta_ci_low, r.delta_ci_high, r.delta_vs_clean), "n": r.n,
                 "cls": "drop" if harmful(r.metric, r.delta_ci_low, r.delta_ci_high) else ""}
                for r in shift.itertuples()],
         shift_name=(run["data"].get("shift") or {}).get("name", ""),
