@@ -87,6 +87,13 @@ def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndar
 
     Raises:
         ValueError: n or n_resamples < 1, or n too large for int32.
+
+    Example:
+        >>> idx = bootstrap_indices(5, n_resamples=3, seed=0)
+        >>> idx.shape, idx.dtype.kind
+        ((3, 5), 'i')
+        >>> bool(((idx >= 0) & (idx < 5)).all())
+        True
     """
     if int(n) < 1:
         raise ValueError(f"n must be >= 1, got {n!r}")
@@ -100,7 +107,12 @@ def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndar
 
 def max_undefined(n_resamples: int, alpha: float = 0.05) -> int:
     """The most undefined (NaN) resamples out of ``n_resamples`` that still give an interval:
-    ``floor(α/2 · (B − 1))`` (24 of 1000 at α = 0.05; 1 of 50; 0 below 41)."""
+    ``floor(α/2 · (B − 1))`` (24 of 1000 at α = 0.05; 1 of 50; 0 below 41).
+
+    Example:
+        >>> max_undefined(1000), max_undefined(50)
+        (24, 1)
+    """
     return int(np.floor(_check_alpha(alpha) / 2.0 * (int(n_resamples) - 1) + 1e-9))
 
 
@@ -114,6 +126,12 @@ def percentile_ci(stats: np.ndarray, alpha: float = 0.05) -> tuple[float, float]
 
     Raises:
         ValueError: stats not 1-D, or alpha outside (0, 1).
+
+    Example:
+        >>> percentile_ci(np.arange(101.0))
+        (2.5, 97.5)
+        >>> percentile_ci(np.array([1.0, 2.0, np.nan]))
+        (nan, nan)
     """
     a = _check_alpha(alpha)
     s = _check_1d("stats", stats).astype(np.float64)
@@ -159,6 +177,12 @@ def mean_ci(values: np.ndarray, indices: np.ndarray, alpha: float = 0.05) -> tup
 
     Raises:
         ValueError: values not 1-D, indices not (B, len(values)) in range, or bad alpha.
+
+    Example:
+        >>> v = np.array([0.9, 0.7, 0.8, 0.6])
+        >>> idx = np.array([[0, 1, 2, 3], [0, 0, 1, 1], [2, 3, 3, 3]])
+        >>> tuple(round(x, 4) for x in mean_ci(v, idx))
+        (0.655, 0.7975)
     """
     return percentile_ci(resampled_mean(values, indices), alpha)
 
@@ -174,6 +198,13 @@ def paired_delta_ci(
 
     Raises:
         ValueError: arrays not 1-D or of different lengths, bad indices, or bad alpha.
+
+    Example:
+        >>> a = np.array([0.9, 0.7, 0.8, 0.6])
+        >>> b = a - np.array([0.1, 0.0, 0.2, 0.1])
+        >>> idx = np.array([[0, 1, 2, 3], [0, 0, 1, 1], [2, 3, 3, 3]])
+        >>> tuple(round(x, 4) for x in paired_delta_ci(a, b, idx))
+        (-0.1237, -0.0525)
     """
     a = _check_1d("values_a", values_a).astype(np.float64)
     b = _check_1d("values_b", values_b).astype(np.float64)
@@ -205,6 +236,12 @@ def bootstrap_statistic(
 
     Raises:
         ValueError: arrays of different lengths or indices not (B, n) in range.
+
+    Example:
+        >>> v = np.array([1.0, 2.0, 3.0, 10.0])
+        >>> idx = np.array([[0, 1, 2, 3], [0, 0, 1, 1], [3, 3, 2, 2]])
+        >>> bootstrap_statistic(np.median, (v,), idx).tolist()
+        [2.5, 1.5, 6.5]
     """
     arrs = _check_arrays(arrays, "arrays")
     idx = _check_indices(indices, len(arrs[0]))
@@ -221,6 +258,12 @@ def statistic_ci(
 
     NaN statistics (undefined on a resample) are handled by ``percentile_ci`` (kept at the
     least favourable end; too many of them -> ``(nan, nan)``).
+
+    Example:
+        >>> v = np.array([1.0, 2.0, 3.0, 10.0])
+        >>> idx = np.array([[0, 1, 2, 3], [0, 0, 1, 1], [3, 3, 2, 2]])
+        >>> tuple(float(x) for x in statistic_ci(np.median, (v,), idx))
+        (1.55, 6.3)
     """
     a = _check_alpha(alpha)
     return percentile_ci(bootstrap_statistic(statistic, arrays, indices), a)
@@ -240,6 +283,12 @@ def paired_statistic_delta_ci(
 
     Raises:
         ValueError: arrays of different lengths (within or across a/b), bad indices or alpha.
+
+    Example:
+        >>> a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.5, 2.0, 3.5, 4.5])
+        >>> idx = np.array([[0, 1, 2, 3], [0, 0, 1, 1], [3, 3, 2, 2]])
+        >>> tuple(float(x) for x in paired_statistic_delta_ci(np.mean, (a,), (b,), idx))
+        (0.25625, 0.49375)
     """
     a = _check_alpha(alpha)
     arrs_a = _check_arrays(arrays_a, "arrays_a")
@@ -314,6 +363,13 @@ def auroc_bootstrap(y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray
 
     Raises:
         ValueError: not 1-D, lengths differ, y_true not 0/1, NaN scores, or bad indices.
+
+    Example:
+        >>> y = np.array([0, 0, 1, 1])
+        >>> s = np.array([0.1, 0.6, 0.4, 0.9])
+        >>> idx = np.array([[0, 1, 2, 3], [0, 1, 3, 3], [0, 0, 1, 1]])
+        >>> auroc_bootstrap(y, s, idx).tolist()
+        [0.75, 1.0, nan]
     """
     y, s, idx = _check_binary(y_true, y_score, indices)
     n = y.size
@@ -395,6 +451,13 @@ def auprc_bootstrap(y_true: np.ndarray, y_score: np.ndarray, indices: np.ndarray
     With tied-score groups in descending score order, TP_g / FP_g the cumulative resampled
     positives / negatives scored at or above group g and P = TP_last:
     ``AP_b = Σ_g (pos_g / P) · TP_g / (TP_g + FP_g)``. No positives -> NaN; no negatives -> 1.
+
+    Example:
+        >>> y = np.array([0, 0, 1, 1])
+        >>> s = np.array([0.1, 0.6, 0.4, 0.9])
+        >>> idx = np.array([[0, 1, 2, 3], [0, 1, 3, 3], [0, 0, 1, 1]])
+        >>> [round(x, 4) for x in auprc_bootstrap(y, s, idx).tolist()]
+        [0.8333, 1.0, nan]
     """
     out = np.empty(len(indices), dtype=np.float64)
     for rows, pos, neg in _group_counts(y_true, y_score, indices):
@@ -415,6 +478,13 @@ def sens_at_spec_bootstrap(y_true: np.ndarray, y_score: np.ndarray, indices: np.
     Equals ``sens_at_spec``: the highest TP/P over thresholds ``score >= t`` (distinct scores,
     plus "predict nothing") whose specificity 1 - FP/N reaches the target (1e-12 slack).
     One class in a resample -> NaN.
+
+    Example:
+        >>> y = np.array([0, 0, 1, 1])
+        >>> s = np.array([0.1, 0.6, 0.4, 0.9])
+        >>> idx = np.array([[0, 1, 2, 3], [0, 1, 3, 3], [0, 0, 1, 1]])
+        >>> sens_at_spec_bootstrap(y, s, idx, 0.95).tolist()
+        [0.5, 1.0, nan]
     """
     out = np.empty(len(indices), dtype=np.float64)
     for rows, pos, neg in _group_counts(y_true, y_score, indices):

@@ -181,6 +181,12 @@ def bin_edges(y_prob: np.ndarray, n_bins: int = 15, strategy: str = "uniform") -
 
     Raises:
         ValueError: y_prob not 1-D, NaN or outside [0, 1]; bad n_bins or strategy.
+
+    Example:
+        >>> bin_edges(np.array([0.1, 0.2, 0.9]), n_bins=4).tolist()
+        [0.0, 0.25, 0.5, 0.75, 1.0]
+        >>> bin_edges(np.array([0.1, 0.2, 0.3, 0.9]), n_bins=2, strategy='quantile').tolist()
+        [0.0, 0.25, 1.0]
     """
     b = _check_n_bins(n_bins)
     _check_strategy(strategy)
@@ -236,6 +242,16 @@ def reliability_bins(
     Raises:
         ValueError: not 1-D, lengths differ, y_true not 0/1, y_prob NaN / outside [0, 1],
             n_bins not an integer >= 1, or unknown strategy.
+
+    Example:
+        >>> y, p = np.array([0, 1, 1, 1]), np.array([0.2, 0.3, 0.8, 0.9])
+        >>> rb = reliability_bins(y, p, n_bins=2)
+        >>> rb.counts.tolist(), rb.frequency.tolist()
+        ([2, 2], [0.5, 1.0])
+        >>> rb.mean_confidence.round(4).tolist()
+        [0.25, 0.85]
+        >>> round(rb.ece, 4)
+        0.2
     """
     b = _check_n_bins(n_bins)
     s = _check_strategy(strategy)
@@ -262,6 +278,11 @@ def ece(
 
     Raises:
         ValueError: as ``reliability_bins``.
+
+    Example:
+        >>> y, p = np.array([0, 1, 1, 1]), np.array([0.2, 0.3, 0.8, 0.9])
+        >>> round(ece(y, p, n_bins=2), 4)
+        0.2
     """
     return reliability_bins(y_true, y_prob, n_bins, strategy).ece
 
@@ -275,6 +296,11 @@ def adaptive_ece(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 15) -> fl
 
     Raises:
         ValueError: as ``reliability_bins``.
+
+    Example:
+        >>> y, p = np.array([0, 1, 1, 1]), np.array([0.2, 0.3, 0.8, 0.9])
+        >>> round(adaptive_ece(y, p, n_bins=2), 4)
+        0.2
     """
     return ece(y_true, y_prob, n_bins, strategy="quantile")
 
@@ -290,6 +316,12 @@ def top_label(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.nda
     Raises:
         ValueError: probs not (N,) or (N, K) probabilities with rows summing to 1, labels
             not integers in [0, K), or lengths differ.
+
+    Example:
+        >>> probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.1, 0.4]])
+        >>> correct, confidence = top_label(np.array([0, 2]), probs)
+        >>> correct.tolist(), confidence.tolist()
+        ([1, 0], [0.7, 0.5])
     """
     pr = np.asarray(probs)
     if pr.ndim == 1:
@@ -316,6 +348,11 @@ def ece_top_label(
 
     Raises:
         ValueError: as ``top_label``, or bad n_bins / strategy.
+
+    Example:
+        >>> probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.1, 0.4]])
+        >>> round(ece_top_label(np.array([0, 2]), probs, n_bins=2), 4)
+        0.1
     """
     b = _check_n_bins(n_bins)
     s = _check_strategy(strategy)
@@ -336,6 +373,11 @@ def brier_multiclass(labels: np.ndarray, probs: np.ndarray) -> float:
 
     Raises:
         ValueError: as ``top_label`` for 2-D probs.
+
+    Example:
+        >>> probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.1, 0.4]])
+        >>> round(brier_multiclass(np.array([0, 2]), probs), 4)
+        0.38
     """
     lab, pr = _check_multiclass(labels, probs)
     if lab.size == 0:
@@ -357,6 +399,10 @@ def nll(y_true: np.ndarray, y_prob: np.ndarray, eps: float = 1e-12) -> float:
 
     Raises:
         ValueError: as ``reliability_bins``, or eps outside (0, 0.5).
+
+    Example:
+        >>> round(nll(np.array([1, 0]), np.array([0.8, 0.4])), 4)
+        0.367
     """
     e = _check_eps(eps)
     y, p = _check_binary(y_true, y_prob)
@@ -376,6 +422,11 @@ def nll_multiclass(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-12) ->
 
     Raises:
         ValueError: as ``top_label`` for 2-D probs, or eps outside (0, 0.5).
+
+    Example:
+        >>> probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.1, 0.4]])
+        >>> round(nll_multiclass(np.array([0, 2]), probs), 4)
+        0.6365
     """
     e = _check_eps(eps)
     lab, pr = _check_multiclass(labels, probs)

@@ -85,6 +85,10 @@ def auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
 
     Raises:
         ValueError: not 1-D, lengths differ, y_true not 0/1, or NaN in y_score.
+
+    Example:
+        >>> auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]))
+        0.75
     """
     t, s = _check_inputs(y_true, y_score, "y_score")
     n_pos = int(t.sum())
@@ -107,6 +111,10 @@ def auprc(y_true: np.ndarray, y_score: np.ndarray) -> float:
 
     Raises:
         ValueError: not 1-D, lengths differ, y_true not 0/1, or NaN in y_score.
+
+    Example:
+        >>> round(auprc(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9])), 4)
+        0.8333
     """
     t, s = _check_inputs(y_true, y_score, "y_score")
     n_pos = int(t.sum())
@@ -135,6 +143,12 @@ def sens_at_spec(y_true: np.ndarray, y_score: np.ndarray, specificity: float = 0
 
     Raises:
         ValueError: as ``auroc``, or specificity outside [0, 1].
+
+    Example:
+        >>> y = np.array([0, 0, 0, 0, 1, 1])
+        >>> s = np.array([0.1, 0.2, 0.3, 0.7, 0.6, 0.9])
+        >>> sens_at_spec(y, s, 0.75)
+        1.0
     """
     spec = float(specificity)
     if not 0.0 <= spec <= 1.0:
@@ -154,7 +168,12 @@ def sens_at_spec(y_true: np.ndarray, y_score: np.ndarray, specificity: float = 0
 
 
 def sens_at_95spec(y_true: np.ndarray, y_score: np.ndarray) -> float:
-    """Sensitivity at 95% specificity: ``sens_at_spec(y_true, y_score, 0.95)``."""
+    """Sensitivity at 95% specificity: ``sens_at_spec(y_true, y_score, 0.95)``.
+
+    Example:
+        >>> sens_at_95spec(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]))
+        0.5
+    """
     return sens_at_spec(y_true, y_score, specificity=0.95)
 
 
@@ -168,6 +187,12 @@ def f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
     Raises:
         ValueError: not 1-D, lengths differ, or y_true / y_pred not 0/1.
+
+    Example:
+        >>> round(f1(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0])), 4)
+        0.5
+        >>> f1(np.array([0, 0]), np.array([0, 0]))
+        nan
     """
     t, p = _check_inputs(y_true, y_pred, "y_pred", binary_other=True)
     tp = int(np.count_nonzero((t == 1) & (p == 1)))
@@ -184,6 +209,10 @@ def brier_per_sample(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
 
     Raises:
         ValueError: not 1-D, lengths differ, y_true not 0/1, or y_prob NaN / outside [0, 1].
+
+    Example:
+        >>> brier_per_sample(np.array([1, 0]), np.array([0.75, 0.5])).tolist()
+        [0.0625, 0.25]
     """
     t, p = _check_inputs(y_true, y_prob, "y_prob")
     outside = (p < 0) | (p > 1)
@@ -203,6 +232,10 @@ def brier(y_true: np.ndarray, y_prob: np.ndarray) -> float:
 
     Raises:
         ValueError: as ``brier_per_sample``.
+
+    Example:
+        >>> brier(np.array([1, 0]), np.array([0.75, 0.5]))
+        0.15625
     """
     per = brier_per_sample(y_true, y_prob)
     return float(per.mean()) if per.size else float("nan")
@@ -232,6 +265,10 @@ def threshold_max_f1(y_true: np.ndarray, y_score: np.ndarray) -> float:
 
     Raises:
         ValueError: not 1-D, lengths differ, y_true not 0/1, or NaN in y_score.
+
+    Example:
+        >>> threshold_max_f1(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]))
+        0.4
     """
     t, s = _check_inputs(y_true, y_score, "y_score")
     n_pos = int(t.sum())
@@ -258,6 +295,11 @@ def threshold_at_sensitivity(
 
     Raises:
         ValueError: as ``threshold_max_f1``, or sensitivity outside [0, 1].
+
+    Example:
+        >>> y, s = np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9])
+        >>> threshold_at_sensitivity(y, s, 0.95)
+        0.4
     """
     sens = float(sensitivity)
     if not 0.0 <= sens <= 1.0:

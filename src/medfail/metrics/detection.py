@@ -151,6 +151,14 @@ def lesion_counts(y_true: np.ndarray, y_pred: np.ndarray, min_overlap: float = 0
     Raises:
         ValueError: bad masks (see ``segmentation.dice``), min_overlap outside (0, 1], or
             ``true_instances`` of another shape, not integer, or 0 on a GT foreground pixel.
+
+    Example:
+        >>> t = np.zeros((1, 6, 6), bool)
+        >>> t[0, 1:3, 1:3] = t[0, 4:6, 4:6] = True  # two lesions
+        >>> p = np.zeros_like(t)
+        >>> p[0, 1:3, 1:3] = p[0, 0, 5] = True  # one hit, one false positive
+        >>> lesion_counts(t, p).tolist()
+        [[1, 1, 1]]
     """
     matches, n = _match_batch(y_true, y_pred, min_overlap, true_instances)
     out = np.zeros((n, 3), dtype=np.int64)
@@ -172,6 +180,15 @@ def lesion_table(
 
     Raises:
         ValueError: as ``lesion_counts``.
+
+    Example:
+        >>> t = np.zeros((1, 6, 6), bool)
+        >>> t[0, 1:3, 1:3] = True
+        >>> t[0, 5, 5] = True
+        >>> p = np.zeros_like(t)
+        >>> p[0, 1:3, 1:3] = True
+        >>> [tuple(r) for r in lesion_table(t, p)]
+        [(0, 4, True), (0, 1, False)]
     """
     matches, _ = _match_batch(y_true, y_pred, min_overlap, true_instances)
     return [
@@ -216,6 +233,10 @@ def lesion_sensitivity(counts: np.ndarray) -> np.ndarray:
 
     Raises:
         ValueError: counts not (N, 3) non-negative integers.
+
+    Example:
+        >>> lesion_sensitivity(np.array([[1, 1, 0], [0, 0, 2]])).tolist()
+        [0.5, nan]
     """
     c = _check_counts(counts)
     return _ratio(c[:, 0], c[:, 0] + c[:, 1], np.nan)
@@ -230,6 +251,10 @@ def lesion_precision(counts: np.ndarray) -> np.ndarray:
 
     Raises:
         ValueError: as ``lesion_sensitivity``.
+
+    Example:
+        >>> lesion_precision(np.array([[1, 1, 1], [0, 2, 0]])).tolist()
+        [0.5, nan]
     """
     c = _check_counts(counts)
     return _ratio(c[:, 0], c[:, 0] + c[:, 2], np.nan)
@@ -243,6 +268,10 @@ def lesion_f1(counts: np.ndarray) -> np.ndarray:
 
     Raises:
         ValueError: as ``lesion_sensitivity``.
+
+    Example:
+        >>> lesion_f1(np.array([[1, 1, 1], [0, 0, 0], [0, 0, 1]])).tolist()
+        [0.5, 1.0, 0.0]
     """
     c = _check_counts(counts)
     return _ratio(2 * c[:, 0], 2 * c[:, 0] + c[:, 1] + c[:, 2], 1.0)
@@ -263,6 +292,11 @@ def pooled_lesion_scores(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 
     Raises:
         ValueError: last axis not of length 3, or values not non-negative integers.
+
+    Example:
+        >>> sens, prec, f1 = pooled_lesion_scores(np.array([[3, 1, 2], [0, 0, 0]]))
+        >>> sens.tolist(), prec.tolist(), f1.round(4).tolist()
+        ([0.75, nan], [0.6, nan], [0.6667, 1.0])
     """
     s = np.asarray(sums)
     if s.ndim < 1 or s.shape[-1] != 3:
@@ -279,6 +313,10 @@ def pooled_lesion_sensitivity(counts: np.ndarray) -> float:
 
     Raises:
         ValueError: as ``lesion_sensitivity``.
+
+    Example:
+        >>> pooled_lesion_sensitivity(np.array([[1, 1, 0], [2, 0, 1]]))
+        0.75
     """
     return float(pooled_lesion_scores(_check_counts(counts).sum(axis=0))[0])
 
@@ -289,6 +327,10 @@ def pooled_lesion_precision(counts: np.ndarray) -> float:
 
     Raises:
         ValueError: as ``lesion_sensitivity``.
+
+    Example:
+        >>> pooled_lesion_precision(np.array([[1, 1, 0], [2, 0, 1]]))
+        0.75
     """
     return float(pooled_lesion_scores(_check_counts(counts).sum(axis=0))[1])
 
@@ -303,5 +345,13 @@ def pooled_lesion_f1(counts: np.ndarray) -> float:
 
     Raises:
         ValueError: as ``lesion_sensitivity``.
+
+    Example:
+        >>> pooled_lesion_f1(np.array([[1, 1, 0], [2, 0, 1]]))
+        0.75
+        >>> pooled_lesion_f1(np.zeros((2, 3), int))  # no lesion, nothing predicted
+        1.0
+        >>> pooled_lesion_f1(np.array([[0, 0, 1]]))  # no lesion, one false positive
+        0.0
     """
     return float(pooled_lesion_scores(_check_counts(counts).sum(axis=0))[2])

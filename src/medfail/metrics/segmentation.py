@@ -273,6 +273,16 @@ def dice(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
     Raises:
         ValueError: shapes differ, not (N, H, W) / (N, D, H, W), or values other than 0/1.
+
+    Example:
+        >>> t = np.zeros((1, 4, 4), bool)
+        >>> t[0, :2, :2] = True
+        >>> p = np.zeros_like(t)
+        >>> p[0, :2, :3] = True
+        >>> dice(t, p).tolist()
+        [0.8]
+        >>> dice(np.zeros((1, 4, 4)), np.zeros((1, 4, 4))).tolist()  # both empty
+        [1.0]
     """
     t, p = _check_masks(y_true, y_pred)
     axes = tuple(range(1, t.ndim))
@@ -301,6 +311,14 @@ def jaccard(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
     Raises:
         ValueError: shapes differ, not (N, H, W) / (N, D, H, W), or values other than 0/1.
+
+    Example:
+        >>> t = np.zeros((1, 4, 4), bool)
+        >>> t[0, :2, :2] = True
+        >>> p = np.zeros_like(t)
+        >>> p[0, :2, :3] = True
+        >>> jaccard(t, p).round(4).tolist()
+        [0.6667]
     """
     t, p = _check_masks(y_true, y_pred)
     axes = tuple(range(1, t.ndim))
@@ -343,6 +361,15 @@ def boundary_f1(
     Raises:
         ValueError: bad masks (see ``dice``), negative/non-finite tolerance, or spacing that is
             not positive or does not have one value per spatial axis.
+
+    Example:
+        >>> t = np.zeros((1, 16, 16), bool)
+        >>> t[0, 4:12, 4:12] = True
+        >>> p = np.roll(t, 3, axis=2)  # shifted 3 px
+        >>> boundary_f1(t, p, tolerance=2.0).round(4).tolist()
+        [0.6429]
+        >>> boundary_f1(t, t).tolist()
+        [1.0]
     """
     t, p = _check_masks(y_true, y_pred)
     tol = _check_tolerance(tolerance)
@@ -391,6 +418,15 @@ def nsd(
 
     Raises:
         ValueError: as ``boundary_f1``.
+
+    Example:
+        >>> t = np.zeros((1, 16, 16), bool)
+        >>> t[0, 4:12, 4:12] = True
+        >>> p = np.roll(t, 3, axis=2)  # shifted 3 px
+        >>> nsd(t, p, tolerance=2.0).round(4).tolist()
+        [0.6429]
+        >>> nsd(t, p, tolerance=2.0, spacing=0.5).round(4).tolist()  # a 1.5 mm shift
+        [1.0]
     """
     t, p = _check_masks(y_true, y_pred)
     tol = _check_tolerance(tolerance)
@@ -438,6 +474,16 @@ def hd95(
     Raises:
         ValueError: bad masks or spacing (see ``boundary_f1``), or max_distance not a finite
             number > 0.
+
+    Example:
+        >>> t = np.zeros((1, 16, 16), bool)
+        >>> t[0, 4:12, 4:12] = True
+        >>> p = np.roll(t, 3, axis=2)
+        >>> hd95(t, p).tolist(), hd95(t, p, spacing=(1.0, 0.5)).tolist()
+        ([3.0], [1.5])
+        >>> empty = np.zeros_like(t)
+        >>> hd95(t, empty).tolist(), hd95(t, empty, max_distance=20.0).tolist()
+        ([inf], [20.0])
     """
     t, p = _check_masks(y_true, y_pred)
     sp = _check_spacing(spacing, t.ndim - 1)

@@ -129,6 +129,12 @@ def risk_coverage_curve(
 
     Raises:
         ValueError: not 1-D, lengths differ, NaN confidence or non-finite residual.
+
+    Example:
+        >>> c, r = np.array([0.9, 0.8, 0.8, 0.3]), np.array([0.0, 1.0, 0.0, 1.0])
+        >>> cov, risk, thr = risk_coverage_curve(c, r)  # the two 0.8 enter together
+        >>> cov.tolist(), risk.tolist(), thr.tolist()
+        ([0.25, 0.75, 1.0], [0.0, 0.3333333333333333, 0.5], [0.9, 0.8, 0.3])
     """
     c, r = _check_inputs(confidence, residual, "residual")
     if c.size == 0:
@@ -154,6 +160,15 @@ def aurc(confidence: np.ndarray, residual: np.ndarray) -> float:
 
     Raises:
         ValueError: as ``risk_coverage_curve``.
+
+    Example:
+        >>> r = np.array([0.0, 0.0, 1.0, 1.0])
+        >>> round(aurc(np.array([0.9, 0.8, 0.7, 0.3]), r), 4)  # a perfect ranking
+        0.2083
+        >>> round(aurc(np.array([0.9, 0.8, 0.8, 0.3]), r), 4)  # a tie: the mean of both orders
+        0.2708
+        >>> round(aurc(np.zeros(4), r), 4)  # constant confidence: a random ranking
+        0.5
     """
     c, r = _check_inputs(confidence, residual, "residual")
     if c.size == 0:
@@ -182,6 +197,12 @@ def eaurc(confidence: np.ndarray, residual: np.ndarray) -> float:
 
     Raises:
         ValueError: as ``risk_coverage_curve``.
+
+    Example:
+        >>> round(eaurc(np.array([0.9, 0.8, 0.7, 0.3]), np.array([0.0, 0.0, 1.0, 1.0])), 4)
+        0.0
+        >>> round(eaurc(np.array([0.3, 0.8, 0.7, 0.9]), np.array([0.0, 0.0, 1.0, 1.0])), 4)
+        0.4583
     """
     c, r = _check_inputs(confidence, residual, "residual")
     if c.size == 0:
@@ -198,6 +219,10 @@ def optimal_aurc(error_rate: float) -> float:
 
     Raises:
         ValueError: error_rate outside [0, 1] or NaN.
+
+    Example:
+        >>> round(optimal_aurc(0.1), 4), optimal_aurc(0.0), optimal_aurc(1.0)
+        (0.0052, 0.0, 1.0)
     """
     e = float(error_rate)
     if not 0.0 <= e <= 1.0:
@@ -219,6 +244,10 @@ def augrc(confidence: np.ndarray, residual: np.ndarray) -> float:
 
     Raises:
         ValueError: as ``risk_coverage_curve``.
+
+    Example:
+        >>> round(augrc(np.array([0.9, 0.8, 0.7, 0.3]), np.array([0.0, 0.0, 1.0, 1.0])), 4)
+        0.1875
     """
     c, r = _check_inputs(confidence, residual, "residual")
     if c.size == 0:
@@ -247,6 +276,10 @@ def risk_at_coverage(confidence: np.ndarray, residual: np.ndarray, coverage: flo
 
     Raises:
         ValueError: as ``risk_coverage_curve``, or coverage outside (0, 1].
+
+    Example:
+        >>> risk_at_coverage(np.array([0.9, 0.8, 0.7, 0.3]), np.array([0.0, 1.0, 0.0, 1.0]), 0.5)
+        0.5
     """
     cov = _check_fraction("coverage", coverage)
     c, r = _check_inputs(confidence, residual, "residual")
@@ -266,6 +299,10 @@ def coverage_at_risk(confidence: np.ndarray, residual: np.ndarray, max_risk: flo
 
     Raises:
         ValueError: as ``risk_coverage_curve``, or max_risk NaN / infinite.
+
+    Example:
+        >>> coverage_at_risk(np.array([0.9, 0.8, 0.7, 0.3]), np.array([0.0, 1.0, 0.0, 1.0]), 0.4)
+        0.75
     """
     m = float(max_risk)
     if not np.isfinite(m):
@@ -291,6 +328,12 @@ def selective_metric(confidence: np.ndarray, values: np.ndarray, coverage: float
 
     Raises:
         ValueError: not 1-D, lengths differ, NaN confidence, or coverage outside (0, 1].
+
+    Example:
+        >>> conf = np.array([0.9, 0.8, 0.7, 0.3, 0.2])
+        >>> hit = np.array([1.0, np.nan, 1.0, 0.0, np.nan])  # positives 1/0; NaN: negatives
+        >>> round(selective_metric(conf, hit, 1.0), 4), selective_metric(conf, hit, 0.6)
+        (0.6667, 1.0)
     """
     cov = _check_fraction("coverage", coverage)
     c, v = _check_inputs(confidence, values, "values", allow_nan=True)
