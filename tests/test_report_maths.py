@@ -283,3 +283,41 @@ def test_metrics_cis_equal_the_documented_bootstrap_functions(seg_run: Path) -> 
             np.stack([tp, fn, fp], axis=1).astype(int)), tuple(counts), idx)
         np.testing.assert_allclose(ci, (row["ci_low"], row["ci_high"]), rtol=1e-12)
     assert checked == 4
+
+
+# ------------------------------------- docs/metrics.md: pixel-boundary vs sub-voxel surfaces
+def _monai_surface_dice(t: np.ndarray, p: np.ndarray, tol: float, spacing: tuple[float, ...],
+                        subvoxels: bool) -> float:
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    def one_hot(m: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.stack([~m, m])[None].astype(np.float32))
+
+    return float(compute_surface_dice(one_hot(p), one_hot(t), [tol, tol],
+                                      include_background=True, spacing=spacing,
+                                      use_subvoxels=subvoxels)[0, 1])
+
+
+def test_documented_surface_gap_on_thin_anisotropic_slabs() -> None:
+    from medfail.metrics.segmentation import nsd
+
+    t = np.zeros((8, 16, 16), bool)
+    t[3, 4:12, 4:12] = True  # a one-voxel slab
+    p = np.zeros_like(t)
+    p[4, 4:12, 4:12] = True  # the next slice, 2 mm away
+    spacing = (2.0, 1.0, 1.0)
+    # tau 1 mm < slice spacing: every pixel-boundary distance is 2 mm -> 0; sub-voxel 0.5
+    assert nsd(t[None], p[None], tolerance=1.0, spacing=spacing)[0] == 0.0
+    assert _monai_surface_dice(t, p, 1.0, spacing, False) == 0.0
+    assert _monai_surface_dice(t, p, 1.0, spacing, True) == pytest.approx(0.5, abs=1e-3)
+    # tau = the slice spacing: both definitions agree
+    assert nsd(t[None], p[None], tolerance=2.0, spacing=spacing)[0] == 1.0
+    assert _monai_surface_dice(t, p, 2.0, spacing, True) == pytest.approx(1.0)
+    # 2-D blob shifted 3 px, tau 2 px: a gap of a few hundredths, as the table says
+    yy, xx = np.mgrid[:96, :96]
+    a = np.hypot(yy - 48, xx - 48) <= 25
+    b = np.hypot(yy - 48, xx - 51) <= 26
+    ours = float(nsd(a[None], b[None], tolerance=2.0, spacing=(1.0, 1.0))[0])
+    assert ours == pytest.approx(_monai_surface_dice(a, b, 2.0, (1.0, 1.0), False), abs=1e-6)
+    assert 0.0 < _monai_surface_dice(a, b, 2.0, (1.0, 1.0), True) - ours < 0.07
