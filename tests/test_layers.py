@@ -71,12 +71,7 @@ def _files(subpackage: str) -> list[Path]:
 # Known exceptions, each with its reason: (importing file relative to src/medfail, imported
 # module). They belong to the run-directory work of issue 12 item 2 (paths and readers of the run
 # directory still live in medfail.engine); remove a row when its import goes.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("analysis/per_sample.py", "medfail.engine.predictions"):
-        "label_map() of stored foreground maps lives beside the prediction-store writer",
-    ("analysis/run_tables.py", "medfail.engine.manifest"):
-        "the run-directory manifest (HOME, Manifest, damage) is still an engine module",
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 # (sub-package, forbidden prefix, why)
 FORBIDDEN: list[tuple[str, str, str]] = [

@@ -1,4 +1,4 @@
-"""The ``medfail`` command line: demo, train, run, report, list."""
+"""The ``medfail`` command line: demo, train, run, analyse, report, compare, list."""
 
 from __future__ import annotations
 
@@ -213,11 +213,11 @@ def run(
     """
     from medfail.data.datasets import open_dataset
     from medfail.engine.executors import ModelFiles
-    from medfail.engine.manifest import check_out_dir
     from medfail.engine.runner import run_suite
     from medfail.engine.suite import SuiteConfig
     from medfail.models.adapters import resolve_device
     from medfail.models.loading import describe_model, load_model
+    from medfail.rundir import check_out_dir
 
     try:
         _check_task(task)
@@ -265,10 +265,10 @@ def report(
 
     import pyarrow as pa
 
-    from medfail.analysis.run_tables import RECOVER
     from medfail.report.html import render_report
+    from medfail.rundir import METRICS, RECOVER, RUN_JSON, table
 
-    if not (run_dir / "metrics.parquet").exists() or not (run_dir / "run.json").exists():
+    if not all(table(run_dir, name).exists() for name in (METRICS, RUN_JSON)):
         _fail(MedfailInputError(run_dir, "not a run directory (run.json or metrics.parquet "
                                 "missing)"))
     try:
@@ -278,6 +278,61 @@ def report(
     except (pa.ArrowException, zipfile.BadZipFile, EOFError) as exc:  # damage the check missed
         _fail(MedfailInputError(run_dir, f"a file cannot be read ({exc}); {RECOVER}"))
     print(f"report: {html} and {html.with_suffix('.pdf')}")
+
+
+@app.command()
+def analyse(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medfail run`. "
+                                            "Example: runs/seg")],
+    config: Annotated[Path | None, typer.Option(
+        help="Suite YAML whose analysis options (n_bootstrap, threshold, min_slice_n, "
+        "size_threshold_px, slices, checks) replace the run's; options it does not name keep "
+        "the run's values. Example: --config suite.yaml")] = None,
+    metadata: Annotated[Path | None, typer.Option(
+        help="CSV with an `id` column and further columns to slice by (meta.<column>=<value>). "
+        "Example: --metadata extra.csv")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Rebuild the slices, metrics, ranking, calibration and mitigation tables from the stored
+    predictions, then re-render the report (no model, no images needed).
+
+    Example: medfail analyse runs/seg --config suite.yaml --metadata extra.csv
+    """
+    import zipfile
+
+    import pyarrow as pa
+
+    from medfail.analysis.analyse import analyse as analyse_run
+    from medfail.engine.suite import SuiteConfig
+    from medfail.report.html import render_report
+    from medfail.rundir import RECOVER, RUN_JSON, check_run_dir, read_run_json, table
+
+    try:
+        if not table(run_dir, RUN_JSON).exists():
+            raise MedfailInputError(run_dir, "not a run directory (run.json missing)")
+        check_run_dir(run_dir)  # a damaged file: named, with how to recover
+        run = read_run_json(table(run_dir, RUN_JSON))
+        options = None
+        if config is not None:
+            named = SuiteConfig.from_yaml(config)  # validated; its file's options only
+            given = _yaml_keys(config)
+            options = {k: v for k, v in named.to_dict().items() if k in given}
+            SuiteConfig(**{**run["config"], **options}).check_task(run["task"])
+        analyse_run(run_dir, options, metadata, progress=not quiet, config_source=config)
+        html = render_report(run_dir)
+    except MedfailInputError as exc:
+        _fail(exc)
+    except (pa.ArrowException, zipfile.BadZipFile, EOFError) as exc:  # damage the check missed
+        _fail(MedfailInputError(run_dir, f"a file cannot be read ({exc}); {RECOVER}"))
+    print(f"tables rebuilt; report: {_shown(html)} (+ report.pdf)")
+
+
+def _yaml_keys(path: Path) -> set[str]:
+    """The options a suite YAML names (it was validated by SuiteConfig.from_yaml)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {str(k) for k in data} if isinstance(data, dict) else set()
 
 
 @app.command()
@@ -293,11 +348,11 @@ def compare(
 
     Example: medfail compare runs/model_v1 runs/model_v2 --out runs/v1_vs_v2
     """
-    from medfail.analysis.run_tables import check_run_dir
     from medfail.report.compare import render_compare
+    from medfail.rundir import METRICS, RUN_JSON, check_run_dir, table
 
     for run_dir in (run_a, run_b):
-        if not (run_dir / "metrics.parquet").exists() or not (run_dir / "run.json").exists():
+        if not all(table(run_dir, name).exists() for name in (METRICS, RUN_JSON)):
             _fail(MedfailInputError(run_dir, "not a run directory (run.json or metrics.parquet "
                                     "missing)"))
     target = out or run_b / "compare"

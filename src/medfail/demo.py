@@ -20,6 +20,7 @@ from medfail.engine.suite import SuiteConfig
 from medfail.models.bundle import read_training_log
 from medfail.models.loading import describe_model, load_model
 from medfail.models.training import TrainConfig, train
+from medfail.rundir import REPORT_HTML
 
 DEMO_TASKS: tuple[str, ...] = ("classification", "segmentation", "promptable")
 MODEL_FILES = {"classification": "classifier.pt", "segmentation": "segmenter.pt",
@@ -107,7 +108,7 @@ def run_demo(out: str | Path = "runs/demo", tasks: tuple[str, ...] = DEMO_TASKS,
                         "training_wall_clock_s": log.get("wall_clock_s"), "training_log": log},
             command=["medfail", "demo", "--out", str(out), "--task", task], progress=progress,
             calibration=calibration, shift=shift, overwrite=True)
-        reports[task] = run_dir / "report.html"
+        reports[task] = run_dir / REPORT_HTML
         if progress:
             status = "cached" if cached else f"trained in {t_train:.0f}s"
             print(f"[{task}] baseline {status}; report: {reports[task]} "

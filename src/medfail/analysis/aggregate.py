@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from medfail import rundir
 from medfail.metrics.bootstrap import (
     auprc_bootstrap,
     auroc_bootstrap,
@@ -297,8 +298,7 @@ def aggregate_classification(predictions: pd.DataFrame, conditions: pd.DataFrame
     """
     ids = sorted(predictions["id"].unique())
     targets = list(dict.fromkeys(predictions["target"]))
-    if not isinstance(thresholds, dict):
-        thresholds = dict.fromkeys(targets, float(thresholds))
+    thresholds = rundir.per_target_thresholds(thresholds, targets)
     idx_all = bootstrap_indices(len(ids), n_bootstrap, derive_seed(seed, "bootstrap"))
     members = _members(ids, membership)
     estimates: dict[Key, Estimate] = {}
@@ -361,7 +361,7 @@ def undefined_targets(run_dir: str | Path, warn: bool = True) -> dict[str, dict[
     the split and how many targets the macro averages keep."""
     out: dict[str, dict[str, str]] = {}
     for split, condition in SPLITS.items():
-        path = Path(run_dir) / "predictions" / f"{condition}.parquet"
+        path = rundir.condition_path(run_dir, condition, "classification")
         if not path.exists():
             continue
         preds = pd.read_parquet(path, columns=["id", "target", "label"])

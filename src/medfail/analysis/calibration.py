@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import log_softmax
 
+from medfail import rundir
 from medfail.metrics.calibration import (
     adaptive_ece,
     brier_multiclass,
@@ -171,8 +172,7 @@ def pooled_decisions(predictions: pd.DataFrame, multi_label: bool,
             probs["temperature"] = scale_multiclass(multiclass_scores(p, z),
                                                     temps["all"]).max(axis=1)
         return PooledDecisions(1.0 - wrong, probs, wrong, conf)
-    if not isinstance(thresholds, dict):
-        thresholds = dict.fromkeys(targets, float(thresholds))
+    thresholds = rundir.per_target_thresholds(thresholds, targets)
     ys, ps, wrongs, confs, scaled = [], [], [], [], []
     for k, t in enumerate(targets):
         zk = None if z is None else z[:, k]
@@ -270,8 +270,7 @@ def calibration_table(predictions: pd.DataFrame, multi_label: bool,
                       temperatures: dict[str, float] | None) -> pd.DataFrame:
     """Calibration and selective metrics per condition × target (and macro) × method."""
     targets = list(dict.fromkeys(predictions["target"]))
-    if not isinstance(thresholds, dict):
-        thresholds = dict.fromkeys(targets, float(thresholds))
+    thresholds = rundir.per_target_thresholds(thresholds, targets)
     rows: list[dict[str, object]] = []
     for cond, grp in predictions.groupby("condition", sort=False):
         meta = {"condition": cond, "test": grp["test"].iloc[0], "family": grp["family"].iloc[0],

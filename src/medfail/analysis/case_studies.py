@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medfail import rundir
 from medfail.analysis.causes import CAUSES, cause_of
 from medfail.analysis.ranking import PRIMARY_METRIC
 
@@ -35,7 +36,7 @@ def _segmentation_candidates(run_dir: Path, per_sample: pd.DataFrame, condition:
     dice = per_sample[(per_sample["metric"] == "dice") & (per_sample["target"] == target)]
     clean = dice[dice["condition"] == "clean"].set_index("id")["value"]
     cond = dice[dice["condition"] == condition].set_index("id")["value"]
-    conf = pd.read_parquet(run_dir / "predictions" / f"{condition}.confidence.parquet")
+    conf = pd.read_parquet(rundir.condition_file(run_dir, condition, ".confidence.parquet"))
     conf = conf[(conf["target"] == target) & (conf["signal"] == "mask_confidence")]
     table = pd.DataFrame({"clean_value": clean, "value": cond,
                           "confidence": conf.set_index("id")["value"]}).dropna()
@@ -50,12 +51,12 @@ def _segmentation_candidates(run_dir: Path, per_sample: pd.DataFrame, condition:
 
 def _classification_candidates(run_dir: Path, condition: str,
                                thresholds: dict[str, float] | float) -> pd.DataFrame:
-    pred = pd.read_parquet(run_dir / "predictions" / f"{condition}.parquet")
-    clean = pd.read_parquet(run_dir / "predictions" / "clean.parquet")
+    pred = pd.read_parquet(rundir.condition_path(run_dir, condition, "classification"))
+    clean = pd.read_parquet(rundir.condition_path(run_dir, "clean", "classification"))
     merged = pred.merge(clean[["id", "target", "prob"]], on=["id", "target"],
                         suffixes=("", "_clean"))
-    thr = merged["target"].map(thresholds).astype(float) if isinstance(thresholds, dict) \
-        else pd.Series(float(thresholds), index=merged.index)
+    per_target = rundir.per_target_thresholds(thresholds, merged["target"].unique())
+    thr = merged["target"].map(per_target).astype(float)
     wrong = (merged["prob"] >= thr) != (merged["label"] == 1)
     clean_right = (merged["prob_clean"] >= thr) == (merged["label"] == 1)
     keep = wrong & (clean_right if condition != "clean" else True)
@@ -71,11 +72,11 @@ def select_cases(run_dir: str | Path, n: int = 2) -> list[dict[str, Any]]:
     """Up to ``n`` case studies: dicts with ``id, condition, test, family, severity, target,
     metric, value, clean_value, confidence, score, cause`` (+ ``label`` for classification)."""
     run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
+    run = json.loads(rundir.table(run_dir, rundir.RUN_JSON).read_text())
     task = run["task"]
-    ranking = pd.read_parquet(run_dir / "ranking.parquet")
+    ranking = pd.read_parquet(rundir.table(run_dir, rundir.RANKING))
     top = ranking[(ranking["kind"] == "condition") & ranking["significant"]].head(MAX_CONDITIONS)
-    per_sample = pd.read_parquet(run_dir / "per_sample.parquet") \
+    per_sample = pd.read_parquet(rundir.table(run_dir, rundir.PER_SAMPLE)) \
         if task != "classification" else None
     if per_sample is not None:
         targets = list(dict.fromkeys(per_sample.loc[per_sample["metric"] == "dice", "target"]))
@@ -116,7 +117,7 @@ def select_cases(run_dir: str | Path, n: int = 2) -> list[dict[str, Any]]:
 def _sample_value(t: Any, condition: str, sid: str, target: str, metric: str) -> float | None:
     """One image's metric under ``condition`` (classification: the target's probability)."""
     if t.task == "classification":
-        path = t.run_dir / "predictions" / f"{condition}.parquet"
+        path = rundir.condition_path(t.run_dir, condition, "classification")
         if not path.exists():
             return None
         p = pd.read_parquet(path)
@@ -136,12 +137,11 @@ def diagnose(t: Any, case: dict[str, Any], deferral_threshold: float | None) -> 
     """
     cause = CAUSES["slice"] if case["condition"] == "clean" else cause_of(case["test"],
                                                                            case["family"])
-    slices = pd.read_parquet(t.run_dir / "slices.parquet")
+    slices = pd.read_parquet(rundir.table(t.run_dir, rundir.SLICES))
     member = ", ".join(slices.loc[slices["id"] == case["id"], "slice"]) or "none"
     cond, sid, target = case["condition"], case["id"], case["target"]
     if t.task == "classification":
-        thr = t.run["thresholds"]
-        thr = thr[target] if isinstance(thr, dict) else float(thr)
+        thr = rundir.per_target_thresholds(t.run["thresholds"], [target])[target]
         what = (f"label {case['label']} for {target}; probability {case['clean_value']:.3f} on "
                 f"the clean image → {case['value']:.3f} under {cond} (decision threshold "
                 f"{thr:.2f}): wrong with confidence {case['confidence']:.3f}")

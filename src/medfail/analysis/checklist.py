@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medfail import rundir
 from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER
 from medfail.analysis.calibration import DEFERRED
 from medfail.analysis.input_quality import best_monitor
@@ -95,7 +96,7 @@ def _data_assumptions(t: RunTables) -> list[tuple[str, str]]:
         lo = ev.loc[ev["feature"] == "intensity_p1", "value"].quantile(0.01)
         hi = ev.loc[ev["feature"] == "intensity_p99", "value"].quantile(0.99)
         items.append(("intensity range (1st–99th pct.)", f"{lo:.4g} to {hi:.4g}"))
-    slices = pd.read_parquet(t.run_dir / "slices.parquet")
+    slices = pd.read_parquet(rundir.table(t.run_dir, rundir.SLICES))
     for key in ("site", "protocol", "scanner", "vendor"):
         vals = sorted({s.split("=", 1)[1] for s in slices["slice"]
                        if s.startswith(f"meta.{key}=")})

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medfail import rundir
 from medfail.analysis.aggregate import LESION_COUNTS, MACRO
 from medfail.metrics.bootstrap import (
     auprc_bootstrap,
@@ -32,8 +33,8 @@ SET_LEVEL = {"auroc": auroc_bootstrap, "auprc": auprc_bootstrap}
 
 
 def _load(run: Path) -> tuple[dict, pd.DataFrame]:
-    info = json.loads((run / "run.json").read_text())
-    metrics = pd.read_parquet(run / "metrics.parquet")
+    info = json.loads(rundir.table(run, rundir.RUN_JSON).read_text())
+    metrics = pd.read_parquet(rundir.table(run, rundir.METRICS))
     return info, metrics[metrics["slice"] == "all"]
 
 
@@ -55,7 +56,7 @@ def _paired_per_image(ps_a: pd.DataFrame, ps_b: pd.DataFrame, cond: str, target:
 
 def _paired_set_level(run_a: Path, run_b: Path, cond: str, target: str, metric: str,
                       n_boot: int, seed: int) -> tuple[float, float, int] | None:
-    pa, pb = (r / "predictions" / f"{cond}.parquet" for r in (run_a, run_b))
+    pa, pb = (rundir.condition_path(r, cond, "classification") for r in (run_a, run_b))
     if not (pa.exists() and pb.exists()) or target == MACRO:
         return None
     a = pd.read_parquet(pa)
@@ -87,8 +88,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, n_bootstrap: int = 1000,
     cols = [*keys, "value"]
     both = ma[cols].merge(mb[cols], on=keys, suffixes=("_a", "_b"))
     per_image = info_a["task"] != "classification"
-    ps_a = pd.read_parquet(run_a / "per_sample.parquet") if per_image else None
-    ps_b = pd.read_parquet(run_b / "per_sample.parquet") if per_image else None
+    ps_a = pd.read_parquet(rundir.table(run_a, rundir.PER_SAMPLE)) if per_image else None
+    ps_b = pd.read_parquet(rundir.table(run_b, rundir.PER_SAMPLE)) if per_image else None
     rows = []
     for r in both.itertuples():
         ci = None

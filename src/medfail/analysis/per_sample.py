@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from medfail.engine.predictions import label_map
 from medfail.metrics.classification import brier_per_sample
 from medfail.metrics.detection import lesion_counts
 from medfail.metrics.segmentation import boundary_f1, dice, hd95, jaccard, nsd
+from medfail.rundir import label_map
 
 SEGMENTATION_METRICS: tuple[str, ...] = (
     "dice", "jaccard", "boundary_f1", "nsd", "hd95", "lesion_f1", "lesion_sensitivity",

@@ -8,91 +8,27 @@ file up front (cheap structural checks: parquet footers, ``.npz`` directories, J
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 
+from medfail import rundir
 from medfail.analysis.aggregate import ALL
 from medfail.analysis.ranking import PRIMARY_METRIC, primary_target
-from medfail.engine.manifest import HOME, Manifest, damage
-from medfail.errors import MedfailInputError
-
-RECOVER = ("re-run the `medfail run` command that made this folder (run.json: command) into "
-           "the same --out: finished conditions are reused, damaged ones recomputed")
-RECOVER_NO_RUN_JSON = ("re-run the same `medfail run` command into this folder: finished "
-                       "conditions are reused, damaged ones recomputed")
-#: what every report reads
-REQUIRED = ("run.json", "metrics.parquet", "ranking.parquet", "per_sample.parquet")
-#: the run.json entries the report reads
-RUN_KEYS = ("task", "command", "seed", "config", "conditions", "model", "data",
-            "medfail_version", "packages", "hardware", "wall_clock_s")
-CHECKED = (".parquet", ".npz", ".json")
-
-
-def _damaged(path: Path, problem: str) -> MedfailInputError:
-    how = RECOVER_NO_RUN_JSON if path.name == "run.json" else RECOVER
-    return MedfailInputError(path, f"{problem}; {how}")
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """``pd.read_parquet`` whose failures name the file and the way to recover."""
-    try:
-        return pd.read_parquet(path)
-    except FileNotFoundError:
-        raise _damaged(path, "missing from the run directory") from None
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise _damaged(path, f"damaged ({damage(path) or exc})") from None
-
-
-def read_run_json(path: Path) -> dict[str, Any]:
-    """``run.json`` as a dict; a missing, broken or incomplete one names itself."""
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise _damaged(path, "missing from the run directory") from None
-    except (OSError, ValueError) as exc:
-        raise _damaged(path, f"damaged (not valid JSON: {exc})") from None
-    if not isinstance(run, dict):
-        raise _damaged(path, "damaged (not a JSON object)")
-    missing = [k for k in RUN_KEYS if k not in run]
-    if missing:
-        raise _damaged(path, f"damaged (no {', '.join(missing)})")
-    return run
-
-
-def stored_files(run_dir: Path) -> list[Path]:
-    """The run directory's files that analyses read: those medfail listed in its manifest
-    (less ``.parts/``, internal to ``medfail run``), or, in a folder without a readable
-    manifest, the tables, predictions and case files found by name."""
-    try:
-        manifest = Manifest.read(run_dir)
-    except MedfailInputError:
-        manifest = None
-    if manifest is not None:
-        names = [f for f in sorted(manifest.files) if not f.startswith((".parts/", f"{HOME}/"))]
-        return [run_dir / f for f in names if f.endswith(CHECKED) and (run_dir / f).exists()]
-    found = [p for pattern in ("*.parquet", "run.json", "predictions/*.parquet",
-                               "predictions/*.npz", "cases/*.npz", "cases/cases.json")
-             for p in sorted(run_dir.glob(pattern))]
-    return list(dict.fromkeys(found))
-
-
-def check_run_dir(run_dir: str | Path) -> None:
-    """Raise MedfailInputError naming the first missing or damaged file of ``run_dir``."""
-    run_dir = Path(run_dir)
-    for name in REQUIRED:
-        if not (run_dir / name).is_file():
-            raise _damaged(run_dir / name, "missing from the run directory")
-    read_run_json(run_dir / "run.json")
-    for path in stored_files(run_dir):
-        problem = damage(path)
-        if problem is not None:
-            raise _damaged(path, f"damaged ({problem})")
+from medfail.rundir import (  # noqa: F401  (re-exported: the readers live in medfail.rundir)
+    CHECKED,
+    RECOVER,
+    RECOVER_NO_RUN_JSON,
+    REQUIRED,
+    RUN_KEYS,
+    check_run_dir,
+    read_run_json,
+    read_table,
+    stored_files,
+)
 
 
 def _optional(path: Path) -> pd.DataFrame | None:
@@ -112,7 +48,7 @@ class RunTables:
 
     @cached_property
     def run(self) -> dict[str, Any]:
-        return read_run_json(self.run_dir / "run.json")
+        return read_run_json(rundir.table(self.run_dir, rundir.RUN_JSON))
 
     @property
     def task(self) -> str:
@@ -128,19 +64,19 @@ class RunTables:
 
     @cached_property
     def metrics(self) -> pd.DataFrame:
-        return read_table(self.run_dir / "metrics.parquet")
+        return read_table(rundir.table(self.run_dir, rundir.METRICS))
 
     @cached_property
     def ranking(self) -> pd.DataFrame:
-        return read_table(self.run_dir / "ranking.parquet")
+        return read_table(rundir.table(self.run_dir, rundir.RANKING))
 
     @cached_property
     def per_sample(self) -> pd.DataFrame:
-        return read_table(self.run_dir / "per_sample.parquet")
+        return read_table(rundir.table(self.run_dir, rundir.PER_SAMPLE))
 
     @cached_property
     def calibration(self) -> pd.DataFrame | None:
-        return _optional(self.run_dir / "calibration.parquet")
+        return _optional(rundir.table(self.run_dir, rundir.CALIBRATION))
 
     @cached_property
     def calibration_target(self) -> str:
@@ -152,23 +88,23 @@ class RunTables:
 
     @cached_property
     def mitigations(self) -> pd.DataFrame | None:
-        return _optional(self.run_dir / "mitigations.parquet")
+        return _optional(rundir.table(self.run_dir, rundir.MITIGATIONS))
 
     @cached_property
     def evidence(self) -> pd.DataFrame | None:
-        return _optional(self.run_dir / "evidence.parquet")
+        return _optional(rundir.table(self.run_dir, rundir.EVIDENCE))
 
     @cached_property
     def index(self) -> pd.DataFrame:
-        return read_table(self.run_dir / "predictions" / "index.parquet")
+        return read_table(rundir.split_paths(self.run_dir)["index"])
 
     def predictions(self, condition: str) -> pd.DataFrame:
         """Classification predictions of one condition (``calibration`` = the calibration split)."""
-        return read_table(self.run_dir / "predictions" / f"{condition}.parquet")
+        return read_table(rundir.condition_path(self.run_dir, condition, "classification"))
 
     def confidence(self, condition: str) -> pd.DataFrame:
         """Segmentation per-image confidence signals of one condition."""
-        return read_table(self.run_dir / "predictions" / f"{condition}.confidence.parquet")
+        return read_table(rundir.condition_file(self.run_dir, condition, ".confidence.parquet"))
 
     def metric(self, metric: str, condition: str = "clean", slice_: str = ALL,
                target: str | None = None) -> pd.Series | None:

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from medfail import rundir
 from medfail.analysis.calibration import COVERAGE
 from medfail.metrics.selective import (
     augrc,
@@ -162,13 +163,12 @@ def segmentation_calibration_table(run_dir: Path, conditions: Sequence[Any],
     ``conditions``: objects with ``name, test, family, severity`` (the engine's conditions).
     """
     rows: list[dict[str, object]] = []
-    pred_dir = Path(run_dir) / "predictions"
     dice = per_sample[per_sample["metric"] == "dice"]
     for cond in conditions:
         meta = {"condition": cond.name, "test": cond.test, "family": cond.family,
                 "severity": cond.severity}
-        bins = pd.read_parquet(pred_dir / f"{cond.name}.pixel_bins.parquet")
-        conf = pd.read_parquet(pred_dir / f"{cond.name}.confidence.parquet")
+        bins = pd.read_parquet(rundir.condition_file(run_dir, cond.name, ".pixel_bins.parquet"))
+        conf = pd.read_parquet(rundir.condition_file(run_dir, cond.name, ".confidence.parquet"))
         for (target, region), grp in bins.groupby(["target", "region"], sort=False):
             rows.append({**meta, "target": target, "method": "pixel",
                          "metric": "pixel_ece" if region == "all" else f"pixel_ece_{region}",

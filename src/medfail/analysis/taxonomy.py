@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medfail import rundir
 from medfail.analysis.aggregate import ALL, harmful
 from medfail.analysis.causes import cause_of
 from medfail.analysis.run_tables import RunTables
@@ -148,7 +149,7 @@ def _imbalance(t: RunTables) -> Entry:
 def _label_noise(t: RunTables) -> Entry:
     if t.task == "classification":
         split = "calibration"
-        path = t.run_dir / "predictions" / "calibration.parquet"
+        path = rundir.condition_path(t.run_dir, rundir.CALIBRATION_SPLIT, "classification")
         pred = pd.read_parquet(path) if path.exists() else t.predictions("clean")
         split = split if path.exists() else "clean test"
         flag = ((pred["label"] == 0) & (pred["prob"] >= CONFIDENT)) | \
@@ -293,10 +294,11 @@ def _threshold(t: RunTables) -> Entry:
         from medfail.metrics.classification import f1
 
         pred = t.predictions("clean")
-        thresholds = t.run.get("thresholds")
+        thresholds = rundir.per_target_thresholds(t.run.get("thresholds"),
+                                                  pred["target"].unique())
         spans = []
         for target, grp in pred.groupby("target", sort=False):
-            thr = thresholds[target] if isinstance(thresholds, dict) else float(thresholds)
+            thr = thresholds[str(target)]
             y, p = grp["label"].to_numpy(), grp["prob"].to_numpy()
             f1s = [f1(y, (p >= min(max(thr + d, 0.0), 1.0)).astype(int))
                    for d in (-0.1, 0.0, 0.1)]

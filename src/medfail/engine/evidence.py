@@ -35,6 +35,7 @@ from medfail.engine.predictions import condition_path, write_table
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.metrics.segmentation import dice
 from medfail.models.adapters import ModelAdapter
+from medfail.rundir import CASES_JSON, EVIDENCE, case_path, cases_dir, condition_file, table
 from medfail.stress.registry import perturb_samples
 
 IMAGE_FAMILIES = ("corruption", "domain_shift")
@@ -90,7 +91,7 @@ def evidence_rows(batch: Sequence[Sample], images: Sequence[np.ndarray], cond: C
 
 def evidence_table(run_dir: Path, conditions: Sequence[Condition], task: str) -> pd.DataFrame:
     """``evidence.parquet``: the per-condition evidence files of the run's conditions."""
-    paths = [condition_path(run_dir, c.name, task).with_name(f"{c.name}.evidence.parquet")
+    paths = [condition_file(run_dir, c.name, ".evidence.parquet")
              for c in conditions if has_evidence(c)]
     tables = [pd.read_parquet(p) for p in paths if p.exists()]
     columns = ["id", "condition", "feature", "value"]
@@ -119,8 +120,7 @@ def write_cases(run_dir: Path, dataset: Dataset, adapter: ModelAdapter,
                 config: SuiteConfig) -> list[dict[str, Any]]:
     """Choose the case studies and store what the report shows for each."""
     cases = select_cases(run_dir)
-    out = run_dir / "cases"
-    out.mkdir(exist_ok=True)
+    cases_dir(run_dir).mkdir(exist_ok=True)
     task = adapter.spec.task
     targets = list(adapter.spec.target_names)
     for k, case in enumerate(cases):
@@ -139,8 +139,8 @@ def write_cases(run_dir: Path, dataset: Dataset, adapter: ModelAdapter,
             arrays["mask"] = np.asarray(sample.mask)
             for name, cond in (("prob_clean", "clean"), ("prob", case["condition"])):
                 arrays[name] = np.load(condition_path(run_dir, cond, task))[case["id"]]
-        np.savez_compressed(out / f"case_{k}.npz", **arrays)
-    (out / "cases.json").write_text(json.dumps(cases, indent=2))
+        np.savez_compressed(case_path(run_dir, k), **arrays)
+    table(run_dir, CASES_JSON).write_text(json.dumps(cases, indent=2))
     return cases
 
 
@@ -148,5 +148,5 @@ def write_evidence(run_dir: Path, dataset: Dataset, adapter: ModelAdapter, confi
                    conditions: Sequence[Condition]) -> None:
     """Write ``evidence.parquet`` (from the conditions' evidence files) and ``cases/``."""
     write_table(evidence_table(run_dir, conditions, adapter.spec.task),
-                run_dir / "evidence.parquet")
+                table(run_dir, EVIDENCE))
     write_cases(run_dir, dataset, adapter, config)

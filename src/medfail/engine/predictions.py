@@ -35,26 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-PREDICTIONS = "predictions"
-#: the split whose files carry no prefix; other splits (``shift_data``) prefix their names
-TEST_SPLIT = "test"
+from medfail.rundir import (  # noqa: F401  (re-exported: paths are owned by medfail.rundir)
+    PREDICTIONS,
+    TEST_SPLIT,
+    condition_path,
+    label_map,
+    split_paths,
+    write_table,
+)
+
 #: compression of the ground-truth files (masks compress ~100x; as ``numpy.savez_compressed``)
 GT_COMPRESSLEVEL = 6
-
-
-def condition_path(run_dir: Path, condition: str, task: str) -> Path:
-    suffix = ".parquet" if task == "classification" else ".npz"
-    return Path(run_dir) / PREDICTIONS / f"{condition}{suffix}"
-
-
-def write_table(df: pd.DataFrame, path: Path) -> None:
-    """Write a parquet file atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
 
 
 class MapWriter:
@@ -83,25 +75,6 @@ class MapWriter:
 def quantise(probs: np.ndarray) -> np.ndarray:
     """Foreground channels of (C, H, W) probabilities as the stored float16 values."""
     return probs[1:].astype(np.float16)
-
-
-def label_map(foreground: np.ndarray) -> np.ndarray:
-    """Predicted class per pixel from stored (C - 1, H, W) foreground probabilities."""
-    fg = foreground.astype(np.float32)
-    full = np.concatenate([1.0 - fg.sum(axis=0, keepdims=True), fg])
-    return np.argmax(full, axis=0)
-
-
-def split_paths(run_dir: Path, split: str = TEST_SPLIT) -> dict[str, Path]:
-    """The per-split files of ``predictions/``: ``index`` (parquet), ``ground_truth`` and
-    ``instances`` (npz). The test split's names carry no prefix (``index.parquet``,
-    ``ground_truth.npz``, ``ground_truth_instances.npz``); another split's are prefixed with its
-    name (``shift_data.index.parquet``...)."""
-    prefix = "" if split == TEST_SPLIT else f"{split}."
-    folder = Path(run_dir) / PREDICTIONS
-    return {"index": folder / f"{prefix}index.parquet",
-            "ground_truth": folder / f"{prefix}ground_truth.npz",
-            "instances": folder / f"{prefix}ground_truth_instances.npz"}
 
 
 def file_sha256(path: Path) -> str | None:

@@ -47,6 +47,7 @@ from medfail.engine.prefetch import prefetch
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.metrics.detection import lesion_counts
 from medfail.models.adapters import ModelAdapter
+from medfail.rundir import condition_file
 from medfail.stress.prompt_perturbations import prompt_table_rows
 from medfail.stress.registry import perturb_prompts, perturb_samples
 from medfail.uncertainty.postprocess import PostProcess
@@ -102,6 +103,7 @@ class ConditionWriter:
 
     def __init__(self, run_dir: Path, cond: Condition, task: str) -> None:
         self.cond = cond
+        self.run_dir = run_dir
         self.path = condition_path(run_dir, cond.name, task)
         self.maps = MapWriter(self.path) if task != "classification" else None
         self.results = Part()
@@ -124,15 +126,15 @@ class ConditionWriter:
             per_sample = pd.DataFrame(res.rows)
             if res.prompts:
                 write_table(pd.DataFrame(res.prompts),
-                            self.path.with_name(f"{cond.name}.prompts.parquet"))
+                            condition_file(self.run_dir, cond.name, ".prompts.parquet"))
             write_table(pd.DataFrame(res.confidence),
-                        self.path.with_name(f"{cond.name}.confidence.parquet"))
+                        condition_file(self.run_dir, cond.name, ".confidence.parquet"))
             write_table(pixel_bin_table(res.pixel_bins),
-                        self.path.with_name(f"{cond.name}.pixel_bins.parquet"))
+                        condition_file(self.run_dir, cond.name, ".pixel_bins.parquet"))
         if has_evidence(cond):
             write_table(pd.DataFrame(res.evidence, columns=["id", "condition", "feature",
                                                             "value"]),
-                        self.path.with_name(f"{cond.name}.evidence.parquet"))
+                        condition_file(self.run_dir, cond.name, ".evidence.parquet"))
         for key, value in (("condition", cond.name), ("test", cond.test),
                            ("family", cond.family), ("severity", cond.severity)):
             per_sample[key] = value

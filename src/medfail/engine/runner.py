@@ -26,21 +26,36 @@ import torch
 from tqdm.auto import tqdm
 
 import medfail
-from medfail.analysis.aggregate import (
-    Estimate,
-    Key,
-    aggregate_classification,
-    aggregate_per_image,
-    undefined_targets,
+from medfail import rundir
+from medfail.analysis.analyse import (
+    PER_SAMPLE_COLUMNS,
+    analyse,
+    calibration_thresholds,  # noqa: F401  (re-exported: chosen on the calibration split)
+    decision_thresholds,
+    metrics_table,
+    worst_condition,
 )
-from medfail.analysis.calibration import calibration_table, fit_temperatures
-from medfail.analysis.mitigation import mitigation_table
 from medfail.analysis.ranking import breaking_table
-from medfail.analysis.segmentation_calibration import BAND_PX, segmentation_calibration_table
+from medfail.analysis.segmentation_calibration import BAND_PX
 from medfail.data.datasets import Dataset
 from medfail.engine.evidence import write_evidence
 from medfail.engine.executors import Executor, Job, ModelLoader, make_executor
-from medfail.engine.manifest import (
+from medfail.engine.predictions import (
+    GroundTruth,
+    file_sha256,
+    metric_units,
+    quantise,
+)
+from medfail.engine.predictor import SHIFT, Predictor
+from medfail.engine.suite import Condition, SuiteConfig
+from medfail.errors import MedfailInputError, listing
+from medfail.models.adapters import ModelAdapter
+from medfail.models.intensity import check_intensity
+from medfail.models.output_checks import probe_models
+from medfail.models.spec import ModelSpec
+from medfail.privacy import sanitize_command
+from medfail.rundir import (
+    TEST_SPLIT,
     Manifest,
     check_configuration,
     check_out_dir,
@@ -48,37 +63,18 @@ from medfail.engine.manifest import (
     damage,
     open_run_dir,
     snapshot,
-    write_atomic,
-)
-from medfail.engine.predictions import (
-    TEST_SPLIT,
-    GroundTruth,
-    condition_path,
-    file_sha256,
-    metric_units,
-    quantise,
     split_paths,
+    write_atomic,
     write_table,
 )
-from medfail.engine.predictor import SHIFT, Predictor
-from medfail.engine.suite import Condition, SuiteConfig
-from medfail.errors import MedfailInputError, listing
-from medfail.metrics.classification import threshold_max_f1
-from medfail.models.adapters import ModelAdapter
-from medfail.models.intensity import check_intensity
-from medfail.models.output_checks import probe_models
-from medfail.models.spec import ModelSpec
-from medfail.privacy import sanitize_command
-from medfail.slices.definitions import slice_membership
+from medfail.slices.definitions import metadata_slices, slice_membership
 from medfail.slices.features import mask_features
 from medfail.stress.prompt_perturbations import prompt_table_rows
 from medfail.uncertainty.postprocess import PostProcess, choose_params
-from medfail.uncertainty.temperature import temperature_warnings
 
-PARTS = ".parts"
+PARTS = rundir.PARTS
 #: the run directory's top-level tables (listed in the manifest before they are written)
-TABLES = ("per_sample.parquet", "metrics.parquet", "ranking.parquet", "calibration.parquet",
-          "mitigations.parquet", "run.json", "evidence.parquet")
+TABLES = rundir.TABLES
 #: bump when what a finished condition stores changes, so older caches are recomputed
 #: (4: masks interpreted by mask mode, 16-bit images on the 8-bit scale, effective bit depth;
 #: 5: the pixel_bins band is Euclidean distance <= 5 px, was city-block;
@@ -211,25 +207,6 @@ def data_modality(index: pd.DataFrame, metadata: pd.DataFrame | None,
     return ""
 
 
-def calibration_predictions(adapter: ModelAdapter, calibration: Dataset, config: SuiteConfig,
-                            progress: bool) -> pd.DataFrame:
-    """Clean predictions on the calibration split (long table, as ``predictions/clean``)."""
-    calibration.validate(progress=progress)
-    predictor = Predictor([adapter], config, spacing_mm=False)
-    cond = Condition("calibration", "calibration", "calibration", 0)
-    return pd.concat([predictor.classify(b, [s.image for s in b], cond)
-                      for b in calibration.batches(config.batch_size)], ignore_index=True)
-
-
-def calibration_thresholds(predictions: pd.DataFrame) -> dict[str, float]:
-    """Per-target F1-maximising thresholds on the calibration split (never on test)."""
-    out = {}
-    for target, grp in predictions.groupby("target", sort=False):
-        out[str(target)] = float(threshold_max_f1(grp["label"].to_numpy(),
-                                                  grp["prob"].to_numpy()))
-    return out
-
-
 def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
               config: SuiteConfig, model_info: dict[str, Any] | None = None,
               command: Sequence[str] | None = None, progress: bool = True,
@@ -239,6 +216,12 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
               ray_workers: int | None = None, model_loader: ModelLoader | None = None,
               overwrite: bool = True) -> Path:
     """Run every condition of ``config`` and write the run directory; returns its path.
+
+    Two stages: :func:`predict` (model and data: validation, index, ground truth, every
+    condition's predictions, calibration predictions, mitigation forward passes, ``run.json``),
+    then :func:`medfail.analysis.analyse.analyse` (the run directory alone: slices, metrics,
+    ranking, calibration and mitigation tables; ``medfail analyse`` calls the same function),
+    then the case studies (they read the ranking and need the images) and the report.
 
     ``calibration``: a split used only to choose classification thresholds (F1-maximising per
     target). ``shift``: a second site's data, evaluated clean as condition ``shift_data`` and
@@ -250,8 +233,56 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     the adapter's device. ``overwrite=False`` (the CLI's default) refuses a non-empty folder that
     is not a run directory of this configuration; with ``True`` medfail's own files of another
     configuration are replaced. Either way only files medfail wrote (its manifest,
-    :mod:`medfail.engine.manifest`) are ever deleted.
+    :mod:`medfail.rundir`) are ever deleted.
     """
+    stored = predict(adapter, dataset, out_dir, config, model_info, command, progress,
+                     calibration, shift, ensemble, executor, ray_address, ray_workers,
+                     model_loader, overwrite)
+    run_dir, run_info, manifest = stored.run_dir, stored.run_info, stored.manifest
+    run_info.update(analyse(run_dir, config, progress=progress))
+    stages = run_info["wall_clock_s"]["stages"]
+    _write_json(rundir.table(run_dir, rundir.RUN_JSON), run_info)
+    t = time.perf_counter()
+    manifest.claim(rundir.table(run_dir, rundir.CASES_JSON))
+    before = snapshot(run_dir, rundir.CASES)
+    write_evidence(run_dir, dataset, adapter, config, stored.conditions)
+    manifest.record_changed(before, rundir.CASES)  # case_<k>.npz: named while they are chosen
+    stages["evidence"] = time.perf_counter() - t
+    _write_json(rundir.table(run_dir, rundir.RUN_JSON), run_info)
+    if render:
+        from medfail.report.html import render_report
+
+        t = time.perf_counter()
+        render_report(run_dir)
+        stages["report"] = time.perf_counter() - t
+        _write_json(rundir.table(run_dir, rundir.RUN_JSON), run_info)
+    return run_dir
+
+
+@dataclass
+class Predicted:
+    """What :func:`predict` stored: the run directory, its manifest, ``run.json`` as written
+    (before the analysis entries) and the stored conditions (``shift_data`` last)."""
+
+    run_dir: Path
+    manifest: Manifest
+    run_info: dict[str, Any]
+    conditions: list[Condition]
+
+
+def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
+            config: SuiteConfig, model_info: dict[str, Any] | None = None,
+            command: Sequence[str] | None = None, progress: bool = True,
+            calibration: Dataset | None = None, shift: Dataset | None = None,
+            ensemble: Sequence[ModelAdapter] = (), executor: str = "local",
+            ray_address: str | None = None, ray_workers: int | None = None,
+            model_loader: ModelLoader | None = None, overwrite: bool = True) -> Predicted:
+    """The predict stage of :func:`run_suite` (same arguments): everything that needs the model
+    or the images. Stores what :func:`~medfail.analysis.analyse.analyse` reads: the index and
+    ground truth, every condition's predictions and per-sample rows (``per_sample.parquet``),
+    ``slices.parquet`` (its ``meta.`` rows keep the data's metadata slices), the calibration
+    split's predictions, and ``run.json`` (config, conditions, model spec, wall-clock per
+    condition, ``mitigation``: the worst condition and the post-processing chosen)."""
     run_dir = Path(out_dir)
     check_out_dir(run_dir, overwrite)  # a file, not writable, a foreign folder: before all else
     model_info = dict(model_info or {"name": adapter.name})
@@ -287,26 +318,25 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     stages["validate"] = time.perf_counter() - t0
 
     manifest = open_run_dir(run_dir, identity, reusable, overwrite)  # written first
-    parts = run_dir / PARTS
-    parts.mkdir(exist_ok=True)
-    manifest.claim(run_dir / "slices.parquet")
+    rundir.parts_dir(run_dir).mkdir(exist_ok=True)
+    manifest.claim(rundir.table(run_dir, rundir.SLICES))
     _write_split(manifest, TEST_SPLIT, index, gt)
     if shift_index is not None:
         _write_split(manifest, SHIFT.name, shift_index, shift_gt)
     if task == "promptable":
-        manifest.claim(run_dir / "predictions" / "prompts.parquet")
-        write_table(_prompt_table(dataset), run_dir / "predictions" / "prompts.parquet")
+        manifest.claim(rundir.prompts_path(run_dir))
+        write_table(_prompt_table(dataset), rundir.prompts_path(run_dir))
 
-    thresholds: dict[str, float] | float = config.threshold
     cal_preds = None
     if calibration is not None and task == "classification":
         t = time.perf_counter()
         cal_preds = calibration_predictions(adapter, calibration, config, progress)
-        manifest.claim(run_dir / "predictions" / "calibration.parquet")
-        write_table(cal_preds, run_dir / "predictions" / "calibration.parquet")
-        if adapter.spec.multi_label:
-            thresholds = calibration_thresholds(cal_preds)
+        cal_path = rundir.condition_path(run_dir, rundir.CALIBRATION_SPLIT, task)
+        manifest.claim(cal_path)
+        write_table(cal_preds, cal_path)
         stages["calibration"] = time.perf_counter() - t
+    thresholds = decision_thresholds(cal_preds, adapter.spec.multi_label, config.threshold,
+                                     adapter.spec.target_names)
 
     methods = config.method_conditions() + ([Condition(
         "ensemble", "ensemble", "uncertainty", 0, method="ensemble", base=conditions[0])]
@@ -320,7 +350,9 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
                         engine, manifest, task, record, progress)
         membership = slice_membership(index, metadata, config.slices, config.size_threshold_px,
                                       "mm2" if spacing_mm else "px")
-        write_table(membership, run_dir / "slices.parquet")
+        write_table(membership, rundir.table(run_dir, rundir.SLICES))
+        manifest.claim(rundir.metadata_slices_path(run_dir))
+        write_table(_metadata_slices(metadata), rundir.metadata_slices_path(run_dir))
         mitigation_info: dict[str, Any] = {}
         if config.mitigate:
             t = time.perf_counter()
@@ -333,48 +365,22 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     per_condition_s, cached, done = record.seconds, record.cached, record.done
     stages["predict"] = sum(v for k, v in per_condition_s.items() if k not in cached)
 
-    t = time.perf_counter()
-    manifest.claim(*(run_dir / name for name in TABLES))
-    all_conditions = [c for c in done if c is not SHIFT]
-    names = [c.name for c in all_conditions] + ([SHIFT.name] if shift is not None else [])
-    per_sample = _per_sample(parts, all_conditions + ([SHIFT] if shift is not None else []))
-    write_table(per_sample, run_dir / "per_sample.parquet")
-    draws: dict[Key, Estimate] = {}
-    metrics = _aggregate(run_dir, task, adapter, all_conditions, per_sample, membership,
-                         thresholds, config, shift is not None, progress, draws)
-    write_table(metrics, run_dir / "metrics.parquet")
-    ranking = breaking_table(metrics, task)
-    write_table(ranking, run_dir / "ranking.parquet")
-    temperatures = None
-    if task == "classification":
-        if cal_preds is not None:
-            temperatures = fit_temperatures(cal_preds, adapter.spec.multi_label)
-            for message in temperature_warnings(temperatures).values():
-                print(f"warning: {message}", file=sys.stderr, flush=True)
-        preds = pd.concat([pd.read_parquet(condition_path(run_dir, n, task)) for n in names],
-                          ignore_index=True)
-        cal_table = calibration_table(preds, adapter.spec.multi_label, thresholds, temperatures)
-    else:
-        cal_table = segmentation_calibration_table(run_dir, all_conditions, per_sample)
-    write_table(cal_table, run_dir / "calibration.parquet")
-    write_table(mitigation_table(task, all_conditions, draws, cal_table, ranking,
-                                 per_condition_s, config),
-                run_dir / "mitigations.parquet")
-    stages["aggregate"] = time.perf_counter() - t
-
+    manifest.claim(*(rundir.table(run_dir, name) for name in (*rundir.TABLES, rundir.SLICES)))
+    all_conditions = [c for c in done if c is not SHIFT] + ([SHIFT] if shift is not None else [])
+    write_table(_per_sample(run_dir, all_conditions), rundir.table(run_dir, rundir.PER_SAMPLE))
     run_info = {
         "medfail_version": medfail.__version__,
         "task": task,
         "command": sanitize_command(command or sys.argv),
         "seed": config.seed,
         "config": config.to_dict(),
-        "conditions": names,
+        "conditions": [c.name for c in all_conditions],
         "modality": modality,
         "metric_units": metric_units(task, spacing_mm, config.boundary_tolerance_px,
                                      config.surface_tolerance_mm, BAND_PX),
         "thresholds": thresholds,
-        "temperatures": temperatures,
-        "temperature_warnings": temperature_warnings(temperatures),  # T on a search bound
+        "temperatures": None,
+        "temperature_warnings": {},
         "model": {**model_info, "spec": adapter.spec.to_dict(),
                   "ensemble": [m.name for m in ensemble]},
         "data": {"name": Path(dataset.root).name, "n_samples": len(dataset),
@@ -392,26 +398,31 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         "cached_conditions": cached,
         "not_applicable": record.not_applicable,
         "mitigation": mitigation_info,
-        "undefined_targets": undefined_targets(run_dir),  # one class: a warning on stderr
+        "undefined_targets": {},
         "intensity": intensity,
     }
-    _write_json(run_dir / "run.json", run_info)
-    t = time.perf_counter()
-    manifest.claim(run_dir / "cases" / "cases.json")
-    before = snapshot(run_dir, "cases")
-    write_evidence(run_dir, dataset, adapter, config,
-                   all_conditions + ([SHIFT] if shift is not None else []))
-    manifest.record_changed(before, "cases")  # case_<k>.npz: named while they are chosen
-    stages["evidence"] = time.perf_counter() - t
-    _write_json(run_dir / "run.json", run_info)
-    if render:
-        from medfail.report.html import render_report
+    _write_json(rundir.table(run_dir, rundir.RUN_JSON), run_info)
+    return Predicted(run_dir, manifest, run_info, all_conditions)
 
-        t = time.perf_counter()
-        render_report(run_dir)
-        stages["report"] = time.perf_counter() - t
-        _write_json(run_dir / "run.json", run_info)
-    return run_dir
+
+def _metadata_slices(metadata: pd.DataFrame | None) -> pd.DataFrame:
+    """The ``meta.`` slice membership of the data's metadata (stored for ``medfail analyse``,
+    whatever the config's ``slices``: a column whose values cannot name slices stores none
+    when metadata slices were not asked for, and was refused by the membership when they were)."""
+    try:
+        return metadata_slices(metadata)
+    except ValueError:
+        return pd.DataFrame(columns=["id", "slice"])
+
+
+def calibration_predictions(adapter: ModelAdapter, calibration: Dataset, config: SuiteConfig,
+                            progress: bool) -> pd.DataFrame:
+    """Clean predictions on the calibration split (long table, as ``predictions/clean``)."""
+    calibration.validate(progress=progress)
+    predictor = Predictor([adapter], config, spacing_mm=False)
+    cond = Condition("calibration", "calibration", "calibration", 0)
+    return pd.concat([predictor.classify(b, [s.image for s in b], cond)
+                      for b in calibration.batches(config.batch_size)], ignore_index=True)
 
 
 @dataclass
@@ -429,10 +440,10 @@ def _is_finished(manifest: Manifest, name: str, task: str) -> bool:
     the manifest, and it, the stored predictions and every other file of the condition exist
     and are readable (not truncated); anything less is recomputed."""
     run_dir = manifest.run_dir
-    part = run_dir / PARTS / f"{name}.parquet"
-    stored = condition_path(run_dir, name, task)
+    part = rundir.part_path(run_dir, name)
+    stored = rundir.condition_path(run_dir, name, task)
     required = [part, stored] + ([] if task == "classification"
-                                 else [stored.with_name(f"{name}.pixel_bins.parquet")])
+                                 else [rundir.condition_file(run_dir, name, ".pixel_bins.parquet")])
     if not manifest.owns(part) or not all(p.exists() for p in required):
         return False
     others = [p for p in condition_files(run_dir, name, task) if p.exists()]
@@ -443,7 +454,7 @@ def _run_conditions(jobs: list[Job], engine: Executor, manifest: Manifest, task:
                     record: _Record, progress: bool) -> None:
     """Reuse finished conditions, predict the others on ``engine``; record all in job order.
     Files are listed in the manifest before they are written."""
-    parts = manifest.run_dir / PARTS
+    run_dir = manifest.run_dir
     todo = [j for j in jobs if j.cond is SHIFT or not _is_finished(manifest, j.cond.name, task)]
     manifest.claim(*(p for j in todo for p in condition_files(manifest.run_dir, j.cond.name,
                                                                task)))
@@ -452,17 +463,18 @@ def _run_conditions(jobs: list[Job], engine: Executor, manifest: Manifest, task:
               unit="condition", disable=not progress) as bar:
         for fin in engine.run(todo):
             if fin.per_sample is not None:
-                manifest.claim(parts / f"{fin.cond.name}.seconds",
-                               parts / f"{fin.cond.name}.parquet")
-                write_atomic(parts / f"{fin.cond.name}.seconds", repr(fin.seconds))
-                write_table(fin.per_sample, parts / f"{fin.cond.name}.parquet")
+                seconds = rundir.part_path(run_dir, fin.cond.name, ".seconds")
+                part = rundir.part_path(run_dir, fin.cond.name)
+                manifest.claim(seconds, part)
+                write_atomic(seconds, repr(fin.seconds))
+                write_table(fin.per_sample, part)
             finished[fin.cond.name] = fin
             bar.update()
     for job in jobs:
         name = job.cond.name
         if name not in finished:
             record.cached.append(name)
-            record.seconds[name] = _read_seconds(parts / f"{name}.seconds")
+            record.seconds[name] = _read_seconds(rundir.part_path(run_dir, name, ".seconds"))
         elif finished[name].per_sample is None:
             record.not_applicable[name] = finished[name].not_applicable
             continue
@@ -486,10 +498,10 @@ def _mitigation_jobs(run_dir: Path, adapter: ModelAdapter, dataset: Dataset,
     split and one foreground class, post-processing chosen on it (the morphology is binary: it
     reads and writes one foreground map). Returns the jobs and run.json's ``mitigation``."""
     task = adapter.spec.task
-    per_sample = _per_sample(run_dir / PARTS, conditions)
-    metrics = _aggregate(run_dir, task, adapter, conditions, per_sample, membership,
-                         thresholds, config, False, False)
-    worst = _worst_condition(breaking_table(metrics, task), conditions)
+    per_sample = _per_sample(run_dir, conditions)
+    metrics = metrics_table(run_dir, task, adapter.spec.multi_label, conditions, per_sample,
+                            membership, thresholds, config.to_dict(), None, False)
+    worst = worst_condition(breaking_table(metrics, task), conditions)
     if worst is None:
         return [], {}
     jobs = [Job(Condition(f"tta|{worst.name}", "tta", "mitigation", worst.severity,
@@ -506,21 +518,11 @@ def _mitigation_jobs(run_dir: Path, adapter: ModelAdapter, dataset: Dataset,
     return jobs, info
 
 
-def _per_sample(parts: Path, conditions: Sequence[Condition]) -> pd.DataFrame:
-    per_sample = pd.concat([pd.read_parquet(parts / f"{c.name}.parquet") for c in conditions],
-                           ignore_index=True)
-    return per_sample[["id", "condition", "test", "family", "severity", "target", "metric",
-                       "value"]]
-
-
-def _worst_condition(ranking: pd.DataFrame, conditions: Sequence[Condition]
-                     ) -> Condition | None:
-    """The top significant stress condition (mitigations are measured on it)."""
-    by_name = {c.name: c for c in conditions}
-    for r in ranking.itertuples():
-        if r.kind == "condition" and r.significant and r.name in by_name:
-            return by_name[r.name]
-    return None
+def _per_sample(run_dir: Path, conditions: Sequence[Condition]) -> pd.DataFrame:
+    """The conditions' per-sample rows (``.parts/``), in condition order."""
+    per_sample = pd.concat([pd.read_parquet(rundir.part_path(run_dir, c.name))
+                            for c in conditions], ignore_index=True)
+    return per_sample[PER_SAMPLE_COLUMNS]
 
 
 def _choose_postprocess(adapter: ModelAdapter, calibration: Dataset, config: SuiteConfig
@@ -537,44 +539,6 @@ def _choose_postprocess(adapter: ModelAdapter, calibration: Dataset, config: Sui
             probs.append(quantise(p)[0].astype(np.float32))
             masks.append(s.mask)
     return choose_params(probs, masks)
-
-
-def _aggregate(run_dir: Path, task: str, adapter: ModelAdapter, conditions: list[Condition],
-               per_sample: pd.DataFrame, membership: pd.DataFrame,
-               thresholds: dict[str, float] | float, config: SuiteConfig, with_shift: bool,
-               progress: bool, draws: dict[Key, Estimate] | None = None) -> pd.DataFrame:
-    """metrics.parquet rows: every condition and slice, plus ``shift_data`` vs in-domain."""
-    cond_table = _conditions_table(conditions)
-    draws = {} if draws is None else draws
-    common = {"n_bootstrap": config.n_bootstrap, "seed": config.seed,
-              "min_slice_n": config.min_slice_n}
-    main_ps = per_sample[per_sample["condition"] != SHIFT.name]
-    if task == "classification":
-        preds = pd.concat([pd.read_parquet(condition_path(run_dir, c.name, task))
-                           for c in conditions], ignore_index=True)
-        metrics = aggregate_classification(
-            preds, cond_table, adapter.spec.multi_label, thresholds, membership=membership,
-            progress=progress, draws_out=draws, **common)
-    else:
-        metrics = aggregate_per_image(main_ps, cond_table, membership=membership,
-                                      draws_out=draws, **common)
-    if not with_shift:
-        return metrics
-    shift_table = _conditions_table([SHIFT])
-    if task == "classification":
-        shift_preds = pd.read_parquet(condition_path(run_dir, SHIFT.name, task))
-        shift_metrics = aggregate_classification(
-            shift_preds, shift_table, adapter.spec.multi_label, thresholds, reference=draws,
-            **common)
-    else:
-        shift_metrics = aggregate_per_image(per_sample[per_sample["condition"] == SHIFT.name],
-                                            shift_table, reference=draws, **common)
-    return pd.concat([metrics, shift_metrics], ignore_index=True)
-
-
-def _conditions_table(conditions: Sequence[Condition]) -> pd.DataFrame:
-    return pd.DataFrame([{"condition": c.name, "test": c.test, "family": c.family,
-                          "severity": c.severity} for c in conditions])
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

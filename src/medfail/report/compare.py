@@ -11,9 +11,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from medfail.analysis.aggregate import beneficial, harmful
 from medfail.analysis.compare import compare_runs
 from medfail.analysis.ranking import PRIMARY_METRIC
-from medfail.engine.manifest import enclosing_manifest
 from medfail.report.figures import compare_plot
 from medfail.report.formatting import figure, fmt, fmt_ci
+from medfail.rundir import RUN_JSON, enclosing_manifest, figures_dir
+from medfail.rundir import table as run_file
 
 
 def render_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> Path:
@@ -24,17 +25,17 @@ def render_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) ->
     manifest = enclosing_manifest(out_dir)
     if manifest is not None:
         manifest.claim(out_dir / "compare.parquet", out_dir / "compare.html",
-                       out_dir / "figures" / "compare_delta.png")
+                       figures_dir(out_dir) / "compare_delta.png")
     table = compare_runs(run_a, run_b)
     table.to_parquet(out_dir / "compare.parquet", index=False)
-    task = json.loads((run_a / "run.json").read_text())["task"]
+    task = json.loads(run_file(run_a, RUN_JSON).read_text())["task"]
     metric = PRIMARY_METRIC[task]
     targets = list(dict.fromkeys(table.loc[table["metric"] == metric, "target"]))
     target = "macro" if "macro" in targets else (targets[0] if targets else "")
     figs = []
     sel = table[(table["metric"] == metric) & (table["target"] == target)]
     if len(sel):
-        path = compare_plot(sel, metric, target, out_dir / "figures" / "compare_delta.png")
+        path = compare_plot(sel, metric, target, figures_dir(out_dir) / "compare_delta.png")
         figs.append(figure(path, out_dir, f"Δ {metric} (B − A) per condition"))
     rows = []
     for r in table.itertuples():

@@ -26,7 +26,6 @@ from medfail.analysis.ranking import (
 from medfail.analysis.run_tables import RunTables
 from medfail.analysis.segmentation_calibration import image_risk_coverage
 from medfail.analysis.taxonomy import build_taxonomy
-from medfail.engine.manifest import ReportOutputs
 from medfail.report.figures import (
     binned_reliability_plot,
     calibration_drift_plot,
@@ -47,6 +46,20 @@ from medfail.report.formatting import (
     metric_label,
 )
 from medfail.report.pdf import render_pdf
+from medfail.rundir import (
+    CALIBRATION,
+    CASES_JSON,
+    MITIGATIONS,
+    PER_SAMPLE,
+    REPORT_HTML,
+    REPORT_PDF,
+    ReportOutputs,
+    case_path,
+    condition_file,
+    condition_path,
+    figures_dir,
+)
+from medfail.rundir import table as run_file
 from medfail.uncertainty.temperature import (
     temperature_at_bound,
     temperature_warnings,
@@ -215,7 +228,7 @@ def _method_conditions(table: pd.DataFrame, worst: str | None) -> list[str]:
 
 
 def _mitigation_rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "mitigations.parquet"
+    path = run_file(run_dir, MITIGATIONS)
     if not path.exists():
         return []
     rows = []
@@ -244,16 +257,16 @@ CAL_METRICS = ["ece", "adaptive_ece", "brier", "nll", "aurc", "eaurc", "augrc", 
 def _calibration_section(run_dir: Path, run: dict[str, Any],
                          worst: str | None) -> dict[str, Any] | None:
     """Reliability diagrams, risk-coverage, drift and the method table (classification)."""
-    table_path = run_dir / "calibration.parquet"
+    table_path = run_file(run_dir, CALIBRATION)
     if not table_path.exists():
         return None
     table = pd.read_parquet(table_path)
     if table.empty:
         return None
     target = "macro" if "macro" in set(table["target"]) else str(table["target"].iloc[0])
-    figdir = run_dir / "figures"
+    figdir = figures_dir(run_dir)
     figs = []
-    clean = pd.read_parquet(run_dir / "predictions" / "clean.parquet")
+    clean = pd.read_parquet(condition_path(run_dir, "clean", "classification"))
     decided = (bool(run["model"]["spec"]["multi_label"]), run.get("thresholds"),
                run.get("temperatures"))
     pooled = pooled_decisions(clean, *decided)
@@ -264,7 +277,7 @@ def _calibration_section(run_dir: Path, run: dict[str, Any],
     curves = {}
     for cond in ["clean"] + ([worst] if worst else []):
         pred = clean if cond == "clean" else pd.read_parquet(
-            run_dir / "predictions" / f"{cond}.parquet")
+            condition_path(run_dir, cond, "classification"))
         curves[cond] = decision_risk_coverage(pred, *decided)
     path = risk_coverage_plot(curves, figdir / "risk_coverage.png",
                               "risk-coverage: defer the least confident cases")
@@ -315,23 +328,23 @@ def _cost(run: dict[str, Any], cond: str) -> str:
 def _segmentation_calibration_section(run_dir: Path, run: dict[str, Any], worst: str | None,
                                       target: str) -> dict[str, Any] | None:
     """Pixel reliability, image-level risk-coverage by confidence signal, drift, method table."""
-    table_path = run_dir / "calibration.parquet"
+    table_path = run_file(run_dir, CALIBRATION)
     if not table_path.exists():
         return None
     table = pd.read_parquet(table_path)
     table = table[table["target"] == target]
     if table.empty:
         return None
-    figdir, pred_dir = run_dir / "figures", run_dir / "predictions"
+    figdir = figures_dir(run_dir)
     conds = ["clean"] + ([worst] if worst else [])
-    bins = {c: pd.read_parquet(pred_dir / f"{c}.pixel_bins.parquet") for c in conds}
+    bins = {c: pd.read_parquet(condition_file(run_dir, c, ".pixel_bins.parquet")) for c in conds}
     bins = {c: b[(b["target"] == target) & (b["region"] == "band")] for c, b in bins.items()}
     figs = [figure(binned_reliability_plot(bins, figdir / "pixel_reliability.png",
                                             "per-pixel reliability (pixels within 5 px of GT "
                                             "or prediction)"),
                     run_dir, "per-pixel reliability")]
-    ps = pd.read_parquet(run_dir / "per_sample.parquet")
-    conf = pd.read_parquet(pred_dir / "clean.confidence.parquet")
+    ps = pd.read_parquet(run_file(run_dir, PER_SAMPLE))
+    conf = pd.read_parquet(condition_file(run_dir, "clean", ".confidence.parquet"))
     curves = image_risk_coverage(conf, ps, "clean", target)
     path = risk_coverage_plot(curves, figdir / "risk_coverage.png",
                               "defer images by confidence (risk = 1 - Dice of kept images)")
@@ -402,12 +415,12 @@ def _sized(fig: dict[str, str], size: str) -> dict[str, Any]:
 
 def _case_studies(tables: RunTables, checklist: dict[str, Any], figdir: Path,
                   run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "cases" / "cases.json"
+    path = run_file(run_dir, CASES_JSON)
     if not path.exists():
         return []
     out = []
     for k, case in enumerate(json.loads(path.read_text())):
-        arrays = dict(np.load(run_dir / "cases" / f"case_{k}.npz"))
+        arrays = dict(np.load(case_path(run_dir, k)))
         text = diagnose(tables, case, checklist["deferral_threshold"])
         fig_path = figdir / f"case_{k + 1}.png"
         if tables.task == "classification":
@@ -470,7 +483,7 @@ def render_report(run_dir: str | Path) -> Path:
     run, metrics, task = tables.run, tables.metrics, tables.task
     primary, target = tables.primary, tables.target
     ranking = tables.ranking
-    figdir = run_dir / "figures"
+    figdir = figures_dir(run_dir)
     outputs = ReportOutputs(run_dir)  # removes only the figures medfail listed in its manifest
     present = set(metrics["metric"])
     metric_list = [primary] + [m for m in SECONDARY[task] if m in present]
@@ -546,8 +559,8 @@ def render_report(run_dir: str | Path) -> Path:
         train_seconds=log.get("wall_clock_s") or 0.0, packages=run["packages"],
         hardware=run["hardware"], data_hash=run["data"].get("content_hash", ""),
         model_hash=run["model"].get("sha256", "n/a"))
-    out = run_dir / "report.html"
+    out = run_file(run_dir, REPORT_HTML)
     out.write_text(html, encoding="utf-8")
-    render_pdf(out, run_dir / "report.pdf")
+    render_pdf(out, run_file(run_dir, REPORT_PDF))
     outputs.record()
     return out
