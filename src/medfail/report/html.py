@@ -24,7 +24,7 @@ from medfail.analysis.ranking import (
     breaking_sentence,
 )
 from medfail.analysis.run_tables import RunTables
-from medfail.analysis.segmentation_calibration import image_risk_coverage
+from medfail.analysis.segmentation_calibration import ACCEPTABLE_DICE, image_risk_coverage
 from medfail.analysis.taxonomy import build_taxonomy
 from medfail.report.figures import (
     binned_reliability_plot,
@@ -370,7 +370,7 @@ def _segmentation_calibration_section(run_dir: Path, run: dict[str, Any], worst:
         sentence = (f"On clean images, deferring the {DEFERRED:.0%} of images with the lowest "
                     f"mask confidence changes mean Dice from {clean['dice_all']:.3f} to "
                     f"{clean['dice_at_80']:.3f}; {clean['acceptable_at_80']:.0%} of the kept "
-                    f"images reach Dice ≥ 0.8.")
+                    f"images reach Dice ≥ {ACCEPTABLE_DICE:g}.")
     return {"figures": figs, "metrics": ["pixel_ece_band", *SEG_CAL_METRICS], "rows": rows,
             "sentence": sentence, "temperatures": "not applied to segmentation in this run"}
 
