@@ -321,3 +321,16 @@ def test_documented_surface_gap_on_thin_anisotropic_slabs() -> None:
     ours = float(nsd(a[None], b[None], tolerance=2.0, spacing=(1.0, 1.0))[0])
     assert ours == pytest.approx(_monai_surface_dice(a, b, 2.0, (1.0, 1.0), False), abs=1e-6)
     assert 0.0 < _monai_surface_dice(a, b, 2.0, (1.0, 1.0), True) - ours < 0.07
+
+
+def test_pipeline_lesion_f1_is_pooled_lesion_f1_with_its_empty_set_value() -> None:
+    from medfail.analysis.aggregate import pooled_lesion_estimates
+
+    tp, fn, fp = np.zeros(4), np.zeros(4), np.array([0.0, 0.0, 1.0, 0.0])
+    member = np.array([True, True, False, False])  # a slice: no lesion, nothing predicted
+    idx = np.array([[0, 1, 2, 3], [2, 2, 3, 3], [0, 0, 2, 2]])
+    est = pooled_lesion_estimates(tp, fn, fp, member, resample_counts(idx, 4))
+    assert est["lesion_f1"].value == pooled_lesion_f1(np.zeros((2, 3), int)) == 1.0
+    # a resample without a member image is undefined (NaN), not 1.0
+    np.testing.assert_array_equal(est["lesion_f1"].draws, [1.0, np.nan, 1.0])
+    assert np.isnan(est["lesion_sensitivity"].value) and np.isnan(est["lesion_precision"].value)
