@@ -1,9 +1,16 @@
 """The run directory's layout: every path medfail reads or writes inside it, in one place.
 
-This module sits at the ground floor (it imports no other medfail module), so the engine, the
-analyses and the report all build their paths here and nowhere else. The user-facing list is
-docs/run_directory.md; a test checks that every name defined here is documented there and
-vice versa (:data:`DOCUMENTED`).
+It also holds the readers (:func:`read_table`, :func:`read_run_json`, :func:`check_run_dir`:
+failures name the file and how to recover), the atomic writers (:func:`write_table`,
+:func:`write_atomic`), the stored-format helpers (:func:`label_map`,
+:func:`per_target_thresholds`: ``run.json: thresholds`` is ``{target: float}``) and the manifest
+(:class:`Manifest`: which files medfail wrote, for which configuration; section below).
+
+This module sits at the ground floor (it imports only :mod:`medfail.errors`), so the engine,
+the analyses and the report all build their paths here and nowhere else
+(``medfail.engine.manifest`` and ``medfail.engine.predictions`` re-export some names). The
+user-facing list is docs/run_directory.md; a test checks that every path pattern defined here
+is documented there and vice versa (:data:`DOCUMENTED`).
 
 Conventions: ``run_dir`` is the run directory; conditions are named as in ``run.json:
 conditions`` (``clean``, ``gaussian_noise@2``, ``tta|clean``...); file names never depend on
