@@ -334,3 +334,43 @@ def test_pipeline_lesion_f1_is_pooled_lesion_f1_with_its_empty_set_value() -> No
     # a resample without a member image is undefined (NaN), not 1.0
     np.testing.assert_array_equal(est["lesion_f1"].draws, [1.0, np.nan, 1.0])
     assert np.isnan(est["lesion_sensitivity"].value) and np.isnan(est["lesion_precision"].value)
+
+
+def test_classification_cis_equal_the_documented_bootstrap_functions(
+        tmp_path: Path) -> None:
+    import json
+
+    from test_outside_recomputation import B, classification_folder, classifier
+
+    from medfail.data.datasets import open_dataset
+    from medfail.engine.runner import run_suite
+    from medfail.engine.suite import SuiteConfig
+    from medfail.metrics.bootstrap import auprc_bootstrap, auroc_bootstrap
+    from medfail.metrics.classification import f1
+    from medfail.seeding import derive_seed
+
+    run = Path(run_suite(classifier(), open_dataset(
+        classification_folder(tmp_path / "c", 20, 0), "classification",
+        target_names=["disc", "bar"]), tmp_path / "run",
+        SuiteConfig(tests=["contrast"], severities=[3], n_bootstrap=B), progress=False,
+        render=False))
+    info = json.loads((run / "run.json").read_text())
+    m = pd.read_parquet(run / "metrics.parquet")
+    m = m[m["slice"] == "all"].set_index(["condition", "target", "metric"])
+    pred = pd.read_parquet(run / "predictions" / "clean.parquet")
+    ids = sorted(pred["id"].unique())
+    idx = bootstrap_indices(len(ids), B, derive_seed(info["seed"], "bootstrap"))
+    thresholds = info["thresholds"]
+    for target in ("disc", "bar"):
+        sub = pred[pred["target"] == target].set_index("id").reindex(ids)
+        y, p = sub["label"].to_numpy(float), sub["prob"].to_numpy(float)
+        thr = thresholds[target] if isinstance(thresholds, dict) else thresholds
+        for metric, draws in (("auroc", auroc_bootstrap(y, p, idx)),
+                              ("auprc", auprc_bootstrap(y, p, idx))):
+            row = m.loc[("clean", target, metric)]
+            np.testing.assert_allclose(percentile_ci(draws), (row["ci_low"], row["ci_high"]),
+                                       rtol=1e-12)
+        d = (p >= thr).astype(float)
+        row = m.loc[("clean", target, "f1")]
+        np.testing.assert_allclose(statistic_ci(f1, (y, d), idx),
+                                   (row["ci_low"], row["ci_high"]), rtol=1e-12)
