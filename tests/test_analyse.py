@@ -90,6 +90,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any forward pass (or prediction scheduling) raises."""
+    forbid_models(monkeypatch)
+
+
+def forbid_models(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a model was called during analyse")
 
@@ -114,6 +118,46 @@ def test_analyse_reproduces_the_run_tables(runs: dict[str, Any], task: str,
     for key in ("thresholds", "temperatures", "undefined_targets", "config"):
         assert after[key] == before_run[key], key
     assert set(after["thresholds"]) == set(after["data"]["targets"])  # one value per target
+
+
+class Threshold(torch.nn.Module):
+    """Foreground probability = sigmoid((x - 130) / 10), scriptable (a model file)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fg = torch.sigmoid((x[:, :1] - 130.0) / 10.0)
+        return torch.cat([1 - fg, fg], dim=1)
+
+
+def test_cli_run_then_analyse_without_model_file_or_images(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`medfail run` with a model file, then both the file and the images deleted: `medfail
+    analyse` rebuilds tables equal to the run's and re-renders the report."""
+    model = tmp_path / "seg.pt"
+    spec = ModelSpec(task="segmentation", target_names=["lesion"], output="probabilities")
+    torch.jit.save(torch.jit.script(Threshold()), str(model),
+                   _extra_files={"medfail_spec.json": json.dumps(spec.to_dict())})
+    data = write_png_folder(tmp_path / "data", "segmentation", n=8, seed=4)
+    monkeypatch.undo()  # the run itself may call the model
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("tests: [gaussian_noise]\nseverities: [3]\nn_bootstrap: 30\n"
+                     "uncertainty: [tta]\nmin_slice_n: 3\n")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--model", str(model), "--data", str(data),
+                                      "--task", "segmentation", "--out", str(run),
+                                      "--config", str(suite), "--quiet"])
+    assert result.exit_code == 0, result.output
+    expected = tables(run)
+    forbid_models(monkeypatch)
+    model.unlink()
+    shutil.rmtree(data)
+    (run / "report.html").unlink()
+    for name in rundir.ANALYSIS_TABLES:
+        (run / name).unlink()
+    result = CliRunner().invoke(app, ["analyse", str(run), "--config", str(suite), "--quiet"])
+    assert result.exit_code == 0, result.output
+    for name, frame in expected.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(run / name), frame, obj=name)
+    assert (run / "report.html").exists()
 
 
 def test_run_json_stores_one_threshold_per_target(runs: dict[str, Any]) -> None:
@@ -224,3 +268,19 @@ def test_only_the_run_directory_module_builds_paths_into_it() -> None:
         found += [f"{rel}: predictions" for _ in range(text.count('"predictions"'))]
         found += [f"{rel}: {m.group(0)}" for m in joined.finditer(text)]
     assert found == []
+
+
+def test_cli_analyse_repairs_damaged_tables_and_names_damaged_inputs(
+        runs: dict[str, Any], tmp_path: Path) -> None:
+    """A truncated metrics.parquet is rebuilt; a truncated per_sample.parquet (an input) is one
+    `error:` line naming it, exit 2."""
+    run = copy_run(runs["segmentation"], tmp_path / "run")
+    (run / "metrics.parquet").write_bytes((run / "metrics.parquet").read_bytes()[:100])
+    result = CliRunner().invoke(app, ["analyse", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "metrics.parquet"),
+                                  runs["tables"]["segmentation"]["metrics.parquet"])
+    (run / "per_sample.parquet").write_bytes((run / "per_sample.parquet").read_bytes()[:100])
+    result = CliRunner().invoke(app, ["analyse", str(run), "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "per_sample.parquet: damaged" in result.output

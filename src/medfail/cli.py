@@ -305,12 +305,22 @@ def analyse(
     from medfail.analysis.analyse import analyse as analyse_run
     from medfail.engine.suite import SuiteConfig
     from medfail.report.html import render_report
-    from medfail.rundir import RECOVER, RUN_JSON, check_run_dir, read_run_json, table
+    from medfail.rundir import (
+        ANALYSE_REQUIRED,
+        ANALYSIS_TABLES,
+        RECOVER,
+        RUN_JSON,
+        check_run_dir,
+        read_run_json,
+        table,
+    )
 
     try:
         if not table(run_dir, RUN_JSON).exists():
             raise MedfailInputError(run_dir, "not a run directory (run.json missing)")
-        check_run_dir(run_dir)  # a damaged file: named, with how to recover
+        # a missing or damaged stored file: named, with how to recover (the tables rebuilt
+        # here may be missing or damaged)
+        check_run_dir(run_dir, ANALYSE_REQUIRED, ANALYSIS_TABLES)
         run = read_run_json(table(run_dir, RUN_JSON))
         options = None
         if config is not None:

@@ -204,6 +204,8 @@ RECOVER_NO_RUN_JSON = ("re-run the same `medfail run` command into this folder: 
                        "conditions are reused, damaged ones recomputed")
 #: what every report reads
 REQUIRED = (RUN_JSON, METRICS, RANKING, PER_SAMPLE)
+#: what ``medfail analyse`` reads at least (besides the predictions of run.json's conditions)
+ANALYSE_REQUIRED = (RUN_JSON, PER_SAMPLE, f"{PREDICTIONS}/index.parquet")
 #: the run.json entries the report reads
 RUN_KEYS = ("task", "command", "seed", "config", "conditions", "model", "data",
             "medfail_version", "packages", "hardware", "wall_clock_s")
@@ -597,14 +599,21 @@ def stored_files(run_dir: Path) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def check_run_dir(run_dir: str | Path) -> None:
-    """Raise MedfailInputError naming the first missing or damaged file of ``run_dir``."""
+def check_run_dir(run_dir: str | Path, required: Iterable[str] = REQUIRED,
+                  rebuilt: Iterable[str] = ()) -> None:
+    """Raise MedfailInputError naming the first missing or damaged file of ``run_dir``.
+
+    ``required``: the files that must exist (default: what every report reads); ``rebuilt``:
+    files about to be rewritten (``medfail analyse``'s tables), neither required nor checked."""
     run_dir = Path(run_dir)
-    for name in REQUIRED:
+    skip = {run_dir / name for name in rebuilt}
+    for name in required:
         if not (run_dir / name).is_file():
             raise _damaged(run_dir / name, "missing from the run directory")
     read_run_json(run_dir / RUN_JSON)
     for path in stored_files(run_dir):
+        if path in skip:
+            continue
         problem = damage(path)
         if problem is not None:
             raise _damaged(path, f"damaged ({problem})")
