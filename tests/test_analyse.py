@@ -284,3 +284,18 @@ def test_cli_analyse_repairs_damaged_tables_and_names_damaged_inputs(
     result = CliRunner().invoke(app, ["analyse", str(run), "--quiet"])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "per_sample.parquet: damaged" in result.output
+
+
+def test_thresholds_are_normalised_in_one_place() -> None:
+    """``rundir.per_target_thresholds`` is the one normalisation of ``run.json: thresholds``
+    (a number for all targets, or ``{target: number}``); no other module re-implements it."""
+    assert rundir.per_target_thresholds(0.3, ["a", "b"]) == {"a": 0.3, "b": 0.3}
+    assert rundir.per_target_thresholds({"a": 0.2, "b": 0.7, "c": 1.0}, ["b", "a"]) == {
+        "b": 0.7, "a": 0.2}
+    assert rundir.per_target_thresholds(None, ["a"]) == {"a": 0.5}
+    with pytest.raises(KeyError):
+        rundir.per_target_thresholds({"a": 0.2}, ["a", "b"])
+    copy = re.compile(r"isinstance\(\w*thr\w*, (dict|Mapping)\)")
+    found = [p.name for p in sorted((ROOT / "src" / "medfail").rglob("*.py"))
+             if p.name != "rundir.py" and copy.search(p.read_text(encoding="utf-8"))]
+    assert found == []

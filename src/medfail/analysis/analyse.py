@@ -197,13 +197,12 @@ def metrics_table(run_dir: Path, task: str, multi_label: bool, conditions: Seque
     draws = {} if draws is None else draws
     common = {"n_bootstrap": config["n_bootstrap"], "seed": config["seed"],
               "min_slice_n": config["min_slice_n"]}
-    thr = dict(thresholds) if isinstance(thresholds, Mapping) else thresholds
     main_ps = per_sample[per_sample["condition"] != SHIFT_NAME]
     if task == "classification":
         preds = pd.concat([read_table(rundir.condition_path(run_dir, c.name, task))
                            for c in conditions], ignore_index=True)
         metrics = aggregate_classification(
-            preds, cond_table, multi_label, thr, membership=membership,
+            preds, cond_table, multi_label, thresholds, membership=membership,
             progress=progress, draws_out=draws, **common)
     else:
         metrics = aggregate_per_image(main_ps, cond_table, membership=membership,
@@ -214,7 +213,7 @@ def metrics_table(run_dir: Path, task: str, multi_label: bool, conditions: Seque
     if task == "classification":
         shift_preds = read_table(rundir.condition_path(run_dir, shift.name, task))
         shift_metrics = aggregate_classification(
-            shift_preds, shift_table, multi_label, thr, reference=draws, **common)
+            shift_preds, shift_table, multi_label, thresholds, reference=draws, **common)
     else:
         shift_metrics = aggregate_per_image(per_sample[per_sample["condition"] == shift.name],
                                             shift_table, reference=draws, **common)
