@@ -27,32 +27,12 @@ from medfail.models import adapters
 from medfail.models.adapters import Classifier, Segmenter
 from medfail.models.spec import ModelSpec
 from tests.conftest import write_png_folder
+from tests.test_engine import brightness_classifier as classifier
+from tests.test_engine import threshold_segmenter as segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON: dict[str, Any] = {"tests": ["gaussian_noise", "gaussian_blur"], "severities": [3],
                           "n_bootstrap": 40, "uncertainty": ["tta"], "min_slice_n": 3}
-
-
-def segmenter() -> Segmenter:
-    spec = ModelSpec(task="segmentation", target_names=["lesion"], output="probabilities")
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        fg = torch.sigmoid((x[:, :1] - 130.0) / 10.0)
-        return torch.cat([1 - fg, fg], dim=1)
-
-    return Segmenter(spec, forward)
-
-
-def classifier() -> Classifier:
-    spec = ModelSpec(task="classification", target_names=["disc", "bar"], multi_label=True,
-                     input_size=(32, 32), output="probabilities")
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        disc = torch.sigmoid((x.amax(dim=(1, 2, 3)) - 190.0) / 10.0)
-        bar = torch.sigmoid((x[:, :, 2:5].mean(dim=(1, 2, 3)) - 120.0) / 20.0)
-        return torch.stack([disc, bar], dim=1)
-
-    return Classifier(spec, forward)
 
 
 def tables(run: Path) -> dict[str, pd.DataFrame]:
