@@ -32,7 +32,6 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -52,6 +51,7 @@ from medfail.analysis.mitigation import mitigation_table
 from medfail.analysis.ranking import breaking_table
 from medfail.analysis.run_tables import read_run_json, read_table
 from medfail.analysis.segmentation_calibration import segmentation_calibration_table
+from medfail.conditions import Condition
 from medfail.errors import MedfailInputError, listing
 from medfail.metrics.classification import threshold_max_f1
 from medfail.slices.definitions import META, mask_slices, metadata_slices
@@ -65,18 +65,6 @@ SHIFT_NAME = "shift_data"
 METHOD_BASES = {"tta": "clean", "mc_dropout": "clean", "ensemble": "clean"}
 PER_SAMPLE_COLUMNS = ["id", "condition", "test", "family", "severity", "target", "metric",
                       "value"]
-
-
-@dataclass(frozen=True)
-class StoredCondition:
-    """A stored condition as the analyses see it (the engine's ``Condition`` fields)."""
-
-    name: str
-    test: str
-    family: str
-    severity: int
-    method: str = "plain"
-    base: StoredCondition | None = None
 
 
 def options(config: Any) -> dict[str, Any]:
@@ -104,13 +92,13 @@ def decision_thresholds(cal_preds: pd.DataFrame | None, multi_label: bool, thres
 
 
 def stored_conditions(names: Sequence[str], per_sample: pd.DataFrame, run_dir: Path,
-                      task: str) -> list[StoredCondition]:
+                      task: str) -> list[Condition]:
     """The conditions named in ``run.json: conditions``, with test, family and severity from
     their stored rows; ``<method>|<base>`` and the uncertainty methods get their method and
     base (the rule ``medfail run`` names them by)."""
     info = per_sample.drop_duplicates("condition").set_index("condition")
-    plain: dict[str, StoredCondition] = {}
-    out: list[StoredCondition] = []
+    plain: dict[str, Condition] = {}
+    out: list[Condition] = []
     for name in names:
         if name in info.index:
             row = info.loc[name]
@@ -124,7 +112,7 @@ def stored_conditions(names: Sequence[str], per_sample: pd.DataFrame, run_dir: P
             base = plain.get(base_name)
         elif family == "uncertainty" and name in METHOD_BASES:
             method, base = name, plain.get(METHOD_BASES[name])
-        cond = StoredCondition(name, test, family, severity, method, base)
+        cond = Condition(name, test, family, severity, method, base)
         if method == "plain":
             plain[name] = cond
         out.append(cond)
@@ -229,7 +217,7 @@ def worst_condition(ranking: pd.DataFrame, conditions: Sequence[Any]) -> Any | N
     return None
 
 
-def _stress(conditions: Sequence[StoredCondition]) -> list[StoredCondition]:
+def _stress(conditions: Sequence[Condition]) -> list[Condition]:
     """The conditions the worst one is chosen among (as the predict stage chose it)."""
     return [c for c in conditions if c.method == "plain" and c.name != SHIFT_NAME
             and c.family not in ("uncertainty", "mitigation")]
@@ -342,7 +330,7 @@ def analyse(run_dir: str | Path, config: Any | None = None,
 
 
 def _warn_worst(run_dir: Path, task: str, multi_label: bool,
-                conditions: Sequence[StoredCondition], per_sample: pd.DataFrame,
+                conditions: Sequence[Condition], per_sample: pd.DataFrame,
                 membership: pd.DataFrame, thresholds: Mapping[str, float],
                 cfg: Mapping[str, Any], stored_worst: str) -> None:
     """One warning line when this configuration picks another worst condition than the one

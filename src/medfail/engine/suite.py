@@ -50,32 +50,10 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from medfail.analysis.per_sample import CLASSIFICATION_METRICS, SEGMENTATION_METRICS
+from medfail.conditions import Condition
 from medfail.errors import MedfailInputError
 from medfail.stress import registry
 from medfail.stress.registry import CLEAN
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A stress test at a severity; ``clean`` is severity 0 of every test.
-
-    ``method`` is how predictions are made: ``plain`` (one forward pass), ``tta``,
-    ``mc_dropout`` or ``morphology`` (post-processing of ``base``'s stored predictions).
-    ``base`` is the stress condition whose inputs a method variant uses (None = itself).
-    """
-
-    name: str
-    test: str
-    family: str
-    severity: int
-    method: str = "plain"
-    base: Condition | None = None
-
-    @property
-    def source(self) -> Condition:
-        """The stress condition that defines this condition's inputs."""
-        return self.base if self.base is not None else self
-
 
 CLEAN_CONDITION = Condition(CLEAN, CLEAN, CLEAN, 0)
 SLICE_KINDS: tuple[str, ...] = ("size", "location", "shape", "metadata")
