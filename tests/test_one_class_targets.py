@@ -112,6 +112,7 @@ def test_report_says_the_macro_leaves_the_target_out(one_class_run: tuple[Path, 
     appendix = re.search(r'<section id="sec-appendix-a".*?</section>', html, re.S).group(0)
     assert ("macro over 2 of 3 targets; auroc, auprc, sens_at_95spec undefined for "
             "&#39;cavity&#39; (no positives in test)") in appendix
+    assert "distances in" not in html  # a classifier has no distance metric to give a unit
 
 
 def test_one_class_reasons_no_negatives() -> None:

@@ -150,6 +150,7 @@ def test_metric_units_with_spacing_bf1_px_nsd_hd95_mm(tmp_path: Path) -> None:
     for label in ("boundary_f1 (τ 2 px)", "nsd (τ 2 mm)", "hd95 (mm)"):
         assert label in html
     assert "distances in px (boundary_f1 τ = 2) and mm (nsd τ = 2, hd95)" in html
+    assert "NSD and HD95 in mm (boundary F1 stays in px)" in html  # checklist data assumption
 
 
 # ---------------------------------------------------------------- ground truth (item 8)

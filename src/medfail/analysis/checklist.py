@@ -83,14 +83,22 @@ def _lowest_breaking(t: RunTables) -> pd.DataFrame:
         .sort_values("effect")
 
 
+def _spacing_text(present: bool, task: str) -> str:
+    """What the spacing means for this run's metrics (units per metric: docs/metrics.md)."""
+    if task == "classification":
+        return "present on every image" if present else "missing (no classification metric " \
+            "needs it)"
+    return "present on every image: NSD and HD95 in mm (boundary F1 stays in px)" if present \
+        else "missing: NSD and HD95 in px"
+
+
 def _data_assumptions(t: RunTables) -> list[tuple[str, str]]:
     idx, run = t.index, t.run
     items = [("modality", str(run.get("modality") or "unknown")),
              ("images seen", f"{run['data']['n_samples']} test images"),
              ("image size (px)", f"{idx['height'].min()}–{idx['height'].max()} × "
                                  f"{idx['width'].min()}–{idx['width'].max()}"),
-             ("pixel spacing", "present on every image (mm)" if idx["spacing"].notna().all()
-              else "missing: distances in px")]
+             ("pixel spacing", _spacing_text(bool(idx["spacing"].notna().all()), t.task))]
     ev = t.evidence
     if ev is not None and (ev["feature"] == "intensity_p1").any():
         lo = ev.loc[ev["feature"] == "intensity_p1", "value"].quantile(0.01)

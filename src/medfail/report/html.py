@@ -164,16 +164,17 @@ def _slice_caption(metrics: pd.DataFrame, metric: str, target: str, condition: s
 
 def _distance_text(run: dict[str, Any]) -> str:
     """Section 1's 'distances in ...': the unit of each distance metric (metric_units), or
-    the ``distance_unit`` of a run directory written before them."""
+    the ``distance_unit`` of a run directory written before them; empty without distances."""
     units = {m: u for m, u in (run.get("metric_units") or {}).items()
              if m in ("boundary_f1", "nsd", "hd95") and isinstance(u, dict) and "unit" in u}
-    if not units:
-        return str(run.get("distance_unit", "px"))
+    if not units:  # classification has no distance metric; older runs have distance_unit
+        return "" if "metric_units" in run else f"distances in {run.get('distance_unit', 'px')}"
     groups: dict[str, list[str]] = {}
     for m, u in units.items():
         groups.setdefault(str(u["unit"]), []).append(
             f"{m} τ = {u['tolerance']:g}" if "tolerance" in u else m)
-    return " and ".join(f"{unit} ({', '.join(names)})" for unit, names in groups.items())
+    return "distances in " + " and ".join(
+        f"{unit} ({', '.join(names)})" for unit, names in groups.items())
 
 
 def _family_table(metrics: pd.DataFrame, family: str, metric_list: list[str],
