@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -73,3 +74,21 @@ def cls_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def seg_folder(tmp_path: Path) -> Path:
     return write_png_folder(tmp_path / "seg", "segmentation")
+
+
+def box_promptable(softness: float = 10.0) -> Any:
+    """Promptable segmenter: bright pixels inside the prompt's box,
+    foreground = sigmoid((x - 130) / softness) · box channel."""
+    import torch
+
+    from medfail.models.adapters import PromptableSegmenter
+    from medfail.models.spec import ModelSpec
+
+    spec = ModelSpec(task="promptable", target_names=["nucleus"], output="probabilities",
+                     prompt_channels=["box", "point"])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        fg = torch.sigmoid((x[:, :1] - 130.0) / softness) * x[:, 1:2]
+        return torch.cat([1 - fg, fg], dim=1)
+
+    return PromptableSegmenter(spec, forward)

@@ -25,10 +25,10 @@ from medfail.engine.runner import run_suite
 from medfail.engine.suite import SuiteConfig
 from medfail.errors import MedfailInputError
 from medfail.metrics.detection import lesion_counts, lesion_table
-from medfail.models.adapters import PromptableSegmenter, Segmenter
+from medfail.models.adapters import Segmenter
 from medfail.models.spec import ModelSpec
 from medfail.models.training import segmentation_classes
-from tests.conftest import dsb2018, write_png_folder
+from tests.conftest import box_promptable, dsb2018, write_png_folder
 
 FAST = {"tests": ["gaussian_blur"], "severities": [1], "n_bootstrap": 20}
 
@@ -217,16 +217,9 @@ def test_instance_lesions_through_the_runner(tmp_path: Path) -> None:
 
 
 def test_promptable_instances_one_prompt_per_nucleus(tmp_path: Path) -> None:
-    spec = ModelSpec(task="promptable", target_names=["nucleus"], output="probabilities",
-                     prompt_channels=["box", "point"])
-
-    def forward(x: torch.Tensor) -> torch.Tensor:  # bright pixels inside the prompt's box
-        fg = torch.sigmoid((x[:, :1] - 130.0) / 10.0) * x[:, 1:2]
-        return torch.cat([1 - fg, fg], dim=1)
-
     ds = open_dataset(instance_folder(tmp_path / "d"), "promptable")
     config = SuiteConfig(tests=["box_shift"], severities=[1], n_bootstrap=20)
-    run = run_suite(PromptableSegmenter(spec, forward), ds, tmp_path / "run", config,
+    run = run_suite(box_promptable(), ds, tmp_path / "run", config,
                     progress=False, render=False)
     prompts = pd.read_parquet(run / "predictions" / "prompts.parquet")
     assert prompts.groupby("id")["object"].nunique().tolist() == [22, 22]  # not 11 pairs

@@ -48,6 +48,7 @@ from medfail.engine.runner import run_suite
 from medfail.engine.suite import SuiteConfig
 from medfail.models.adapters import Classifier, PromptableSegmenter, Segmenter
 from medfail.models.spec import ModelSpec
+from tests.conftest import box_promptable
 
 B = 50  # resamples: every interval below is recomputed from them
 SIZE = 32
@@ -164,14 +165,7 @@ def segmenter() -> Segmenter:
 
 def promptable() -> PromptableSegmenter:
     """Bright pixels inside the prompt's box."""
-    spec = ModelSpec(task="promptable", target_names=["nucleus"], output="probabilities",
-                     prompt_channels=["box", "point"])
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        fg = torch.sigmoid((x[:, :1] - 130.0) / 12.0) * x[:, 1:2]
-        return torch.cat([1 - fg, fg], dim=1)
-
-    return PromptableSegmenter(spec, forward)
+    return box_promptable(softness=12.0)
 
 
 @pytest.fixture(scope="module")

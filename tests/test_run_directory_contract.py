@@ -28,7 +28,7 @@ from medfail.errors import MedfailInputError
 from medfail.metrics.segmentation import hd95
 from medfail.models.adapters import PromptableSegmenter, Segmenter
 from medfail.models.spec import ModelSpec
-from tests.conftest import write_png_folder
+from tests.conftest import box_promptable, write_png_folder
 from tests.test_mask_modes import instance_folder, mask_folder, square
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,15 +172,8 @@ def two_class_folder(root: Path) -> Path:
 
 
 def promptable() -> PromptableSegmenter:
-    """Bright pixels inside the prompt's box (as tests/test_mask_modes.py)."""
-    spec = ModelSpec(task="promptable", target_names=["nucleus"], output="probabilities",
-                     prompt_channels=["box", "point"])
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        fg = torch.sigmoid((x[:, :1] - 130.0) / 10.0) * x[:, 1:2]
-        return torch.cat([1 - fg, fg], dim=1)
-
-    return PromptableSegmenter(spec, forward)
+    """Bright pixels inside the prompt's box."""
+    return box_promptable()
 
 
 @pytest.mark.parametrize("kind", ["binary_0_255", "classes", "instances", "promptable"])
