@@ -27,6 +27,8 @@ from medfail.metrics.segmentation import (
     hd95,
     jaccard,
     nsd,
+    relative_volume_error,
+    volume_ml,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -576,3 +578,51 @@ def test_3d_96_cubed_pair_matches_monai_and_is_fast():
     elapsed = time.perf_counter() - start
     assert_all_match_monai(t, p, ANISO)
     assert elapsed < 5.0  # measured 0.3 s on one core (MONAI's HD95 + NSD: 0.5 s)
+
+
+# ---------------------------------------------------------------- volumes
+
+
+def test_relative_volume_error_matches_numpy_reference():
+    rng = np.random.default_rng(4)
+    t, p = pair(rng, (5, 16, 18, 12), sigma=2.0)
+    ref = [(p[i].sum() * np.prod(ANISO) - t[i].sum() * np.prod(ANISO))
+           / (t[i].sum() * np.prod(ANISO)) for i in range(5)]  # the voxel volume cancels
+    rve = relative_volume_error(t, p)
+    assert rve.shape == (5,) and rve.dtype == np.float64
+    np.testing.assert_allclose(rve, ref, rtol=1e-12)
+    assert np.any(rve < 0) or np.any(rve > 0)
+    np.testing.assert_allclose(relative_volume_error(p, t), t.sum((1, 2, 3)) / p.sum((1, 2, 3))
+                               - 1, rtol=1e-12)  # signed: swapping the roles changes it
+    # 2-D works the same way (areas)
+    np.testing.assert_allclose(relative_volume_error(t[:, :, :, 0], p[:, :, :, 0]),
+                               p[..., 0].sum((1, 2)) / t[..., 0].sum((1, 2)) - 1, rtol=1e-12)
+
+
+def test_relative_volume_error_edge_cases():
+    t, p = edge_cases_3d()
+    rve = relative_volume_error(t, p)
+    # both empty, GT only (nothing predicted: -100 %), pred only (+inf), one voxel each
+    np.testing.assert_array_equal(rve[:5], [0.0, -1.0, np.inf, 0.0, 0.0])
+    assert rve[6] == pytest.approx(2 / 10 - 1)  # full volume vs 2 of 10 slices
+    assert relative_volume_error(t[6:7].astype(np.uint8), t[6:7])[0] == 0.0
+
+
+def test_volume_ml_matches_numpy_reference():
+    rng = np.random.default_rng(5)
+    m = rng.random((16, 18, 12)) < 0.3
+    for spacing in (ANISO, (1.0, 1.0, 1.0), 0.5, (0.43, 0.43, 5.0)):
+        sp = np.broadcast_to(np.asarray(spacing, np.float64), (3,))
+        assert volume_ml(m, spacing) == pytest.approx(m.sum() * sp.prod() / 1000, rel=1e-12)
+    assert volume_ml(np.ones((10, 10, 10), np.uint8), 1.0) == pytest.approx(1.0)  # 1 cm³
+    assert volume_ml(np.zeros((4, 4, 4), bool), ANISO) == 0.0
+    with pytest.raises(ValueError, match=r"one 3-D mask \(X, Y, Z\), got shape \(4, 4\)"):
+        volume_ml(np.zeros((4, 4), bool), ANISO)
+    with pytest.raises(ValueError, match=r"spacing must be a number or a sequence of 3"):
+        volume_ml(m, (1.0, 1.0))
+    with pytest.raises(ValueError, match=r"spacing values must be finite and > 0"):
+        volume_ml(m, (1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match=r"mask must be binary"):
+        volume_ml(m * 2, ANISO)
+    with pytest.raises(ValueError, match=r"mask must be binary"):
+        volume_ml(np.full((2, 2, 2), np.nan), ANISO)

@@ -25,6 +25,10 @@ ORs over the whole batch. Very large balls (in pixels) fall back to distance tra
 
 ``hd95`` is a distance (lower is better) and has its own empty-mask convention: both empty ->
 0.0, exactly one empty -> ``inf`` (or ``max_distance`` when given).
+
+Volumes: ``relative_volume_error`` (signed, per image; GT empty: 0.0 when the prediction is
+empty too, ``+inf`` otherwise) and ``volume_ml`` (one mask's volume in millilitres from its
+voxel spacing in mm).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["boundary_f1", "dice", "hd95", "jaccard", "nsd"]
+__all__ = ["boundary_f1", "dice", "hd95", "jaccard", "nsd", "relative_volume_error", "volume_ml"]
 
 # Distances within this relative slack of the tolerance count as "within tolerance", so that
 # exact ties (e.g. a distance of exactly 2 pixels at tolerance 2.0) are not lost to rounding.
@@ -522,3 +526,77 @@ def hd95(
     if cap is not None:
         np.minimum(out, cap, out=out)
     return out
+
+
+def relative_volume_error(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Signed relative volume error per image (0 is best; < 0 under-, > 0 over-segmentation).
+
+    ``RVE = (|B| - |A|) · v / (|A| · v) = (|B| - |A|) / |A|`` with A the ground-truth and B the
+    predicted foreground and v the voxel volume (mm³, or 1 without spacing): v cancels, so the
+    value is the same in voxels and in mm³ and needs no spacing. Unlike Dice it ignores where
+    the voxels are (a prediction of the right size in the wrong place scores 0.0).
+
+    Edge cases (empty ground truth): prediction empty too -> 0.0 (the volume is right);
+    prediction non-empty -> ``+inf`` (any volume is infinitely too large relative to zero; as
+    ``hd95``, ``inf`` keeps such images visible in an aggregate instead of vanishing like NaN).
+    Empty prediction with a non-empty GT -> -1.0.
+
+    Args:
+        y_true: ground-truth masks, bool or 0/1, shape (N, *spatial).
+        y_pred: predicted masks, same shape.
+
+    Returns:
+        float64 array of shape (N,), values in [-1, inf].
+
+    Raises:
+        ValueError: as ``dice``.
+
+    Example:
+        >>> t = np.zeros((3, 4, 4, 4), bool)
+        >>> t[0, :2, :2, :2] = True  # 8 voxels
+        >>> p = np.zeros_like(t)
+        >>> p[0, :2, :2, :3] = True  # 12 voxels: 50 % too large
+        >>> p[2, 0, 0, 0] = True  # nothing there, one voxel predicted
+        >>> relative_volume_error(t, p).tolist()
+        [0.5, 0.0, inf]
+    """
+    t, p = _check_masks(y_true, y_pred)
+    axes = tuple(range(1, t.ndim))
+    n_true = t.sum(axis=axes, dtype=np.int64)
+    n_pred = p.sum(axis=axes, dtype=np.int64)
+    out = np.where(n_pred > 0, np.inf, 0.0)
+    np.divide((n_pred - n_true).astype(np.float64), n_true, out=out, where=n_true > 0)
+    return out
+
+
+def volume_ml(mask: np.ndarray, spacing: float | Sequence[float]) -> float:
+    """Volume of one 3-D mask in millilitres: ``#voxels · sx · sy · sz / 1000``.
+
+    ``spacing`` is the voxel size in mm per axis (``Sample.spacing``, one value per axis of
+    ``mask``, or one number for isotropic voxels); 1 mL = 1000 mm³.
+
+    Args:
+        mask: one volume's foreground, bool or 0/1, shape (X, Y, Z).
+        spacing: voxel size in mm.
+
+    Returns:
+        The volume in mL (float; 0.0 for an empty mask).
+
+    Raises:
+        ValueError: mask not 3-D or not binary; spacing not positive or not one value per axis.
+
+    Example:
+        >>> m = np.zeros((20, 20, 10), bool)
+        >>> m[:10, :10, :4] = True  # 400 voxels of 0.8 x 0.8 x 2.5 mm = 640 mm³
+        >>> round(volume_ml(m, (0.8, 0.8, 2.5)), 9)
+        0.64
+    """
+    m = np.asarray(mask)
+    if m.ndim != 3:
+        raise ValueError(f"volume_ml needs one 3-D mask (X, Y, Z), got shape {m.shape}")
+    if m.dtype != np.bool_ and not (np.issubdtype(m.dtype, np.number)
+                                    and np.isin(m, (0, 1)).all()):
+        raise ValueError(f"mask must be binary (bool or 0/1), got dtype {m.dtype} with other "
+                         "values")
+    sp = _check_spacing(spacing, 3)
+    return float(np.count_nonzero(m)) * float(np.prod(sp)) / 1000.0
