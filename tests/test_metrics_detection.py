@@ -141,6 +141,27 @@ def test_3d_case_and_26_connectivity():
     assert pooled_lesion_f1(c) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
 
 
+def test_3d_connectivity_is_monais_default_full_26_not_scipys_face_6():
+    """Edge contact (18-neighbours) and corner contact (26) join a lesion, as MONAI's
+    connected components with its default ``connectivity=None`` (full); scipy's
+    ``ndimage.label`` default (face, 6) would split them."""
+    from monai.transforms.utils import get_largest_connected_component_mask
+
+    t = empty(1, (10, 10, 10))
+    t[0, 1:4, 1:4, 1:4] = True  # 27 voxels
+    t[0, 4, 4, 2] = True  # touches the cube along an edge only
+    t[0, 5, 5, 3] = True  # touches that voxel at a corner only
+    assert lesion_table(t, t) == [LesionRecord(0, 29, True)]
+    assert get_largest_connected_component_mask(t[0]).sum() == 29  # MONAI default: one
+    assert ndimage.label(t[0])[1] == 3  # scipy default (face): three components
+    p = empty(1, (10, 10, 10))
+    p[0, 1:4, 1:4, 1:4] = True  # the cube alone: one lesion found (face connectivity: 1 of 3)
+    np.testing.assert_array_equal(lesion_counts(t, p, 0.5), [[1, 0, 0]])
+    p[0, 5, 5, 3] = True  # a separate component now (2 voxels from the cube): IoU 1/29, an FP
+    np.testing.assert_array_equal(lesion_counts(t, p, 0.5), [[1, 0, 1]])
+    np.testing.assert_array_equal(lesion_counts(t, p, 0.5), [brute_counts(t[0], p[0], 0.5)])
+
+
 def test_large_hit_small_missed_metrics_reloaded_pitfall():
     t, p = empty(1, (40, 40)), empty(1, (40, 40))
     t[0, 5:25, 5:25] = True  # 400 px, hit exactly

@@ -6,8 +6,11 @@ validated as in ``segmentation``.
 Conventions:
 
 * A *lesion* is a connected component of the ground truth, a *predicted component* one of the
-  prediction, with full connectivity: 8-neighbourhood in 2-D, 26 in 3-D (diagonal contact
-  joins; ``ndimage.generate_binary_structure(ndim, ndim)``). Each image is labelled on its own.
+  prediction, with full connectivity: 8-neighbourhood in 2-D, 26 in 3-D (face, edge and corner
+  contact join; ``ndimage.generate_binary_structure(ndim, ndim)``). This is MONAI's default
+  (``connectivity=None`` = full in its connected-component transforms) and skimage's; scipy's
+  ``ndimage.label`` default is face connectivity (4 / 6), which would split diagonally touching
+  voxels of one lesion. Each image (volume) is labelled on its own.
 * With ``true_instances`` (integer instance maps shaped as ``y_true``, e.g. nuclei annotated one
   label per object), a lesion is instead one distinct non-zero instance label inside
   ``y_true``: touching objects stay separate lesions, and a label in several pieces is one
@@ -173,9 +176,10 @@ def lesion_table(
 ) -> list[LesionRecord]:
     """One record per GT lesion: ``(image_index, lesion_area, detected)``.
 
-    ``lesion_area`` is the number of pixels/voxels of the lesion (multiply by the voxel size for
-    mm² / mm³); ``detected`` as TP in ``lesion_counts`` (same matching). Ordered by image, then
-    by scipy's label order (by instance id with ``true_instances``, as in ``lesion_counts``).
+    ``lesion_area`` is the number of pixels/voxels of the lesion (times ``prod(spacing)`` for
+    mm² / mm³, and / 1000 for mL as ``segmentation.volume_ml``); ``detected`` as TP in
+    ``lesion_counts`` (same matching). Ordered by image, then by scipy's label order (by
+    instance id with ``true_instances``, as in ``lesion_counts``).
     Use it for detection rate by lesion size.
 
     Raises:
