@@ -675,7 +675,8 @@ def classification_calibration(run: Run) -> pd.DataFrame:
 
 def pixel_bins(run: Run, cond: str) -> pd.DataFrame:
     """Per target and region (all / band), 15 bins [b/15, (b+1)/15) (last closed) of the
-    stored float16 probabilities: count, sum p, sum label (docs/run_directory.md)."""
+    stored float16 probabilities: count, sum p, sum label, sum p², sum p·label
+    (docs/run_directory.md)."""
     gt = np.load(run.pred("ground_truth.npz"))
     probs = np.load(run.pred(f"{cond}.npz"))
     band_px = run.info["metric_units"]["pixel_ece_band"]["band"]
@@ -691,10 +692,13 @@ def pixel_bins(run: Run, cond: str) -> pd.DataFrame:
                 b = np.minimum(np.floor(p[sel] * 15).astype(int), 14)
                 stats = np.stack([np.bincount(b, minlength=15),
                                   np.bincount(b, p[sel], minlength=15),
-                                  np.bincount(b, truth[sel].astype(float), minlength=15)])
+                                  np.bincount(b, truth[sel].astype(float), minlength=15),
+                                  np.bincount(b, p[sel] ** 2, minlength=15),
+                                  np.bincount(b, p[sel] * truth[sel], minlength=15)])
                 acc[(target, region)] = acc.get((target, region), 0) + stats
     return pd.DataFrame([{"target": t, "region": r, "bin": b, "count": s[0, b],
-                          "sum_prob": s[1, b], "sum_label": s[2, b]}
+                          "sum_prob": s[1, b], "sum_label": s[2, b], "sum_prob_sq": s[3, b],
+                          "sum_prob_label": s[4, b]}
                          for (t, r), s in acc.items() for b in range(15)])
 
 
@@ -728,16 +732,18 @@ def segmentation_calibration(run: Run, ps: pd.DataFrame) -> tuple[pd.DataFrame, 
         stored_bins = pd.read_parquet(run.pred(f"{cond}.pixel_bins.parquet"))
         merged = stored_bins.merge(bins, on=["target", "region", "bin"], how="outer",
                                    suffixes=("", "_mine"))
-        for col in ("count", "sum_prob", "sum_label"):
+        for col in ("count", "sum_prob", "sum_label", "sum_prob_sq", "sum_prob_label"):
             if not np.allclose(merged[col], merged[f"{col}_mine"], rtol=1e-12, atol=1e-9):
                 problems.append(f"{cond}.pixel_bins.parquet: {col}")
         for (target, region), g in bins.groupby(["target", "region"], sort=False):
             n = g["count"].sum()
             value = (np.abs(g["sum_label"] - g["sum_prob"]).sum() / n) if n else math.nan
-            rows.append({"condition": cond, **run.meta(cond), "target": target,
-                         "method": "pixel",
-                         "metric": "pixel_ece" if region == "all" else "pixel_ece_band",
-                         "value": float(value), "n": int(n)})
+            brier = ((g["sum_prob_sq"] - 2 * g["sum_prob_label"] + g["sum_label"]).sum() / n
+                     if n else math.nan)  # mean (p - y)², y² = y
+            suffix = "" if region == "all" else "_band"
+            rows += [{"condition": cond, **run.meta(cond), "target": target, "method": "pixel",
+                      "metric": f"{m}{suffix}", "value": float(v), "n": int(n)}
+                     for m, v in (("pixel_ece", value), ("pixel_brier", brier))]
         stored_conf = pd.read_parquet(run.pred(f"{cond}.confidence.parquet"))
         mine = confidences(run, cond).merge(stored_conf, on=["id", "target", "signal"],
                                             suffixes=("_mine", ""))

@@ -1,14 +1,25 @@
 """Calibration and selective prediction for segmenters.
 
-Per-pixel calibration: every pixel's foreground probability against the GT, summarised per
-condition and class in 15 equal-width bins ``[b/15, (b+1)/15)`` (last bin closed) — counts, sum of
-probabilities and sum of labels (``predictions/<condition>.pixel_bins.parquet``), from which
-``pixel_ece = Σ_b (n_b / N) |mean label_b - mean prob_b|`` and reliability diagrams follow. No
-sampling. Two regions: ``all`` pixels (dominated by easy background, so the ECE is tiny) and
-``band`` = pixels whose Euclidean distance (between pixel centres, in px whatever the spacing) to
-the nearest GT or predicted (``p > 0.5``) foreground pixel is at most 5 px, foreground included:
-``distance_transform_edt(~(gt | pred)) <= 5`` (:func:`band_mask`; empty when both are empty),
-where the decisions are (``pixel_ece_band``, the figure to read).
+Per-pixel calibration: every pixel's (voxel's) foreground probability against the GT, summarised
+per condition and class in 15 equal-width bins ``[b/15, (b+1)/15)`` (last bin closed) — count,
+sum of probabilities, sum of labels, sum of squared probabilities and sum of probability × label
+(``predictions/<condition>.pixel_bins.parquet``, columns ``count, sum_prob, sum_label,
+sum_prob_sq, sum_prob_label``), from which
+
+* ``pixel_ece = Σ_b |Σ_b y − Σ_b p| / N`` (= ``Σ_b (n_b / N) |mean label_b − mean prob_b|``),
+* ``pixel_brier = (Σ p² − 2 Σ p·y + Σ y) / N`` (= the mean of ``(p − y)²``, as y² = y; exact,
+  no sampling: ``sklearn.metrics.brier_score_loss`` on the flattened pixels)
+
+and reliability diagrams follow. The sums are accumulated one image (volume) at a time and, within
+a volume, over chunks of voxels, so no more than one volume's maps are ever held. 2-D ``(H, W)``
+and 3-D ``(X, Y, Z)`` maps alike. Two regions: ``all`` pixels (dominated by easy background, so
+the ECE is tiny) and ``band`` = pixels whose Euclidean distance (between pixel/voxel centres, **in
+px/voxels whatever the spacing**) to the nearest GT or predicted (``p > 0.5``) foreground pixel is
+at most 5, foreground included: ``distance_transform_edt(~(gt | pred)) <= 5`` (:func:`band_mask`;
+empty when both are empty), where the decisions are (``pixel_ece_band``, ``pixel_brier_band``:
+the figures to read). In voxels, not mm, so that 2-D and 3-D, and images with and without a
+spacing, use one rule (``run.json: metric_units: pixel_ece_band``); on a (0.8, 0.8, 2.5) mm volume
+the band reaches 4 mm in-plane and 12.5 mm across slices.
 
 Per-image confidence signals (``predictions/<condition>.confidence.parquet``), computed at
 inference from the stored float16 map ``p`` of each class:
@@ -74,12 +85,23 @@ def image_confidences(p: np.ndarray) -> dict[str, float]:
 BAND_PX = 5
 
 
+#: The per-bin sums stored in ``pixel_bins.parquet``, in the order of ``_binned``'s rows.
+BIN_COLUMNS = ("count", "sum_prob", "sum_label", "sum_prob_sq", "sum_prob_label")
+#: Voxels binned at a time: bounds the float64 temporaries to a few MB whatever the volume size.
+_CHUNK = 1 << 20
+
+
 def _binned(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    idx = np.minimum((p * N_PIXEL_BINS).astype(np.int64), N_PIXEL_BINS - 1)
-    return np.stack([
-        np.bincount(idx, minlength=N_PIXEL_BINS).astype(np.float64),
-        np.bincount(idx, weights=p.astype(np.float64), minlength=N_PIXEL_BINS),
-        np.bincount(idx, weights=y.astype(np.float64), minlength=N_PIXEL_BINS)])
+    """``(len(BIN_COLUMNS), N_PIXEL_BINS)`` float64 sums of one image's flat ``p`` and ``y``:
+    count, Σp, Σy, Σp², Σp·y per bin (bin ``min(floor(15 p), 14)``), in chunks of voxels."""
+    out = np.zeros((len(BIN_COLUMNS), N_PIXEL_BINS))
+    for start in range(0, p.size, _CHUNK):
+        pc = p[start:start + _CHUNK].astype(np.float64)
+        yc = y[start:start + _CHUNK].astype(np.float64)
+        idx = np.minimum((pc * N_PIXEL_BINS).astype(np.int64), N_PIXEL_BINS - 1)
+        for row, w in enumerate((None, pc, yc, pc * pc, pc * yc)):
+            out[row] += np.bincount(idx, weights=w, minlength=N_PIXEL_BINS)
+    return out
 
 
 def sampling_agreement(p: np.ndarray, spread: np.ndarray) -> float:
@@ -91,42 +113,77 @@ def sampling_agreement(p: np.ndarray, spread: np.ndarray) -> float:
 
 
 def band_mask(truth: np.ndarray, pred: np.ndarray, band_px: float = BAND_PX) -> np.ndarray:
-    """Pixels within ``band_px`` (Euclidean, px) of a foreground pixel of ``truth`` or ``pred``
-    (those pixels included); all False when both are empty. The same distance as the boundary
-    metrics use (``scipy.ndimage.distance_transform_edt``), not the city-block distance that
-    ``binary_dilation(iterations=5)`` gives."""
+    """Pixels (voxels) within ``band_px`` (Euclidean, in px / voxels, whatever the spacing) of a
+    foreground pixel of ``truth`` or ``pred`` (those pixels included); all False when both are
+    empty. 2-D or 3-D. The same distance as the boundary metrics use
+    (``scipy.ndimage.distance_transform_edt``), not the city-block distance that
+    ``binary_dilation(iterations=5)`` gives. The transform runs on the foreground's bounding
+    box grown by ``floor(band_px) + 1`` (nothing outside it is within the band), so a small
+    lesion in a large volume costs little."""
     fg = np.asarray(truth, bool) | np.asarray(pred, bool)
+    out = np.zeros(fg.shape, bool)
     if not fg.any():
-        return np.zeros(fg.shape, bool)
-    return ndimage.distance_transform_edt(~fg) <= band_px
+        return out
+    margin = int(np.floor(band_px)) + 1
+    box = tuple(slice(max(int(c.min()) - margin, 0), int(c.max()) + margin + 1)
+                for c in np.nonzero(fg))
+    out[box] = ndimage.distance_transform_edt(~fg[box]) <= band_px
+    return out
 
 
 def add_pixel_bins(bins: dict[tuple[str, str], np.ndarray], target: str, p: np.ndarray,
                    truth: np.ndarray) -> None:
-    """Accumulate (count, sum p, sum y) per bin of one image, for regions ``all`` and ``band``
-    (:func:`band_mask` of the GT and ``p > 0.5``)."""
+    """Add one image's (volume's) sums (``BIN_COLUMNS`` per bin) to ``bins[(target, region)]``
+    for regions ``all`` and ``band`` (:func:`band_mask` of the GT and ``p > 0.5``).
+
+    ``p``: foreground probabilities, ``truth``: the GT mask of the class, same shape (2-D or
+    3-D). Streaming: call once per image; only that image's maps are held.
+    """
+    p = np.asarray(p)
+    truth = np.asarray(truth, bool)
+    if p.shape != truth.shape:
+        raise ValueError(f"probability map {p.shape} and mask {truth.shape} differ in shape")
     band = band_mask(truth, p > 0.5)
-    for region, sel in (("all", slice(None)), ("band", band.ravel())):
-        stats = _binned(p.ravel()[sel], truth.ravel()[sel])
+    for region, (pr, tr) in (("all", (p.ravel(), truth.ravel())),
+                             ("band", (p[band], truth[band]))):
+        stats = _binned(pr, tr)
         key = (target, region)
         bins[key] = bins[key] + stats if key in bins else stats
 
 
 def pixel_bin_table(bins: dict[tuple[str, str], np.ndarray]) -> pd.DataFrame:
-    rows = [{"target": t, "region": r, "bin": b, "count": s[0, b], "sum_prob": s[1, b],
-             "sum_label": s[2, b]} for (t, r), s in bins.items() for b in range(N_PIXEL_BINS)]
-    return pd.DataFrame(rows, columns=["target", "region", "bin", "count", "sum_prob",
-                                       "sum_label"])
+    """``pixel_bins.parquet``: one row per target, region and bin with the ``BIN_COLUMNS``."""
+    rows = [{"target": t, "region": r, "bin": b,
+             **{c: s[k, b] for k, c in enumerate(BIN_COLUMNS)}}
+            for (t, r), s in bins.items() for b in range(N_PIXEL_BINS)]
+    return pd.DataFrame(rows, columns=["target", "region", "bin", *BIN_COLUMNS])
 
 
 def pixel_ece(table: pd.DataFrame) -> float:
-    """ECE from binned sufficient statistics of one target."""
+    """ECE from binned sufficient statistics of one target and region:
+    ``Σ_b |Σ_b y − Σ_b p| / N``; NaN without pixels."""
     n = table["count"].to_numpy(float)
     if n.sum() == 0:
         return float("nan")
     ok = n > 0
     gap = np.abs(table["sum_label"].to_numpy(float)[ok] - table["sum_prob"].to_numpy(float)[ok])
     return float(gap.sum() / n.sum())
+
+
+def pixel_brier(table: pd.DataFrame) -> float:
+    """Per-pixel Brier score from the binned sums of one target and region:
+    ``(Σp² − 2Σp·y + Σy) / N`` = mean ``(p − y)²`` over the pixels (y ∈ {0, 1}, so y² = y);
+    NaN without pixels, or for tables written before the ``sum_prob_sq`` / ``sum_prob_label``
+    columns existed."""
+    if not {"sum_prob_sq", "sum_prob_label"} <= set(table.columns):
+        return float("nan")
+    n = table["count"].to_numpy(float).sum()
+    if n == 0:
+        return float("nan")
+    total = (table["sum_prob_sq"].to_numpy(float).sum()
+             - 2.0 * table["sum_prob_label"].to_numpy(float).sum()
+             + table["sum_label"].to_numpy(float).sum())
+    return float(max(total, 0.0) / n)
 
 
 def signal_dice(confidence: pd.DataFrame, dice: pd.DataFrame, condition: str,
@@ -169,10 +226,14 @@ def segmentation_calibration_table(run_dir: Path, conditions: Sequence[Any],
                 "severity": cond.severity}
         bins = pd.read_parquet(rundir.condition_file(run_dir, cond.name, ".pixel_bins.parquet"))
         conf = pd.read_parquet(rundir.condition_file(run_dir, cond.name, ".confidence.parquet"))
+        has_brier = {"sum_prob_sq", "sum_prob_label"} <= set(bins.columns)
         for (target, region), grp in bins.groupby(["target", "region"], sort=False):
-            rows.append({**meta, "target": target, "method": "pixel",
-                         "metric": "pixel_ece" if region == "all" else f"pixel_ece_{region}",
-                         "value": pixel_ece(grp), "n": int(grp["count"].sum())})
+            suffix = "" if region == "all" else f"_{region}"
+            values = {"pixel_ece": pixel_ece(grp)}
+            if has_brier:  # older runs' pixel_bins lack the sums Brier needs
+                values["pixel_brier"] = pixel_brier(grp)
+            rows += [{**meta, "target": target, "method": "pixel", "metric": f"{m}{suffix}",
+                      "value": v, "n": int(grp["count"].sum())} for m, v in values.items()]
         for target in dict.fromkeys(bins["target"]):
             for signal, (c, v) in signal_dice(conf, dice, cond.name, target).items():
                 r = 1.0 - v
