@@ -10,6 +10,7 @@ import pytest
 
 from medfail.analysis.aggregate import aggregate_per_image
 from medfail.slices.definitions import (
+    SMALL_LESION_ML,
     mask_slices,
     metadata_slices,
     parse_slice,
@@ -303,3 +304,67 @@ def test_pooled_lesion_scores_batched_equal_the_set_functions() -> None:
         pooled_lesion_scores(np.zeros((2, 2)))
     with pytest.raises(ValueError, match="non-negative integers"):
         pooled_lesion_scores(np.array([1, -1, 0]))
+
+
+def _ball(shape: tuple[int, int, int], centre: tuple[float, float, float],
+          r_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
+    grid = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)],
+                       indexing="ij")
+    return sum((g - c * s) ** 2 for g, c, s in zip(grid, centre, spacing, strict=True)) <= r_mm**2
+
+
+def test_volume_features_in_ml_and_26_connected_objects() -> None:
+    spacing = (0.8, 0.8, 2.5)
+    ball = _ball((40, 40, 16), (20, 20, 8), 6.0, spacing)
+    f = mask_features(ball.astype(np.uint8), spacing)
+    assert f["gt_volume_ml"] == pytest.approx(ball.sum() * 0.8 * 0.8 * 2.5 / 1000)
+    assert f["gt_volume_ml"] == pytest.approx(4 / 3 * np.pi * 6.0**3 / 1000, rel=0.1)
+    assert f["gt_area_px"] == ball.sum() and np.isnan(f["gt_area_mm2"])  # no mm² for volumes
+    assert f["n_objects"] == 1.0 and f["centre_offset"] < 0.05
+    corners = np.zeros((8, 8, 8), np.uint8)
+    corners[1, 1, 1] = corners[2, 2, 2] = 1  # touch at a corner: one object (26-connected)
+    corners[6, 6, 6] = 1
+    g = mask_features(corners, None)
+    assert g["n_objects"] == 2.0 and np.isnan(g["gt_volume_ml"])
+    assert "gt_volume_ml" not in mask_features(np.ones((4, 4), np.uint8), (1.0, 1.0))
+
+
+def _volume_index(ml: list[float], spacings: list[tuple[float, ...]]) -> pd.DataFrame:
+    n = len(ml)
+    return pd.DataFrame({"id": [f"v{i}" for i in range(n)],
+                         "gt_area_px": [v * 1000 / np.prod(s) for v, s in zip(ml, spacings,
+                                                                             strict=True)],
+                         "gt_area_mm2": [np.nan] * n, "gt_volume_ml": ml,
+                         "n_objects": [1.0 if v else 0.0 for v in ml], "hollow": [0.0] * n,
+                         "centre_offset": [0.1 if v else np.nan for v in ml],
+                         "spacing": [list(s) for s in spacings]})
+
+
+def test_volume_size_slices_split_at_a_10mm_sphere() -> None:
+    assert abs(SMALL_LESION_ML - 0.5236) < 1e-4
+    index = _volume_index([0.05, 0.5, 0.53, 4.0, 0.0], [(1.0, 1.0, 2.0)] * 5)
+    m = mask_slices(index, ["size"], None, "mm2")  # the engine says mm2 when spacing is known
+    got = dict(zip(m["id"], m["slice"], strict=True))
+    # median would put 0.5 mL (a 9.8 mm sphere) with the large ones; the stated rule does not
+    assert got == {"v0": "gt.size=small", "v1": "gt.size=small", "v2": "gt.size=large",
+                   "v3": "gt.size=large", "v4": "gt.size=none"}
+    voxels = mask_slices(index, ["size"], 300.0, "mm2")  # an explicit threshold is in voxels
+    assert set(voxels.loc[voxels["slice"] == "gt.size=large", "id"]) == {"v3"}
+
+
+def test_scan_slice_thickness_from_the_largest_spacing() -> None:
+    index = _volume_index([1.0, 1.0, 0.1, 0.0],
+                          [(0.7, 0.7, 2.5), (5.0, 0.8, 0.8), (0.7, 0.7, 2.5), (0.7, 0.7, 1.0)])
+    m = mask_slices(index, ["metadata"], None, "mm2")
+    got = dict(zip(m["id"], m["slice"], strict=True))
+    assert got == {"v0": "scan.slice_thickness=2.5", "v1": "scan.slice_thickness=5",
+                   "v2": "scan.slice_thickness=2.5", "v3": "scan.slice_thickness=1"}
+    assert mask_slices(index, ["size"], None, "mm2")["slice"].str.startswith("gt.").all()
+    one = _volume_index([1.0, 2.0], [(1.0, 1.0, 2.0)] * 2)
+    assert len(mask_slices(one, ["metadata"], None, "mm2")) == 0  # one value: not sliced
+    flat = _index([0.1, 0.9], [0.0, 0.0]).assign(spacing=[[0.7, 0.7], [1.4, 1.4]])
+    assert not mask_slices(flat, ["metadata"], None, "mm2")["slice"].str.startswith(
+        "scan.").any()  # 2D images have no slice axis
+    meta = pd.DataFrame({"id": ["v0", "v1", "v2", "v3"], "slice_thickness": [2.5, 5, 2.5, 1]})
+    both = slice_membership(index, meta, ["metadata"], None, "mm2")
+    assert {"scan.slice_thickness=5", "meta.slice_thickness=5"} <= set(both["slice"])

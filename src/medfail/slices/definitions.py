@@ -2,15 +2,19 @@
 
 Slice names are ``source.key=value``; the source says where the definition comes from, so two
 definitions never share a name (a ground-truth rule and a metadata column both called
-``location`` stay two slices). ``all`` is the whole set.
+``location`` stay two slices; ``scan.slice_thickness`` from the voxel spacing and a
+``slice_thickness`` metadata column too). ``all`` is the whole set.
 
 Ground-truth rules (``gt.``), from the GT mask features of :mod:`medfail.slices.features`:
 
 * ``gt.size``: ``small`` / ``large`` by GT foreground area (mm² when every sample has a
   spacing, else px), split at ``size_threshold`` (default: the median area of non-empty
-  masks); ``none`` for empty masks.
+  masks); ``none`` for empty masks. Volumes (index rows with ``gt_volume_ml``): by GT
+  foreground volume in mL, ``small`` below :data:`SMALL_LESION_ML` = 0.5236 mL (the volume of
+  a 10 mm diameter sphere: sub-centimetre lesions are small); with a ``size_threshold``, or
+  when a volume has no spacing, by voxel count as above.
 * ``gt.location``: ``central`` when the foreground centroid lies within half of the
-  half-diagonal of the image centre (``centre_offset < 0.5``), else ``peripheral``.
+  half-diagonal of the image (volume) centre (``centre_offset < 0.5``), else ``peripheral``.
 * ``gt.shape``: ``hollow`` / ``solid`` (an object encloses background), and ``gt.objects``:
   ``1`` / ``2+``. Images with an empty mask are only in ``gt.size=none``.
 
@@ -22,6 +26,11 @@ Metadata columns (``meta.``): one slice per distinct value of every column of
   (``meta.pixel_spacing=0.7``, ``meta.grade=2``; integral floats are written as integers).
   Numeric columns with 6 or more distinct values (areas, ages, continuous spacings) are not
   sliced: :func:`unsliced_columns` says which and why.
+
+Scan geometry (``scan.``, with the ``metadata`` kind, volumes only): ``scan.slice_thickness``,
+the largest voxel spacing of each volume in mm (the slice axis), under the numeric rule above
+(2-5 distinct values, else not sliced). It is the voxel spacing; a reconstructed thickness
+that differs from it belongs in a metadata column (``meta.slice_thickness``).
 
 Missing values belong to no slice. A sample can be in several slices; slices with fewer than
 ``min_slice_n`` samples are kept and flagged (``small_slice``), never hidden.
@@ -36,6 +45,9 @@ import pandas as pd
 
 GT = "gt"
 META = "meta"
+SCAN = "scan"
+#: Volumes: GT foreground below this is ``gt.size=small`` (a 10 mm sphere, 4/3 pi 5^3 mm^3).
+SMALL_LESION_ML = 4 / 3 * np.pi * 5.0**3 / 1000.0
 MAX_LEVELS = 20
 MAX_NUMERIC_LEVELS = 5
 SKIP_COLUMNS = {"id"}
@@ -57,18 +69,52 @@ def parse_slice(name: str) -> tuple[str, str, str]:
 
 
 def size_threshold(index: pd.DataFrame, unit: str) -> float:
+    """The default ``gt.size`` split: :data:`SMALL_LESION_ML` for ``unit="ml"``, else the
+    median of the non-empty masks' ``gt_area_mm2`` (``"mm2"``) or ``gt_area_px``."""
+    if unit == "ml":
+        return SMALL_LESION_ML
     col = "gt_area_mm2" if unit == "mm2" else "gt_area_px"
     areas = index.loc[index["gt_area_px"] > 0, col]
     return float(areas.median()) if len(areas) else float("nan")
 
 
+def size_unit(index: pd.DataFrame, threshold: float | None, unit: str) -> str:
+    """The unit ``gt.size`` compares in: ``"ml"`` for volumes that all have a volume in mL and
+    no explicit threshold; ``"px"`` (voxels) for other volumes; ``unit`` for 2D images."""
+    if "gt_volume_ml" not in index or index["gt_volume_ml"].isna().all():
+        return unit
+    has_ml = bool(index.loc[index["gt_area_px"] > 0, "gt_volume_ml"].notna().all())
+    return "ml" if has_ml and threshold is None else "px"
+
+
+def slice_thickness_slices(index: pd.DataFrame) -> pd.DataFrame:
+    """``scan.slice_thickness=<mm>`` rows: the largest voxel spacing of each volume (3 spatial
+    spacings in the index's ``spacing`` column), when 2-5 distinct values occur."""
+    if "spacing" not in index:
+        return pd.DataFrame(columns=["id", "slice"])
+    thick = {str(sid): float(max(sp)) for sid, sp in zip(index["id"], index["spacing"],
+                                                         strict=True)
+             if sp is not None and not _missing(sp) and len(sp) == 3}
+    if not 2 <= len(set(thick.values())) <= MAX_NUMERIC_LEVELS:
+        return pd.DataFrame(columns=["id", "slice"])
+    rows = [(sid, slice_name(SCAN, "slice_thickness", _level(t))) for sid, t in thick.items()]
+    return pd.DataFrame(rows, columns=["id", "slice"])
+
+
+def _missing(value: object) -> bool:
+    return isinstance(value, float) and np.isnan(value)
+
+
 def mask_slices(index: pd.DataFrame, kinds: Sequence[str], threshold: float | None,
                 unit: str) -> pd.DataFrame:
-    """Membership rows ``(id, slice)`` from the GT features in ``index`` (``gt.`` slices)."""
+    """Membership rows ``(id, slice)`` from the index: ``gt.`` slices from its GT features and,
+    with the ``metadata`` kind, ``scan.`` slices from the volumes' spacing."""
+    scan = slice_thickness_slices(index) if "metadata" in kinds else None
     if "gt_area_px" not in index or index["gt_area_px"].isna().all():
-        return pd.DataFrame(columns=["id", "slice"])
+        return scan if scan is not None else pd.DataFrame(columns=["id", "slice"])
     rows: list[tuple[str, str]] = []
-    col = "gt_area_mm2" if unit == "mm2" else "gt_area_px"
+    unit = size_unit(index, threshold, unit)
+    col = {"ml": "gt_volume_ml", "mm2": "gt_area_mm2"}.get(unit, "gt_area_px")
     thr = size_threshold(index, unit) if threshold is None else threshold
     for r in index.itertuples():
         empty = r.gt_area_px == 0
@@ -83,7 +129,8 @@ def mask_slices(index: pd.DataFrame, kinds: Sequence[str], threshold: float | No
         if "shape" in kinds:
             rows.append((r.id, slice_name(GT, "shape", "hollow" if r.hollow else "solid")))
             rows.append((r.id, slice_name(GT, "objects", "1" if r.n_objects == 1 else "2+")))
-    return pd.DataFrame(rows, columns=["id", "slice"])
+    out = pd.DataFrame(rows, columns=["id", "slice"])
+    return out if scan is None or not len(scan) else pd.concat([out, scan], ignore_index=True)
 
 
 def _with_id(metadata: pd.DataFrame) -> pd.DataFrame:
