@@ -179,9 +179,9 @@ def test_nifti_xy1_and_default_zooms(tmp_path: Path) -> None:
     assert r.array.shape == (1, 4, 3) and r.spacing is None
 
 
-def test_nifti_volume_rejected(tmp_path: Path) -> None:
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.int16), np.eye(4)), tmp_path / "v.nii.gz")
-    assert "3D NIfTI volume not supported" in _error(read_image, tmp_path / "v.nii.gz")
+def test_nifti_4d_rejected(tmp_path: Path) -> None:  # 3D volumes: tests/test_volumes_io.py
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.int16), np.eye(4)), tmp_path / "v.nii.gz")
+    assert "4D NIfTI image" in _error(read_image, tmp_path / "v.nii.gz")
 
 
 # ---------------------------------------------------------------------------- DICOM

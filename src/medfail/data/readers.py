@@ -1,6 +1,10 @@
-"""Read one 2D image or mask file into numpy, in medfail's intensity units.
+"""Read one image or mask file into numpy, in medfail's intensity units.
 
 Supported suffixes: ``.png .jpg .jpeg .tif .tiff .dcm .nii .nii.gz .npy`` (case-insensitive).
+Volumes (3D NIfTI files, and folders holding a DICOM series) are read by
+:mod:`medfail.data.volumes` through the same :func:`read_image` / :func:`read_mask`: float32
+``(1, X, Y, Z)`` / int64 ``(X, Y, Z)`` in canonical RAS+ order, with ``ImageRead.geometry``. The
+rest of this docstring is about 2D files.
 
 Conventions (every reader follows them):
 
@@ -36,6 +40,7 @@ Conventions (every reader follows them):
 * Orientation: arrays are ``(rows, cols)`` as displayed. NIfTI stores ``(X, Y)`` voxel axes, so
   NIfTI arrays are transposed (``data.T``) and their zooms swapped to ``(dy, dx)``; no other
   reorientation (no flips to RAS) is applied.
+* NIfTI: ``(X, Y)`` and ``(X, Y, 1[, 1...])`` are 2D images; a third axis over 1 is a volume.
 * ``.npy`` layout: 2D ``(H, W)``; 3D ``(H, W, C)`` when the last axis is <= 4, else ``(C, H, W)``
   when the first axis is <= 4, else it is a volume and rejected.
 * DICOM: RescaleSlope/Intercept (Modality LUT) are applied, so CT is in HU; MONOCHROME1 is
@@ -65,11 +70,14 @@ from medfail.errors import MedfailInputError
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from medfail.data.geometry import VolumeGeometry
+
 IMAGE_SUFFIXES: tuple[str, ...] = (
     ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz", ".npy",
 )
 _PILLOW = (".png", ".jpg", ".jpeg")
 _TIFF = (".tif", ".tiff")
+_NIFTI = (".nii", ".nii.gz")
 _PIL_GREY = ("L", "I", "I;16", "I;16B", "I;16L", "F")
 _PIL_16BIT = ("I;16", "I;16B", "I;16L")
 #: environment variable overriding :func:`max_image_bytes`
@@ -91,7 +99,8 @@ class ImageRead:
     ``bits``: the container bit depth ``b`` of unsigned PNG/JPEG/TIFF pixels put on the 0..255
     scale (PNG bit depth, TIFF BitsPerSample, 8 for JPEG and Pillow's 8-bit modes, 1 for bilevel
     TIFF); ``None`` for every other file. ``raw_max``: the largest stored integer of those
-    pixels (before scaling, over all channels); ``None`` when ``bits`` is.
+    pixels (before scaling, over all channels); ``None`` when ``bits`` is. ``geometry``: the
+    affines of a volume (``array`` is then ``(1, X, Y, Z)``); ``None`` for 2D images.
     """
 
     array: np.ndarray
@@ -101,6 +110,7 @@ class ImageRead:
     modality: str
     bits: int | None = None
     raw_max: int | None = None
+    geometry: VolumeGeometry | None = None
 
 
 @dataclass
@@ -222,8 +232,19 @@ def check_declared_size(path: str | Path, shape: tuple[int, ...], itemsize: int,
 
 
 def read_image(path: str | Path) -> ImageRead:
-    """Read a 2D image file; any failure is a :class:`MedfailInputError` naming the file."""
+    """Read an image file (or a DICOM series folder); any failure is a
+    :class:`MedfailInputError` naming the file. Volumes: see :mod:`medfail.data.volumes`."""
     path = Path(path)
+    if path.is_dir():
+        from medfail.data.volumes import read_dicom_series
+
+        return read_dicom_series(path)
+    if image_suffix(path) in _NIFTI:
+        from medfail.data.volumes import load_nifti, nifti_is_volume, read_nifti_volume
+
+        img = load_nifti(path)
+        if nifti_is_volume(img.shape, path):
+            return read_nifti_volume(path, img)
     raw = _read_raw(path, mask=False)
     bits = raw_max = None
     if raw.full_scale is not None:  # display formats: onto the 0..255 scale by bit depth
@@ -316,14 +337,29 @@ def intensity_range(arr: np.ndarray, path: str | Path) -> tuple[tuple[float, flo
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read an integer label map (0 = background) as int64 ``(H, W)``."""
+    """Read an integer label map (0 = background) as int64 ``(H, W)``; a 3D NIfTI mask as int64
+    ``(X, Y, Z)`` in canonical RAS+ order (:func:`medfail.data.volumes.read_nifti_mask`)."""
     path = Path(path)
+    if path.is_dir():
+        raise MedfailInputError(
+            path, "a mask must be one file (a volume's mask: masks/<id>.nii.gz), not a folder")
+    if image_suffix(path) in _NIFTI:
+        from medfail.data.volumes import load_nifti, nifti_is_volume, read_nifti_mask
+
+        img = load_nifti(path, mask=True)
+        if nifti_is_volume(img.shape, path, mask=True):
+            return read_nifti_mask(path, img)[0]
     arr = _read_raw(path, mask=True).array
     if not all(np.array_equal(arr[0], arr[c]) for c in range(1, arr.shape[0])):
         raise MedfailInputError(
             path, f"mask has {arr.shape[0]} channels with different values; a mask must be "
             "a single-channel integer label map (0 = background)")
-    arr = arr[0]
+    return check_labels(arr[0], path)
+
+
+def check_labels(arr: np.ndarray, path: str | Path) -> np.ndarray:
+    """A raw mask array (any shape) as contiguous int64 labels; refuses NaN/inf, non-integer,
+    negative or non-numeric values, naming ``path``."""
     kind = arr.dtype.kind
     if kind == "f":
         if not np.all(np.isfinite(arr)):
@@ -339,6 +375,14 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise MedfailInputError(
             path, f"mask has negative values (min {arr.min()}); labels must be >= 0")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def spatial_dims(path: str | Path) -> int:
+    """2 or 3: whether ``path`` is a volume (a DICOM series folder, a NIfTI file whose third axis
+    has more than one voxel), from headers only; other files count as 2D."""
+    from medfail.data.volumes import is_volume_path
+
+    return 3 if is_volume_path(path) else 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,10 +620,10 @@ def _read_nifti(path: Path, mask: bool) -> _Raw:
     shape = tuple(int(n) for n in img.shape)
     if len(shape) < 2:
         raise MedfailInputError(path, f"cannot read {what} (NIfTI shape {shape} is not 2D)")
-    if any(n != 1 for n in shape[2:]):
+    if any(n != 1 for n in shape[2:]):  # volumes go to medfail.data.volumes (read_image)
         raise MedfailInputError(
-            path, f"3D NIfTI volume not supported yet (shape {shape}); medfail reads 2D images "
-            "stored as (X, Y) or (X, Y, 1)")
+            path, f"cannot read {what} as 2D (NIfTI shape {shape}); 2D images are stored as "
+            "(X, Y) or (X, Y, 1)")
     check_declared_size(path, shape, np.dtype(img.get_data_dtype()).itemsize, mask)
     data = np.asanyarray(img.dataobj)
     if data.dtype.names is not None:

@@ -1,17 +1,21 @@
 """The Sample type that flows through medfail.
 
-Images are float32 arrays shaped ``(C, *spatial)``: ``(C, H, W)`` for 2D today, ``(C, D, H, W)``
-for volumes later. Intensities stay in their native units (8-bit grey levels, 16-bit counts,
-Hounsfield units for CT) so stress tests such as CT windowing act on real values; models apply
-their own normalisation. ``spacing`` has one entry per spatial axis (mm), or is ``None``.
+Images are float32 arrays shaped ``(C, *spatial)``: ``(C, H, W)`` for 2D, ``(C, X, Y, Z)``
+for volumes (canonical RAS+ order, :mod:`medfail.data.geometry`). Intensities stay in their
+native units (8-bit grey levels, 16-bit counts, Hounsfield units for CT) so stress tests such
+as CT windowing act on real values; models apply their own normalisation. ``spacing`` has one
+entry per spatial axis (mm), or is ``None``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from medfail.data.geometry import VolumeGeometry
 
 
 @dataclass
@@ -36,6 +40,10 @@ class Sample:
             background) when the masks are instance maps (``mask_mode`` instances, see
             :mod:`medfail.data.masks`); ``mask`` then holds 0/1 foreground. ``None`` otherwise:
             objects are then the connected components of ``mask``.
+        geometry: a volume's affines (:class:`medfail.data.geometry.VolumeGeometry`: canonical
+            and original, to write predictions back in the file's orientation); ``None`` for 2D
+            images. Volumes are ``(C, X, Y, Z)`` in canonical RAS+ order, ``spacing`` in that
+            order.
     """
 
     id: str
@@ -48,6 +56,7 @@ class Sample:
     modality: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     instances: np.ndarray | None = None
+    geometry: VolumeGeometry | None = None
 
     @property
     def object_map(self) -> np.ndarray | None:
