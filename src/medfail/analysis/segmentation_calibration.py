@@ -87,8 +87,8 @@ BAND_PX = 5
 
 #: The per-bin sums stored in ``pixel_bins.parquet``, in the order of ``_binned``'s rows.
 BIN_COLUMNS = ("count", "sum_prob", "sum_label", "sum_prob_sq", "sum_prob_label")
-#: Voxels binned at a time: bounds the float64 temporaries to a few MB whatever the volume size.
-_CHUNK = 1 << 20
+#: Voxels binned at a time: the float64 temporaries stay about 10 MB whatever the volume size.
+_CHUNK = 1 << 18
 
 
 def _binned(p: np.ndarray, y: np.ndarray) -> np.ndarray:
