@@ -3,6 +3,7 @@
 ::
 
     DIR/images/<id>.<png|jpg|jpeg|tif|tiff|dcm|nii|nii.gz|npy>
+    DIR/images/<id>/    volumes only: the DICOM slices of one series (any file names)
     DIR/labels.csv      classification: ``id`` + one 0/1 column per target (multi-label)
                         or ``id`` + ``label`` (multi-class; class names or integer indices)
     DIR/masks/<id>.<ext>    segmentation / promptable: 0/1 or 0/255 binary, class label map or
@@ -21,7 +22,16 @@ line when it is below the files' bit depth. All of these raise
 messages count the header as row 1, as a spreadsheet shows them.
 
 Spacing precedence: the image header (DICOM PixelSpacing, NIfTI zooms), else the ``pixel_spacing``
-column of metadata.csv (``0.7``, ``0.7x0.7`` or ``0.7,0.7``; ``row x col`` mm), else ``None``.
+column of metadata.csv (``0.7``, ``0.7x0.7`` or ``0.7,0.7``; ``row x col`` mm; volumes:
+``0.7x0.7x2.5`` in canonical ``x y z`` order), else ``None``.
+
+Volumes (docs/data.md, "Volumes"; :mod:`medfail.data.volumes`): ``images/`` holds either 2D
+images or volumes (3D NIfTI files and/or DICOM-series folders), never both
+(:attr:`FolderDataset.spatial_dims`, decided from headers when the dataset is opened). A volume
+is read as float32 ``(1, X, Y, Z)`` in canonical RAS+ order with ``Sample.geometry``; its mask
+is a 3D NIfTI file ``masks/<id>.nii[.gz]`` on the same grid (shape, and affine within
+:data:`~medfail.data.volumes.AFFINE_TOLERANCE_MM` after canonicalisation), else refused naming
+both files. Masks are read in the same canonical order. Only one volume is decoded at a time.
 
 Effective bit depth (docs/data.md, Intensities): unsigned PNG/TIFF pixels of bit depth ``b > 8``
 are read onto the 0..255 scale by ``b`` (:mod:`medfail.data.readers`), but many 16-bit files hold
@@ -67,9 +77,11 @@ from medfail.data.readers import (
     may_exceed_8_bits,
     read_image,
     read_mask,
+    spatial_dims,
     supported_list,
 )
 from medfail.data.sample import Sample
+from medfail.data.volumes import check_same_grid, looks_like_dicom, mask_geometry, series_files
 from medfail.errors import MedfailInputError, listing
 
 TASKS: tuple[str, ...] = ("classification", "segmentation", "promptable")
@@ -78,10 +90,12 @@ _TRUE = {"1", "1.0", "true"}
 _FALSE = {"0", "0.0", "false"}
 
 
-def parse_spacing(value: Any) -> tuple[float, float] | None:
-    """Parse a ``pixel_spacing`` cell: ``0.7``, ``"0.7x0.7"``, ``"0.7,0.7"`` -> ``(row, col)`` mm.
+def parse_spacing(value: Any, dims: int = 2) -> tuple[float, ...] | None:
+    """Parse a ``pixel_spacing`` cell: ``0.7``, ``"0.7x0.7"``, ``"0.7,0.7"`` -> ``(row, col)`` mm;
+    with ``dims=3`` (volumes) ``"0.7x0.7x2.5"`` -> ``(x, y, z)`` mm (one value: isotropic).
 
-    Empty cells give ``None``; anything else unparsable or non-positive raises ``ValueError``.
+    Empty cells give ``None``; anything else unparsable, non-positive or with another number of
+    values than ``dims`` raises ``ValueError``.
     """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -93,10 +107,10 @@ def parse_spacing(value: Any) -> tuple[float, float] | None:
             return None
         parts = [float(p) for p in re.split(r"\s*[x×X,;]\s*|\s+", text.strip("()[]")) if p]
     if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or not all(math.isfinite(p) and p > 0 for p in parts):
+        parts = parts * dims
+    if len(parts) != dims or not all(math.isfinite(p) and p > 0 for p in parts):
         raise ValueError(f"bad spacing {value!r}")
-    return (parts[0], parts[1])
+    return tuple(parts)
 
 
 def decide_bit_depth(files: Iterable[tuple[int, int]]) -> dict[str, Any]:
@@ -177,6 +191,7 @@ class FolderDataset(SampleStream):
                 self.root, "not a folder (expected a dataset folder with images/, or a .npz file)")
         self._images = self._scan("images", "images/<id>.<ext>")
         self.ids: list[str] = sorted(self._images)
+        self._spatial_dims = self._decide_dims()
         self._masks: dict[str, Path] = {}
         if task in MASK_TASKS:
             self._masks = self._scan_masks()
@@ -187,7 +202,7 @@ class FolderDataset(SampleStream):
             self._read_labels(target_names, multi_label)
         self.metadata: pd.DataFrame
         self._meta_rows: dict[str, dict[str, Any]] = {}
-        self._spacing: dict[str, tuple[float, float]] = {}
+        self._spacing: dict[str, tuple[float, ...]] = {}
         self._read_metadata()
 
     # ------------------------------------------------------------------------------ structure
@@ -203,13 +218,25 @@ class FolderDataset(SampleStream):
             if entry.name.startswith("."):
                 continue  # .DS_Store, editor files
             if entry.is_dir():
-                raise MedfailInputError(
-                    entry, f"unexpected folder ({sub}/ must hold one file per sample)")
+                if sub != "images" or not self._is_series(entry):
+                    raise MedfailInputError(
+                        entry, f"unexpected folder ({sub}/ must hold one file per sample"
+                        + (", or one folder of DICOM slices per volume" if sub == "images"
+                           else "") + ")")
+                if entry.name in found:
+                    raise MedfailInputError(
+                        folder, f"duplicate id '{entry.name}': {found[entry.name].name} and "
+                        f"{entry.name}/")
+                found[entry.name] = entry
+                continue
             if not is_supported(entry):
                 raise MedfailInputError(
                     entry, f"unsupported file type '{image_suffix(entry) or entry.name}' "
                     f"(supported: {supported_list()})")
             sid = image_id(entry)
+            if sid in found and found[sid].is_dir():
+                raise MedfailInputError(
+                    folder, f"duplicate id '{sid}': {sid}/ and {entry.name}")
             if sid in found:
                 raise MedfailInputError(
                     folder, f"duplicate id '{sid}': {found[sid].name} and {entry.name}")
@@ -218,6 +245,30 @@ class FolderDataset(SampleStream):
             raise MedfailInputError(
                 folder, f"no {sub[:-1]} files found (supported: {supported_list()})")
         return found
+
+    @staticmethod
+    def _is_series(entry: Path) -> bool:
+        """A folder in images/ is a DICOM series when its first visible file looks like DICOM
+        (the slices are checked when the volume is read)."""
+        files = series_files(entry)
+        return bool(files) and looks_like_dicom(files[0])
+
+    def _decide_dims(self) -> int:
+        """2 or 3 from the images' headers; a dataset mixing 2D images and volumes is refused."""
+        dims: dict[int, str] = {}
+        for sid in self.ids:
+            dims.setdefault(spatial_dims(self._images[sid]), sid)
+        if len(dims) > 1:
+            flat, volume = self.image_relpath(dims[2]), self.image_relpath(dims[3])
+            raise MedfailInputError(
+                self.root / "images", f"mixes 2D images and 3D volumes ({flat} is 2D, {volume} "
+                "is 3D); a dataset holds one kind")
+        return next(iter(dims))
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 (images ``(C, H, W)``) or 3 (volumes ``(C, X, Y, Z)``), from the image headers."""
+        return self._spatial_dims
 
     def _scan_masks(self) -> dict[str, Path]:
         masks_dir = self.root / "masks"
@@ -404,11 +455,13 @@ class FolderDataset(SampleStream):
         if "pixel_spacing" in frame.columns:
             for sid, value in frame["pixel_spacing"].items():
                 try:
-                    spacing = parse_spacing(value)
+                    spacing = parse_spacing(value, self._spatial_dims)
                 except ValueError:
+                    use = "0.7, 0.7x0.7 or 0.7,0.7" if self._spatial_dims == 2 else \
+                        "0.7 or 0.7x0.7x2.5 (x y z)"
                     raise MedfailInputError(
                         path, f"row {seen.get(str(sid), '?')}: cannot parse pixel_spacing "
-                        f"'{value}' (use 0.7, 0.7x0.7 or 0.7,0.7 in mm)") from None
+                        f"'{value}' (use {use} in mm)") from None
                 if spacing is not None:
                     self._spacing[str(sid)] = spacing
         self.metadata = frame
@@ -514,6 +567,7 @@ class FolderDataset(SampleStream):
         value_range = self._value_range(image)
         mask = instances = None
         if self._masks:
+            self._check_mask_grid(id, image)
             raw = read_mask(self._masks[id])
             self._check_mask_shape(id, raw.shape, image)
             info = self.mask_mode_info
@@ -531,7 +585,16 @@ class FolderDataset(SampleStream):
             modality=image.modality,
             metadata=dict(self._meta_rows.get(id, {})),
             instances=instances,
+            geometry=image.geometry,
         )
+
+    def _check_mask_grid(self, id: str, image: ImageRead) -> None:
+        """A volume's mask: a 3D NIfTI on the image's grid (header only, nothing decoded)."""
+        if image.geometry is None:
+            return
+        mask_path = self._masks[id]
+        check_same_grid(mask_path, mask_geometry(mask_path), self._images[id], image.geometry,
+                        self.mask_relpath(id), self.image_relpath(id))
 
     def _check_mask_shape(self, id: str, shape: tuple[int, ...], image: ImageRead) -> None:
         if tuple(shape) != image.array.shape[1:]:
@@ -548,14 +611,18 @@ class FolderDataset(SampleStream):
             image = read_image(self._images[sid])
             self._note_depth(sid, image)
             if self._masks:
+                self._check_mask_grid(sid, image)
                 self._check_mask_shape(sid, self._stats(sid).shape, image)
+            del image  # one volume at a time
         _ = self.intensity_info
         _ = self.mask_mode_info
 
     def content_hash(self) -> str:
         """sha256 over (relative path, bytes) of every file this dataset reads, sorted by path
         (and an explicit mask mode, which changes what the masks mean)."""
-        files = list(self._images.values()) + list(self._masks.values())
+        files = [f for p in self._images.values() for f in (series_files(p) if p.is_dir()
+                                                             else [p])]
+        files += list(self._masks.values())
         for name in ("labels.csv", "metadata.csv"):
             if (self.root / name).is_file() and (name != "labels.csv" or self._labels):
                 files.append(self.root / name)

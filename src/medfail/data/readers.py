@@ -295,7 +295,7 @@ def may_exceed_8_bits(path: str | Path) -> bool:
     ``.npy``); an unreadable header answers ``True`` (decoding then says what is wrong)."""
     path = Path(path)
     suffix = image_suffix(path)
-    if suffix not in (*_PILLOW, *_TIFF):
+    if suffix not in (*_PILLOW, *_TIFF) or path.is_dir():
         return False
     try:
         if suffix in _TIFF:
