@@ -25,7 +25,8 @@ from medfail.stress.registry import (
 )
 
 names()  # load the built-in tests
-DS_TESTS = sorted(t.name for t in REGISTRY.values() if t.family == "domain_shift")
+DS_TESTS = sorted(t.name for t in REGISTRY.values()  # the 2D ones: volumes in test_stress_volumes
+                  if t.family == "domain_shift" and 2 in t.dims)
 MRI = ["mri_bias_field", "mri_ghosting", "mri_motion", "mri_spike"]
 RANDOM = ["stain_he", "mri_bias_field", "mri_motion", "mri_spike", "resolution_shift"]
 HU_RANGE = (-1024.0, 3071.0)

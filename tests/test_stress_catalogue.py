@@ -88,7 +88,7 @@ def test_the_doc_parser_sees_a_wrong_value() -> None:
     """The check cannot pass vacuously: a changed number or a missing row is seen."""
     text = (DOCS / "domain_shift.md").read_text(encoding="utf-8")
     good = doc_severity_rows(text)
-    assert len(good) == 11  # 7 tests, 4 of them with two parameters
+    assert len(good) == 25  # 2D: 7 tests, 4 with two parameters; 3D: 9 tests, 14 rows
     bad = doc_severity_rows(text.replace("| 0.02       | 0.05       | 0.1 ",
                                          "| 0.02       | 0.06       | 0.1 "))
     beta = next(r for r in bad if (r["name"], r["key"]) == ("stain_he", "beta"))
@@ -108,7 +108,7 @@ def test_medfail_list_prints_the_catalogue() -> None:
 
 def test_catalogue_is_the_kernel_tables_and_docstrings_hold_no_copy() -> None:
     tables = (*corruptions.CORRUPTIONS, *domain_shift.DOMAIN_SHIFTS,
-              *prompt_perturbations.PROMPT_PERTURBATIONS)
+              *prompt_perturbations.PROMPT_PERTURBATIONS, *registry.VOLUME_TESTS)
     assert {t.name: t for t in tables} == {n: registry.REGISTRY[n] for n in registry.names()}
     assert all(registry.REGISTRY[t.name] is t for t in tables)
     for module in (corruptions, domain_shift, prompt_perturbations):

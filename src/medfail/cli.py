@@ -389,10 +389,10 @@ def list_all() -> None:
 
     rows = list_rows()
     width = max(len(r["name"]) for r in rows)
-    print("stress tests (name, family, taxonomy, modalities, severities 1/2/3, unit):")
+    print("stress tests (name, family, taxonomy, modalities, dims, severities 1/2/3, unit):")
     for r in rows:
         print(f"  {r['name']:<{width}}  {r['family']:<12} {r['taxonomy']:<13} "
-              f"{r['modalities']:<8} {r['severities']:<28} {r['unit']}")
+              f"{r['modalities']:<8} {r['dims']:<6} {r['severities']:<28} {r['unit']}")
     print("metrics (segmentation): " + ", ".join(SEGMENTATION_METRICS))
     print("metrics (classification): " + ", ".join(CLASSIFICATION_METRICS))
     print("slices: gt.size (small/large/none), gt.location (central/peripheral), gt.shape "

@@ -42,8 +42,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CORRUPTIONS",
+    "VOLUME_CORRUPTIONS",
     "Kernel",
     "blur_axis",
+    "gaussian_taps",
     "normalised",
 ]
 
@@ -51,14 +53,18 @@ __all__ = [
 Kernel = Callable[[torch.Tensor, Mapping[str, Any], Sequence[np.random.Generator]], torch.Tensor]
 
 
-def normalised(kernel: Kernel) -> ApplyFn:
-    """Wrap a ``[0, 1]``-space kernel into a native-unit batched ``apply`` function."""
+def normalised(kernel: Kernel | Callable[..., torch.Tensor]) -> ApplyFn:
+    """Wrap a ``[0, 1]``-space kernel into a native-unit batched ``apply`` function.
+
+    Keyword arguments of ``apply`` (``spacing`` for the tests that use it) go to the kernel.
+    """
 
     def apply(
         images: torch.Tensor,
         value_range: torch.Tensor,
         params: Mapping[str, Any],
         rngs: Sequence[np.random.Generator],
+        **context: Any,
     ) -> torch.Tensor:
         shape = (-1,) + (1,) * (images.ndim - 1)
         lo = value_range[:, 0].reshape(shape)
@@ -67,7 +73,7 @@ def normalised(kernel: Kernel) -> ApplyFn:
         span = torch.where(span > 0, span, torch.ones_like(span))
         x01 = (images - lo).div_(span)
         # the kernel returns a new tensor: finish in place (same roundings as y * span + lo)
-        out = kernel(x01, params, rngs).clamp_(0.0, 1.0).mul_(span).add_(lo)
+        out = kernel(x01, params, rngs, **context).clamp_(0.0, 1.0).mul_(span).add_(lo)
         return out.clamp_(min=lo, max=hi)
 
     apply.__name__ = getattr(kernel, "__name__", "apply")
@@ -124,12 +130,41 @@ def _gaussian_blur(
     x: torch.Tensor, params: Mapping[str, Any], rngs: Sequence[np.random.Generator]
 ) -> torch.Tensor:
     """Separable gaussian blur, σ = ``params["sigma_px"]`` pixels, radius ceil(3σ), reflect pad."""
-    sigma = float(params["sigma_px"])
+    weights = gaussian_taps(float(params["sigma_px"])).to(x.device, x.dtype)
+    return blur_axis(blur_axis(x, weights, -1), weights, -2)
+
+
+def gaussian_taps(sigma: float) -> torch.Tensor:
+    """Normalised 1D gaussian of std ``sigma`` (samples), radius ``max(1, ceil(3 sigma))``."""
     radius = max(1, math.ceil(3 * sigma))
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     w = np.exp(-0.5 * (t / sigma) ** 2)
-    weights = torch.from_numpy((w / w.sum()).astype(np.float32)).to(x.device, x.dtype)
-    return blur_axis(blur_axis(x, weights, -1), weights, -2)
+    return torch.from_numpy((w / w.sum()).astype(np.float32))
+
+
+def _blur_3d(
+    x: torch.Tensor,
+    params: Mapping[str, Any],
+    rngs: Sequence[np.random.Generator],
+    *,
+    spacing: np.ndarray,
+) -> torch.Tensor:
+    """Separable 3D gaussian blur, σ = ``params["sigma_mm"]`` mm on every axis.
+
+    Axis ``a`` of image ``i`` is blurred with σ / ``spacing[i, a]`` voxels (radius ceil(3σ),
+    reflect padding); with unknown spacing (1.0) σ is in voxels. An axis whose σ is under
+    0.05 voxel is left as it is (its kernel would be a unit tap).
+    """
+    sigma_mm = float(params["sigma_mm"])
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        y = x[i : i + 1]
+        for axis in range(3):
+            sigma = sigma_mm / float(spacing[i, axis])
+            if sigma >= 0.05:
+                y = blur_axis(y, gaussian_taps(sigma).to(x.device, x.dtype), axis - 3)
+        out[i : i + 1] = y
+    return out
 
 
 def _jpeg_roundtrip(img: np.ndarray, mode: str, quality: int) -> np.ndarray:
@@ -328,6 +363,7 @@ def _gamma(
 # ------------------------------------------------------------------------------ registration
 
 _ANY = ("any",)
+_BOTH = (2, 3)  # per-voxel kernels: the same on 2D images and volumes
 
 CORRUPTIONS: tuple[StressTest, ...] = (
     StressTest(
@@ -338,6 +374,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"sigma": 0.04}, {"sigma": 0.08}, {"sigma": 0.12}),
         description="Additive gaussian noise (acquisition noise, low dose).",
         unit="sigma: noise std as a fraction of the intensity range (hi - lo)",
+        dims=_BOTH,
         apply=normalised(_gaussian_noise),
     ),
     StressTest(
@@ -368,6 +405,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"shift": 0.1}, {"shift": 0.2}, {"shift": 0.3}),
         description="Global brightness increase (exposure, calibration offset).",
         unit="shift: additive offset as a fraction of the intensity range (hi - lo)",
+        dims=_BOTH,
         apply=normalised(_brightness),
     ),
     StressTest(
@@ -378,6 +416,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"factor": 0.7}, {"factor": 0.5}, {"factor": 0.3}),
         description="Reduced contrast around the image mean (windowing, exposure).",
         unit="factor: scale of deviations from the per-image mean",
+        dims=_BOTH,
         apply=normalised(_contrast),
     ),
     StressTest(
@@ -388,6 +427,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"photons": 60}, {"photons": 25}, {"photons": 10}),
         description="Poisson quantum noise (low photon count, low-dose X-ray/CT).",
         unit="photons: expected photon count at full scale (hi); x -> Poisson(photons*x)/photons",
+        dims=_BOTH,
         apply=normalised(_poisson_noise),
     ),
     StressTest(
@@ -398,6 +438,7 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"sigma": 0.15}, {"sigma": 0.3}, {"sigma": 0.5}),
         description="Multiplicative speckle noise (ultrasound, coherent imaging).",
         unit="sigma: std of the multiplicative factor, x -> x * (1 + sigma * N(0, 1))",
+        dims=_BOTH,
         apply=normalised(_speckle),
     ),
     StressTest(
@@ -438,6 +479,25 @@ CORRUPTIONS: tuple[StressTest, ...] = (
         severities=({"gamma": 1.5}, {"gamma": 2.0}, {"gamma": 3.0}),
         description="Gamma curve x**gamma on [0, 1] (display/LUT mismatch; darkens mid-tones).",
         unit="gamma: exponent applied to the [0, 1]-normalised image (lo and hi are fixed)",
+        dims=_BOTH,
         apply=normalised(_gamma),
+    ),
+)
+
+#: The corruptions made for volumes only (``dims=(3,)``); the per-voxel ones of
+#: :data:`CORRUPTIONS` apply to volumes too (``dims=(2, 3)``).
+VOLUME_CORRUPTIONS: tuple[StressTest, ...] = (
+    StressTest(
+        name="blur_3d",
+        family="corruption",
+        taxonomy="data",
+        modalities=_ANY,
+        severities=({"sigma_mm": 1.0}, {"sigma_mm": 2.0}, {"sigma_mm": 3.0}),
+        description="3D gaussian blur in mm (lower resolution, smooth reconstruction kernel).",
+        unit="sigma_mm: gaussian std in mm on each axis (in voxels when the spacing is "
+        "unknown); radius ceil(3 sigma) voxels, reflect padding",
+        apply=normalised(_blur_3d),
+        dims=(3,),
+        uses_spacing=True,
     ),
 )

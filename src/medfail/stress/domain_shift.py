@@ -23,6 +23,8 @@ of docs/domain_shift.md against them.
   ``mri_bias_field`` multiplies it by a smooth field; the k-space tests (ghosting, motion,
   spike) edit the 2D FFT of the last two axes (phase-encode direction: rows, H) and keep the
   magnitude of the inverse FFT. Results are mapped back to native units and clipped to [lo, hi].
+* Only ``ct_window`` (per voxel) also applies to volumes (``dims=(2, 3)``); the others are 2D
+  (``dims=(2,)``): the 3D MRI artifacts are in :mod:`medfail.stress.mri_artifacts`.
 * ``resolution_shift`` area-averages down by ``factor``, resizes back bilinearly to the exact
   original size and adds white noise blurred by a σ = 1 px gaussian, scaled so that its std is
   ``noise_std``·(hi − lo).
@@ -353,6 +355,7 @@ DOMAIN_SHIFTS: tuple[StressTest, ...] = (
         unit="level_shift_hu: window level shift (HU) from L=40; width_factor: x W=400 "
         "(read back with the 40/400 window; outside values -> -160/240 HU)",
         apply=_ct_window,
+        dims=(2, 3),  # per-voxel: CT slices and CT volumes alike
     ),
     StressTest(
         name="stain_he",

@@ -2,12 +2,16 @@
 
 The kernel modules define tests and their severities and import nothing from here:
 :data:`~medfail.stress.corruptions.CORRUPTIONS`, :data:`~medfail.stress.domain_shift.DOMAIN_SHIFTS`
-and :data:`~medfail.stress.prompt_perturbations.PROMPT_PERTURBATIONS`. This module collects them
-into :data:`REGISTRY` (name → test) when it is imported, and owns everything that looks a test up
-by name: :func:`get`, :func:`names`, conditions (:func:`condition_name`, :func:`parse_condition`),
-``medfail list`` (:func:`list_rows`) and the generic entry points :func:`apply_corruption`,
-:func:`corrupt`, :func:`perturb_samples` (image tests) and :func:`perturb_prompts` (prompt
-tests). The imports only go down: ``spec`` ← kernels ← ``registry``.
+and :data:`~medfail.stress.prompt_perturbations.PROMPT_PERTURBATIONS` (2D; the per-voxel ones also
+apply to volumes), and the volume-only tables collected in :data:`VOLUME_TESTS`
+(``VOLUME_CORRUPTIONS`` of :mod:`~medfail.stress.corruptions`, :mod:`~medfail.stress.mri_artifacts`,
+:mod:`~medfail.stress.ct_shift`, :mod:`~medfail.stress.volume_geometry`). Every test has ``dims``
+(2, 3 or both): :func:`names_for` picks the tests of 2D images or of volumes. This module collects
+them into :data:`REGISTRY` (name → test) when it is imported, and owns everything that looks a test
+up by name: :func:`get`, :func:`names`, conditions (:func:`condition_name`,
+:func:`parse_condition`), ``medfail list`` (:func:`list_rows`) and the generic entry points
+:func:`apply_corruption`, :func:`corrupt`, :func:`perturb_samples` (image tests) and
+:func:`perturb_prompts` (prompt tests). The imports only go down: ``spec`` ← kernels ← ``registry``.
 
 A *condition* is a test at a severity, written ``"<test>@<severity>"`` (``"gaussian_noise@2"``);
 severity 0 of every test is the single condition ``"clean"``. The two test types and the
@@ -28,8 +32,10 @@ from medfail.data.prompts import Prompt, objects
 from medfail.data.sample import Sample
 from medfail.errors import MedfailInputError
 from medfail.seeding import sample_rng
-from medfail.stress.corruptions import CORRUPTIONS
+from medfail.stress.corruptions import CORRUPTIONS, VOLUME_CORRUPTIONS
+from medfail.stress.ct_shift import CT_SHIFTS
 from medfail.stress.domain_shift import DOMAIN_SHIFTS
+from medfail.stress.mri_artifacts import MRI_ARTIFACTS
 from medfail.stress.prompt_perturbations import PROMPT_PERTURBATIONS, as_2d
 from medfail.stress.spec import (
     CLEAN,
@@ -37,12 +43,14 @@ from medfail.stress.spec import (
     IMAGE_FAMILIES,
     N_SEVERITIES,
     PROMPT_FAMILY,
+    SPATIAL_DIMS,
     TAXONOMIES,
     Perturbation,
     PromptTest,
     StressTest,
     check_severity,
 )
+from medfail.stress.volume_geometry import VOLUME_GEOMETRY
 
 __all__ = [
     "CLEAN",
@@ -50,6 +58,7 @@ __all__ = [
     "N_SEVERITIES",
     "REGISTRY",
     "TAXONOMIES",
+    "VOLUME_TESTS",
     "AnyTest",
     "Perturbation",
     "PromptTest",
@@ -60,11 +69,13 @@ __all__ = [
     "get",
     "list_rows",
     "names",
+    "names_for",
     "parse_condition",
     "perturb_prompts",
     "perturb_samples",
     "register",
     "severity_summary",
+    "spacing_array",
 ]
 
 #: A registered test of either type.
@@ -114,13 +125,32 @@ def register(test: AnyTest | None = None, /, **fields: Any) -> AnyTest | Callabl
     return decorator
 
 
-for _test in (*CORRUPTIONS, *DOMAIN_SHIFTS, *PROMPT_PERTURBATIONS):
+#: The tests made for volumes only (``dims=(3,)``), from their kernel modules.
+VOLUME_TESTS: tuple[StressTest, ...] = (*VOLUME_CORRUPTIONS, *MRI_ARTIFACTS, *CT_SHIFTS,
+                                        *VOLUME_GEOMETRY)
+
+for _test in (*CORRUPTIONS, *DOMAIN_SHIFTS, *PROMPT_PERTURBATIONS, *VOLUME_TESTS):
     register(_test)
 
 
 def names() -> list[str]:
     """Sorted names of all registered stress tests."""
     return sorted(REGISTRY)
+
+
+def names_for(dims: int, family: str | None = None) -> list[str]:
+    """Sorted names of the tests that apply to ``dims``-D images (2: images, 3: volumes).
+
+    ``family`` (``"corruption"``, ``"domain_shift"`` or ``"prompt"``) keeps that family only.
+    ``names_for(2)`` is every test medfail had before volumes; the engine takes ``names_for(3)``
+    as the default tests of a volume dataset.
+    """
+    if dims not in SPATIAL_DIMS:
+        raise MedfailInputError(None, f"dims must be 2 or 3, got {dims!r}")
+    if family is not None and family not in FAMILIES:
+        raise MedfailInputError(None, f"family must be one of {FAMILIES}, got {family!r}")
+    return sorted(n for n, t in REGISTRY.items()
+                  if dims in t.dims and (family is None or t.family == family))
 
 
 def get(name: str) -> AnyTest:
@@ -196,6 +226,7 @@ def list_rows() -> list[dict[str, str]]:
             "family": t.family,
             "taxonomy": t.taxonomy,
             "modalities": ",".join(t.modalities),
+            "dims": ",".join(f"{d}D" for d in t.dims),
             "severities": severity_summary(t),
             "unit": t.unit,
             "description": t.description,
@@ -207,29 +238,73 @@ def list_rows() -> list[dict[str, str]]:
 # ------------------------------------------------------------------- entry points: images
 
 
+def _dims_name(dims: int) -> str:
+    return "2D images (C, H, W)" if dims == 2 else "3D volumes (C, X, Y, Z)"
+
+
+def _check_dims(test: StressTest, dims: int, where: str | None = None) -> None:
+    if dims not in test.dims:
+        wanted = " and ".join(_dims_name(d) for d in test.dims)
+        raise MedfailInputError(where, f"stress test {test.name!r} applies to {wanted}, "
+                                f"not to {_dims_name(dims)}")
+
+
+def spacing_array(spacing: Sequence[Sequence[float] | None] | np.ndarray | None, n: int,
+                  dims: int) -> np.ndarray:
+    """Per-image spacings as float64 ``(n, dims)`` in mm, rows of 1.0 where unknown (``None``).
+
+    Raises:
+        MedfailInputError: wrong count or length, or a spacing that is not finite and > 0.
+    """
+    if spacing is None:
+        return np.ones((n, dims), dtype=np.float64)
+    rows = list(spacing)
+    if len(rows) != n:
+        raise MedfailInputError(None, f"need one spacing per image: {n} images, "
+                                f"{len(rows)} spacings")
+    out = np.ones((n, dims), dtype=np.float64)
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        values = np.asarray(row, dtype=np.float64).reshape(-1)
+        if values.shape != (dims,) or not (np.isfinite(values).all() and (values > 0).all()):
+            raise MedfailInputError(None, f"image {i}: spacing must be {dims} finite values "
+                                    f"> 0 (mm), got {tuple(np.asarray(row).tolist())}")
+        out[i] = values
+    return out
+
+
 def apply_corruption(
     images: torch.Tensor,
     value_range: torch.Tensor,
     name: str,
     severity: int,
     rngs: Sequence[np.random.Generator],
+    spacing: Sequence[Sequence[float] | None] | np.ndarray | None = None,
 ) -> torch.Tensor:
     """Apply a registered stress test to a batch, on the batch's device.
 
     Args:
-        images: ``(N, C, H, W)`` float tensor in native units.
+        images: ``(N, C, H, W)`` images or ``(N, C, X, Y, Z)`` volumes, float, native units.
         value_range: ``(N, 2)`` per-image ``(lo, hi)`` (a ``(2,)`` tensor is broadcast).
-        name: registered image test name (see :data:`REGISTRY`).
+        name: registered image test name (see :data:`REGISTRY`); its ``dims`` must include the
+            images' (2 or 3).
         severity: 0 (identity, returns a copy) to 3.
         rngs: one numpy generator per image; the only source of randomness.
+        spacing: each image's spacing in mm (one value per spatial axis, ``None`` when unknown;
+            ``None`` alone: all unknown). Only tests with ``uses_spacing`` read it (3D blur and
+            the geometry tests: unknown spacing means voxels and slice axis 2).
 
     Returns:
-        A new float32 ``(N, C, H, W)`` tensor in native units, clipped to each ``[lo, hi]``.
+        A new float32 tensor of the input's shape in native units, clipped to each ``[lo, hi]``.
     """
     test = _image_test(name)
     params = test.params(severity)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if images.ndim not in (4, 5):
+        raise ValueError("images must be (N, C, H, W) or (N, C, X, Y, Z), got shape "
+                         f"{tuple(images.shape)}")
+    dims = images.ndim - 2
+    _check_dims(test, dims)
     images = images.to(torch.float32)
     n = images.shape[0]
     vr = torch.as_tensor(value_range, dtype=torch.float32, device=images.device)
@@ -239,8 +314,11 @@ def apply_corruption(
         raise ValueError(f"value_range must be ({n}, 2), got shape {tuple(vr.shape)}")
     if len(rngs) != n:
         raise ValueError(f"need one generator per image: {n} images, {len(rngs)} generators")
+    spacings = spacing_array(spacing, n, dims)
     if severity == 0:
         return images.clone()
+    if test.uses_spacing:
+        return test.apply(images, vr, params, rngs, spacing=spacings)
     return test.apply(images, vr, params, rngs)
 
 
@@ -312,12 +390,14 @@ def perturb_samples(
 ) -> list[np.ndarray]:
     """Perturbed copies of the samples' images under ``condition`` (engine helper).
 
-    Same-shape images are batched together (at most ``batch_size`` per batch, on ``device``);
-    sample ``s`` draws from ``sample_rng(run_seed, condition, s.id)``, so results do not depend on
-    batching or order. Images of ``integer`` samples are rounded (and kept in range).
+    Images ``(C, H, W)`` and volumes ``(C, X, Y, Z)`` (the test's ``dims`` must include them); each
+    sample's ``spacing`` goes to the tests that use it. Same-shape images are batched together (at
+    most ``batch_size`` per batch, on ``device``); sample ``s`` draws from ``sample_rng(run_seed,
+    condition, s.id)``, so results do not depend on batching or order. Images of ``integer`` samples
+    are rounded (and kept in range).
 
     Returns:
-        New float32 ``(C, H, W)`` arrays, in the order of ``samples``.
+        New float32 arrays of the samples' shapes, in the order of ``samples``.
     """
     test_name, severity = parse_condition(condition)
     if severity == 0:
@@ -326,12 +406,18 @@ def perturb_samples(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     canonical = condition_name(test_name, severity)
 
+    test = _image_test(test_name)
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
-        if s.image.ndim != 3:
+        if s.image.ndim not in (3, 4):
             raise MedfailInputError(
-                None, f"sample {s.id}: stress tests need a (C, H, W) image, got {s.image.shape}"
+                None, f"sample {s.id}: stress tests need a (C, H, W) image or a (C, X, Y, Z) "
+                f"volume, got {s.image.shape}"
             )
+        try:
+            _check_dims(test, s.image.ndim - 1)
+        except MedfailInputError as err:
+            raise MedfailInputError(None, f"sample {s.id}: {err.problem}") from None
         groups[tuple(s.image.shape)].append(i)
 
     results: list[np.ndarray | None] = [None] * len(samples)
@@ -342,7 +428,8 @@ def perturb_samples(
             x = torch.from_numpy(np.stack([np.asarray(s.image, dtype=np.float32) for s in batch]))
             vr = torch.tensor([s.value_range for s in batch], dtype=torch.float32)
             rngs = [sample_rng(run_seed, canonical, s.id) for s in batch]
-            y = apply_corruption(x.to(device), vr.to(device), test_name, severity, rngs)
+            y = apply_corruption(x.to(device), vr.to(device), test_name, severity, rngs,
+                                 spacing=[s.spacing for s in batch])
             y_np = y.cpu().numpy()
             for j, (i, s) in enumerate(zip(chunk, batch, strict=True)):
                 img = y_np[j]

@@ -12,12 +12,21 @@ condition). The two types differ only in what their ``apply`` works on:
 :class:`StressTest` (families ``"corruption"`` and ``"domain_shift"``) perturbs a batch of images::
 
     apply(images, value_range, params, rngs) -> images
-        images:      torch.Tensor (N, C, H, W) float32 in native units, on any device
+    apply(images, value_range, params, rngs, spacing=spacing) -> images   # uses_spacing tests
+        images:      torch.Tensor float32 in native units, on any device: (N, C, H, W) for 2D
+                     images, (N, C, X, Y, Z) for volumes (canonical RAS+ axes)
         value_range: torch.Tensor (N, 2) with each image's (lo, hi), same device
         params:      the severity's parameter dict
         rngs:        N numpy generators, one per image (all randomness comes from them)
+        spacing:     numpy float64 (N, d), d = number of spatial dims: each image's spacing in mm
+                     (rows of 1.0 where unknown, so "mm" then means voxels). Passed only to
+                     tests with ``uses_spacing=True`` (3D blur, the geometry tests, which need
+                     the *slice axis*: :func:`slice_axis`); every other ``apply`` keeps the
+                     four-argument signature.
 
 and returns a new tensor of the same shape, device and dtype, in native units within ``[lo, hi]``.
+A test's ``dims`` says which images it takes: ``(2,)`` (2D only, the default), ``(3,)``
+(volumes only) or ``(2, 3)``; the entry points refuse the others by name.
 
 :class:`PromptTest` (family ``"prompt"``) perturbs ONE prompt and never touches the image::
 
@@ -45,10 +54,7 @@ if TYPE_CHECKING:
 
     from medfail.data.prompts import Prompt
 
-    ApplyFn = Callable[
-        [torch.Tensor, torch.Tensor, Mapping[str, Any], Sequence[np.random.Generator]],
-        torch.Tensor,
-    ]
+    ApplyFn = Callable[..., torch.Tensor]
     PromptApply = Callable[
         [Prompt, np.ndarray, np.ndarray, Mapping[str, Any], np.random.Generator], Prompt
     ]
@@ -61,6 +67,25 @@ N_SEVERITIES = 3
 CLEAN = "clean"
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+#: The spatial dimensionalities a test can apply to: 2D images and 3D volumes.
+SPATIAL_DIMS: tuple[int, ...] = (2, 3)
+
+
+def slice_axis(spacing: Sequence[float] | None, ndim: int = 3) -> int:
+    """The *slice axis* of a volume: the axis with the largest spacing.
+
+    Ties and unknown spacing (``None``) give the last of the tied axes, so an isotropic or
+    unknown volume has slice axis ``ndim - 1`` (2). ``slice_axis((0.8, 0.8, 5.0)) == 2``,
+    ``slice_axis((3.0, 1.0, 1.0)) == 0``.
+    """
+    if spacing is None:
+        return ndim - 1
+    values = [float(v) for v in spacing]
+    if len(values) != ndim:
+        raise ValueError(f"spacing needs {ndim} values, got {len(values)}")
+    top = max(values)
+    return max(i for i, v in enumerate(values) if v == top)
 
 
 def check_severity(severity: int) -> int:
@@ -95,6 +120,8 @@ class Perturbation:
         severities: exactly three parameter dicts, for severities 1, 2 and 3.
         description: one line for ``medfail list`` and the report.
         unit: what the parameter means (``"noise std as a fraction of (hi - lo)"``).
+        dims: the spatial dims it applies to: ``(2,)`` (the default), ``(3,)`` or ``(2, 3)``
+            (keyword only).
     """
 
     name: str
@@ -104,6 +131,7 @@ class Perturbation:
     severities: tuple[dict[str, Any], ...] = field(hash=False)
     description: str
     unit: str
+    dims: tuple[int, ...] = field(default=(2,), kw_only=True)
 
     #: the families this type accepts (overridden by the subclasses)
     allowed_families = FAMILIES
@@ -124,6 +152,10 @@ class Perturbation:
             raise ValueError(
                 f"{self.name}: needs exactly {N_SEVERITIES} severities, got {len(self.severities)}"
             )
+        dims = tuple(sorted(set(self.dims)))
+        if not dims or not set(dims) <= set(SPATIAL_DIMS) or len(dims) != len(self.dims):
+            raise ValueError(f"{self.name}: dims must be (2,), (3,) or (2, 3), got {self.dims!r}")
+        object.__setattr__(self, "dims", dims)
         # Freeze the containers we were given (copies, so callers cannot mutate them later).
         object.__setattr__(self, "modalities", tuple(self.modalities))
         object.__setattr__(self, "severities", tuple(dict(p) for p in self.severities))
@@ -142,9 +174,11 @@ class StressTest(Perturbation):
 
     Attributes:
         apply: the batched torch function (see the module docstring for its signature).
+        uses_spacing: ``apply`` takes the keyword ``spacing`` (keyword only, default False).
     """
 
     apply: ApplyFn = field(compare=False, repr=False)
+    uses_spacing: bool = field(default=False, kw_only=True)
 
     allowed_families = IMAGE_FAMILIES
 
