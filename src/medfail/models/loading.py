@@ -119,14 +119,19 @@ def _onnx_dims(shape: list[Any]) -> str:
 
 
 def _check_onnx_input(path: Path, shape: list[Any], spec: ModelSpec) -> None:
-    """The ONNX input's fixed dimensions against the spec: rank 4, channels = ``in_channels``
-    (+ 2 prompt channels for a promptable model), H and W = ``input_size``."""
+    """The ONNX input's fixed dimensions against the spec: rank 2 + ``spatial_dims`` (4 for
+    images, 5 for volumes), channels = ``in_channels`` (+ 2 prompt channels for a promptable
+    model), spatial sizes = ``input_size`` (a fixed size is fed by the sliding window)."""
     if not shape:
         return
     dims = _onnx_dims(shape)
-    if len(shape) != 4:
+    volumes = spec.spatial_dims == 3
+    feeds = "(N, C, X, Y, Z) volumes" if volumes else "(N, C, H, W) images"
+    if len(shape) != 2 + int(spec.spatial_dims or 2):
+        hint = ("; for a 3D model set \"spatial_dims\": 3 (or a 3-value input_size) in the spec"
+                if len(shape) == 5 else "")
         raise MedfailInputError(path, f"the ONNX input has shape {dims}; medfail feeds "
-                                "(N, C, H, W) images")
+                                f"{feeds} (spec spatial_dims {spec.spatial_dims}){hint}")
     channels = spec.in_channels + (2 if spec.task == "promptable" else 0)
     c = shape[1]
     if isinstance(c, int) and c > 0 and c != channels:
@@ -135,8 +140,7 @@ def _check_onnx_input(path: Path, shape: list[Any], spec: ModelSpec) -> None:
         raise MedfailInputError(path, f"the ONNX model takes {c} input channels (input shape "
                                 f"{dims}) but the spec has {what}; fix in_channels in the "
                                 "model spec (--model-spec)")
-    fixed = [(i, d) for i, d in zip(("H", "W"), shape[2:], strict=True)
-             if isinstance(d, int) and d > 0]
+    fixed = [(i, d) for i, d in enumerate(shape[2:]) if isinstance(d, int) and d > 0]
     if not fixed:
         return
     want = spec.input_size
@@ -144,13 +148,14 @@ def _check_onnx_input(path: Path, shape: list[Any], spec: ModelSpec) -> None:
         size = [d if isinstance(d, int) and d > 0 else "?" for d in shape[2:]]
         raise MedfailInputError(path, f"the ONNX model has a fixed input size {dims} but the "
                                 f"spec has no input_size; add \"input_size\": {size} to the "
-                                "model spec (--model-spec), or re-export with dynamic H/W axes")
+                                "model spec (--model-spec), or re-export with dynamic "
+                                "spatial axes")
     for axis, d in fixed:
-        if d != want[0 if axis == "H" else 1]:
+        if d != want[axis]:
             raise MedfailInputError(
                 path, f"the ONNX model takes inputs of shape {dims} but the spec says "
                 f"input_size {list(want)}; set input_size to match the model (--model-spec) "
-                "or re-export it with that size or dynamic H/W axes")
+                "or re-export it with that size or dynamic spatial axes")
 
 
 def _read_spec(path: Path | None, spec_path: str | Path | None, embedded: str | bytes | None,

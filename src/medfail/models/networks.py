@@ -1,11 +1,13 @@
 """Networks medfail can build and train: a compact MONAI ResNet-18, MONAI's DenseNet121 and
-U-Net, and a prompt U-Net.
+U-Net (2D, or 3D for volumes), and a prompt U-Net.
 
 ``ARCHS`` describes each architecture, ``TASK_ARCHS`` lists those a task can train (the first
 is the default, ``DEFAULT_ARCH``). ``arch_kwargs(arch, size)`` gives the build options a
 training run at input ``size`` records in the model spec (``ModelSpec.arch_kwargs``), so the
 loader rebuilds exactly the trained network; ``size_problem`` states which input sizes an
-architecture cannot take.
+architecture cannot take. On volumes the ``unet`` is the 3D U-Net of :data:`UNET_3D`
+(``arch_kwargs("unet", size, spatial_dims=3)``), recorded in ``arch_kwargs`` with
+``spatial_dims`` 3 so the loader rebuilds it.
 """
 
 from __future__ import annotations
@@ -45,14 +47,23 @@ SIZE_MULTIPLE: dict[str, int] = {"unet": 8, "prompt_unet": 8}
 #: inputs from this side up get the strided ImageNet stem in resnet18
 RESNET_STRIDED_STEM_FROM = 64
 _RESNET18: dict[str, Any] = {"widen_factor": 0.5, "conv1_t_size": 3, "conv1_t_stride": 1}
+#: the light 3D U-Net for volumes (~0.15 M params with one output class + background): channels
+#: 8-16-32-64, 3 levels (strides 2), one residual unit per level, dropout 0.1 (the 2D defaults)
+UNET_3D: dict[str, Any] = {"spatial_dims": 3, "channels": [8, 16, 32, 64]}
+#: label of the 3D U-Net for the console
+UNET_3D_LABEL = "MONAI 3D U-Net 8-16-32-64"
 
 
-def arch_kwargs(arch: str, size: int) -> dict[str, Any]:
+def arch_kwargs(arch: str, size: int, spatial_dims: int = 2) -> dict[str, Any]:
     """Build options for ``arch`` trained at ``size`` px (recorded in ``ModelSpec.arch_kwargs``).
 
     resnet18: half width; a 3x3 stride-1 stem below ``RESNET_STRIDED_STEM_FROM`` px (a 28 px
     image reaches the last block at 2x2), else the 7x7 stride-2 stem (compute ~constant).
-    Other architectures: none (``{}``)."""
+    unet on volumes (``spatial_dims`` 3): :data:`UNET_3D`. Other architectures: none (``{}``)."""
+    if spatial_dims == 3:
+        if arch != "unet":
+            raise ValueError(f"{arch} cannot train on volumes; only the unet (segmentation) can")
+        return dict(UNET_3D, channels=list(UNET_3D["channels"]))
     if arch != "resnet18":
         return {}
     if size < RESNET_STRIDED_STEM_FROM:
@@ -81,8 +92,8 @@ def build_network(arch: str, in_channels: int, out_channels: int, **kwargs: Any)
         return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
                            **kwargs)
     if arch in ("unet", "prompt_unet"):
-        params: dict[str, Any] = {"channels": (16, 32, 64, 128), "strides": (2, 2, 2),
-                                  "num_res_units": 1, "dropout": 0.1}
+        params: dict[str, Any] = {"spatial_dims": 2, "channels": (16, 32, 64, 128),
+                                  "strides": (2, 2, 2), "num_res_units": 1, "dropout": 0.1}
         params.update(kwargs)
-        return UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, **params)
+        return UNet(in_channels=in_channels, out_channels=out_channels, **params)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")

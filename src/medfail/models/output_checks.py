@@ -4,7 +4,8 @@ Two places, one set of rules:
 
 * :func:`check_output` - every forward call (``ModelAdapter._probs``): the raw output must be one
   floating-point tensor of shape ``(N, K)`` (classifier: batch, targets) or ``(N, C, h, w)``
-  (segmenter: batch, 1 + foreground classes, the input window's own h, w - never resized), with
+  (segmenter: batch, 1 + foreground classes, the input window's own h, w - never resized; volumes
+  ``(N, C, x, y, z)``), with
   finite values; with ``output="probabilities"`` every value lies in ``[0, 1]`` and, for softmax
   outputs (multi-class classification, segmentation), the values over dim 1 sum to 1, both
   within :func:`tolerance`. The cost is one min/max pass (NaN propagates), one sum over
@@ -75,7 +76,8 @@ def _expected(spec: ModelSpec, x_shape: tuple[int, ...]) -> tuple[tuple[int, ...
     n = x_shape[0]
     if spec.task == "classification":
         return (n, spec.n_classes), "(batch, targets)"
-    return (n, spec.n_classes, *x_shape[2:]), "(batch, 1 + foreground classes, H, W)"
+    axes = "X, Y, Z" if len(x_shape) == 5 else "H, W"
+    return (n, spec.n_classes, *x_shape[2:]), f"(batch, 1 + foreground classes, {axes})"
 
 
 def _shape_hint(shape: tuple[int, ...], x_shape: tuple[int, ...], spec: ModelSpec) -> str:
@@ -83,7 +85,7 @@ def _shape_hint(shape: tuple[int, ...], x_shape: tuple[int, ...], spec: ModelSpe
     n, k = x_shape[0], spec.n_classes
     names = ", ".join(spec.target_names)
     if spec.task == "classification":
-        if len(shape) == 4:
+        if len(shape) >= 4:
             return ("this looks like a segmentation output (per-pixel maps): run it with "
                     "--task segmentation and a segmentation spec")
         if len(shape) != 2:
@@ -94,10 +96,10 @@ def _shape_hint(shape: tuple[int, ...], x_shape: tuple[int, ...], spec: ModelSpe
     if len(shape) == 2:
         return ("this looks like a classifier output (one row per image), not per-pixel maps: "
                 "run it with --task classification and a classification spec")
-    if len(shape) == 3 and shape == (n, *x_shape[2:]):
+    if shape == (n, *x_shape[2:]):
         return ("the class dimension is missing (a label map or one foreground map?): return "
                 "background first, then one map per foreground class")
-    if len(shape) != 4:
+    if len(shape) != len(x_shape):
         return "a segmenter returns per-pixel class maps"
     if shape[0] != n:
         return f"batch dimension {shape[0]} for a batch of {n} inputs"

@@ -8,7 +8,9 @@
   input; DICOM/NIfTI/.npy keep their values).
 * Classification resize rule: the whole image is resized to the model's ``input_size`` with
   bilinear interpolation (anti-aliased when shrinking), aspect ratio not preserved.
-* Segmentation never resizes: a sliding window of ``input_size`` runs at native resolution.
+* Segmentation never resizes: a sliding window of ``input_size`` runs at native resolution
+  (volumes ``(C, X, Y, Z)`` too; with a model ``spacing`` they are first resampled to it,
+  :mod:`medfail.models.resample`).
 * Prompts are encoded as two extra channels: a binary box mask and a point heat-map
   ``sum_i s_i * exp(-d_i^2 / (2 * 2^2))`` with s_i = +1 for foreground and -1 for background points.
 """
@@ -28,7 +30,8 @@ POINT_SIGMA_PX = 2.0
 
 
 def adapt_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
-    """Match the channel count of a ``(C, H, W)`` image to the model's."""
+    """Match the channel count of a ``(C, H, W)`` image (or ``(C, X, Y, Z)`` volume) to the
+    model's."""
     c = image.shape[0]
     if c == in_channels:
         return image
@@ -40,17 +43,19 @@ def adapt_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
 
 
 def normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """Apply the model's per-channel ``(x - mean) / std`` to a (N, C, H, W) tensor."""
+    """Apply the model's per-channel ``(x - mean) / std`` to a (N, C, *spatial) tensor."""
     if not spec.normalisation:
         return x
+    shape = (1, -1) + (1,) * (x.ndim - 2)
     mean = torch.as_tensor(spec.normalisation["mean"], dtype=x.dtype, device=x.device)
     std = torch.as_tensor(spec.normalisation["std"], dtype=x.dtype, device=x.device)
-    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return (x - mean.view(shape)) / std.view(shape)
 
 
 def to_tensor(images: Sequence[np.ndarray], spec: ModelSpec, device: str | torch.device = "cpu",
               resize: bool = False) -> torch.Tensor:
-    """Stack same-shape native images into a normalised (N, C, H, W) float tensor."""
+    """Stack same-shape native images into a normalised (N, C, H, W) float tensor (volumes:
+    (N, C, X, Y, Z); ``resize`` is the classification rule, 2D only)."""
     arrs = [adapt_channels(np.asarray(im, np.float32), spec.in_channels) for im in images]
     x = normalise(torch.from_numpy(np.stack(arrs)).to(device), spec)
     if resize and spec.input_size is not None and tuple(x.shape[-2:]) != spec.input_size:
