@@ -12,6 +12,9 @@ A case is kept only when its cause (:mod:`medfail.analysis.causes`) and its imag
 cases already kept, so two noise tests never fill both slots. When fewer than ``n`` causes break the
 model, the remaining slots take the most confidently wrong clean images (a failure with no
 perturbation at all: cause ``slice``).
+
+Volumes are shown in three orthogonal views through the failure (:func:`failure_point`,
+:func:`orthogonal_views`): the centre of the largest error component.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from medfail import rundir
 from medfail.analysis.causes import CAUSES, cause_of
@@ -186,3 +190,68 @@ def diagnose(t: Any, case: dict[str, Any], deferral_threshold: float | None) -> 
     return {"title": f"{sid} under {cond} — {cause.bucket} › {cause.entry}",
             "what": what, "slices": member, "why": cause.why, "helps": "; ".join(helps),
             "residual": residual + (" before any mitigation" if cond != "clean" else "")}
+
+
+#: The three orthogonal planes of a canonical RAS+ volume ``(X, Y, Z)``: name -> fixed axis.
+VIEWS: dict[str, int] = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+
+def failure_point(mask: np.ndarray, prob: np.ndarray, level: float = 0.5) -> tuple[int, ...]:
+    """The voxel the case's views cut through: in the largest fully connected component of the
+    error ``(prob >= level) != (mask == 1)`` (26-connected in 3D; ties: scipy's raster order),
+    the voxel nearest the component's centroid (a ring-shaped error's centroid can lie outside
+    it). Without error: the ground truth's, else the prediction's, else the array's centre."""
+    gt = np.asarray(mask) == 1
+    pred = np.asarray(prob, np.float32) >= level
+    for region in (gt != pred, gt, pred):
+        if region.any():
+            labels, n = ndimage.label(region, ndimage.generate_binary_structure(region.ndim,
+                                                                                region.ndim))
+            sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+            voxels = np.argwhere(labels == int(np.argmax(sizes)) + 1)
+            centroid = voxels.mean(axis=0)
+            nearest = voxels[int(np.argmin(((voxels - centroid) ** 2).sum(axis=1)))]
+            return tuple(int(v) for v in nearest)
+    return tuple(int(n) // 2 for n in np.shape(mask))
+
+
+def plane(volume: np.ndarray, view: str, index: int) -> np.ndarray:
+    """One plane of a canonical RAS+ ``(X, Y, Z)`` array as displayed, radiological convention:
+    axial ``(Y, X)`` with anterior up and the patient's right on the left; coronal ``(Z, X)``
+    with superior up, right on the left; sagittal ``(Z, Y)`` with superior up, anterior on the
+    left. Display row ``i``, column ``j`` = the plane's ``[-1 - j, -1 - i]``."""
+    cut = np.take(np.asarray(volume), index, axis=VIEWS[view])
+    return np.ascontiguousarray(cut[::-1, ::-1].T)
+
+
+def plane_aspect(spacing: tuple[float, ...] | None, view: str) -> float:
+    """Display aspect (row spacing / column spacing) of :func:`plane`'s output; 1 without
+    spacing."""
+    if spacing is None or len(spacing) != 3:
+        return 1.0
+    rows_cols = [a for a in (2, 1, 0) if a != VIEWS[view]]  # display rows, then columns
+    return float(spacing[rows_cols[0]]) / float(spacing[rows_cols[1]])
+
+
+def orthogonal_views(arrays: dict[str, np.ndarray],
+                     spacing: tuple[float, ...] | None = None) -> dict[str, dict[str, Any]]:
+    """A volume case's three views through :func:`failure_point` of its stressed prediction.
+
+    ``arrays`` holds what ``cases/case_<k>.npz`` stores for segmentation: ``clean`` and ``image``
+    ``(C, X, Y, Z)``, ``mask`` ``(X, Y, Z)``, ``prob`` and ``prob_clean`` ``(T, X, Y, Z)``
+    (target 0 is shown). Returns, per view name, ``index`` (the plane), ``point`` (the failure
+    point's display ``(row, column)``), ``aspect`` and the planes ``clean``, ``image``
+    (channel 0), ``mask``, ``prob``, ``prob_clean``."""
+    prob = np.asarray(arrays["prob"][0], np.float32)
+    point = failure_point(arrays["mask"], prob)
+    volumes = {"clean": np.asarray(arrays["clean"])[0], "image": np.asarray(arrays["image"])[0],
+               "mask": np.asarray(arrays["mask"]), "prob": prob,
+               "prob_clean": np.asarray(arrays["prob_clean"][0], np.float32)}
+    out: dict[str, dict[str, Any]] = {}
+    for view, axis in VIEWS.items():
+        shape = [n for a, n in enumerate(np.shape(arrays["mask"])) if a != axis]
+        rest = [p for a, p in enumerate(point) if a != axis]  # plane coordinates (u, v)
+        out[view] = {"index": point[axis], "aspect": plane_aspect(spacing, view),
+                     "point": (shape[1] - 1 - rest[1], shape[0] - 1 - rest[0]),
+                     **{k: plane(v, view, point[axis]) for k, v in volumes.items()}}
+    return out

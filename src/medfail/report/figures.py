@@ -21,6 +21,7 @@ import pandas as pd
 
 from medfail.analysis.aggregate import harmful_side
 from medfail.analysis.calibration import COVERAGE
+from medfail.analysis.case_studies import VIEWS, orthogonal_views
 from medfail.report.formatting import ci_excludes, num
 from medfail.stress import registry
 
@@ -411,15 +412,83 @@ def _crosses(a: np.ndarray, level: float = 0.5) -> bool:
     return bool((a >= level).any() and (a < level).any())
 
 
-def segmentation_case_figure(case: dict[str, np.ndarray], path: Path) -> Path:
-    """Input with GT contour, clean and stressed probability overlays, and the entropy map."""
+def display_window(volume: np.ndarray) -> np.ndarray:
+    """A volume's grey-level window for display: the 1st-99.5th percentiles of its voxels above
+    ``p1 + 10 % (p99 - p1)`` (the body, not the air or background around it)."""
+    x = np.asarray(volume, np.float64)
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return np.array([0.0, 1.0])
+    p1, p99 = np.percentile(x, [1, 99])
+    body = x[x > p1 + 0.1 * (p99 - p1)]
+    lo, hi = np.percentile(body if body.size else x, [1, 99.5])
+    return np.array([lo, hi if hi > lo else lo + 1.0])
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """Binary entropy in bits of a probability map (the confidence shown in case figures)."""
+    eps = 1e-6
+    return -(p * np.log2(p + eps) + (1 - p) * np.log2(1 - p + eps))
+
+
+def volume_case_figure(case: dict[str, np.ndarray], path: Path,
+                       spacing: tuple[float, ...] | None = None) -> Path:
+    """A volume case: the axial, coronal and sagittal planes through the failure
+    (:func:`medfail.analysis.case_studies.failure_point`, yellow cross) of the clean and
+    stressed input, the prediction under stress and its entropy, with the GT contour."""
+    views = orthogonal_views(case, spacing)
+    window = display_window(np.asarray(case["clean"])[0])
+    fig, axes = plt.subplots(3, 4, figsize=(9.6, 6.3), dpi=110)
+    labels = ("clean input + GT (green)", "stressed input + GT",
+              "prediction under stress\n(probability, contour p = 0.5)",
+              "entropy (bits) under stress")
+    for r, (view, v) in enumerate(views.items()):
+        gt = (v["mask"] == 1).astype(float)
+        p, p_clean = _prob_map(v["prob"]), _prob_map(v["prob_clean"])
+        panels = [(v["clean"], None), (v["image"], None), (v["image"], p), (None, _entropy(p))]
+        for k, (ax, (base, over)) in enumerate(zip(axes[r], panels, strict=True)):
+            if base is not None:
+                ax.imshow(_gray(base[None], window), cmap="gray", vmin=0, vmax=1,
+                          aspect=v["aspect"])
+            if k == 3:
+                im = ax.imshow(over, cmap="magma", vmin=0, vmax=1, aspect=v["aspect"])
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            elif over is not None:
+                ax.imshow(np.ma.masked_less(over, 0.05), cmap="autumn", alpha=0.55, vmin=0,
+                          vmax=1, aspect=v["aspect"])
+                if _crosses(over):
+                    ax.contour(over, levels=[0.5], colors="red", linewidths=0.8)
+            if k < 3 and _crosses(gt):
+                ax.contour(gt, levels=[0.5], colors="lime", linewidths=0.8)
+            if k == 0 and _crosses(p_clean):
+                ax.contour(p_clean, levels=[0.5], colors="red", linewidths=0.6,
+                           linestyles="--")
+            row, col = v["point"]
+            ax.plot([col], [row], marker="+", color="yellow", markersize=7, mew=0.8)
+            if r == 0:
+                ax.set_title(labels[k], fontsize=7.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+        axes[r][0].set_ylabel(f"{view} {'xyz'[VIEWS[view]]}={v['index']}", fontsize=7.5)
+    fig.text(0.01, 0.005, "radiological convention: patient's right on the left; anterior / "
+             "superior up", fontsize=6.5)
+    return _save(fig, path)
+
+
+def segmentation_case_figure(case: dict[str, np.ndarray], path: Path,
+                             spacing: tuple[float, ...] | None = None) -> Path:
+    """Input with GT contour, clean and stressed probability overlays, and the entropy map
+    (a volume, ``mask`` of 3 dims: :func:`volume_case_figure`)."""
+    if np.ndim(case["mask"]) == 3:
+        return volume_case_figure(case, path, spacing)
     img, clean = _gray(case["image"], case["value_range"]), _gray(case["clean"],
                                                                    case["value_range"])
     gt = (np.asarray(case["mask"]) == 1).astype(float)
     p = _prob_map(case["prob"][0])
     p_clean = _prob_map(case["prob_clean"][0])
-    eps = 1e-6
-    entropy = -(p * np.log2(p + eps) + (1 - p) * np.log2(1 - p + eps))
+    entropy = _entropy(p)
     fig, axes = plt.subplots(1, 4, figsize=(9.6, 2.7), dpi=110)
     panels = [(clean, None, "clean input + GT (green)"), (img, None, "stressed input + GT"),
               (img, p, "prediction under stress\n(probability, contour p = 0.5)"),

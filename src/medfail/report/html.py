@@ -414,6 +414,14 @@ def _sized(fig: dict[str, str], size: str) -> dict[str, Any]:
     return {**fig, "size": size, "stem": Path(fig["file"]).stem}
 
 
+def _spacing(tables: RunTables, sid: str) -> tuple[float, ...] | None:
+    """The sample's spacing (mm per axis) from the run's index, None when unknown."""
+    index = tables.index
+    row = index.loc[index["id"].astype(str) == str(sid), "spacing"]
+    value = row.iloc[0] if len(row) else None
+    return None if value is None or np.ndim(value) == 0 else tuple(float(v) for v in value)
+
+
 def _case_studies(tables: RunTables, checklist: dict[str, Any], figdir: Path,
                   run_dir: Path) -> list[dict[str, Any]]:
     path = run_file(run_dir, CASES_JSON)
@@ -432,7 +440,7 @@ def _case_studies(tables: RunTables, checklist: dict[str, Any], figdir: Path,
                 suffixes=("_clean", ""))
             classification_case_figure(arrays, probs, case["target"], fig_path)
         else:
-            segmentation_case_figure(arrays, fig_path)
+            segmentation_case_figure(arrays, fig_path, _spacing(tables, case["id"]))
         out.append({**text, "figure": _sized(figure(fig_path, run_dir, f"case {k + 1}: "
                                                      f"{case['id']} under {case['condition']}"),
                                              "full")})
