@@ -13,8 +13,9 @@ Conventions (docs/data.md, "Volumes"; :mod:`medfail.data.geometry`):
   for anything but uint8/bool/[0, 1] floats), like 2D files.
 * NIfTI: a file is a volume when its third axis has more than one voxel; axes after the third
   must be 1 (a trailing singleton, e.g. ``(X, Y, Z, 1)``). Spacing = the header zooms in mm
-  (``xyzt_units`` meter/micron converted; unknown = mm; ``None`` when the units are unknown and
-  every zoom is 1, the header default); the affines are converted to mm likewise.
+  (``xyzt_units`` meter/micron converted; unknown = mm; ``None`` only for the header default:
+  units unknown, every zoom 1 and neither sform nor qform set); the affines are converted to mm
+  likewise.
 * DICOM series: a folder ``images/<id>/`` of single-frame slices (any file names). Only pixel
   data, the geometry tags, rescale and Modality are parsed (``pydicom.dcmread`` with
   ``specific_tags``): no patient tag is ever read. Slices are sorted by their position along the
@@ -122,7 +123,8 @@ def _unit_scale(header: Any) -> float:
 
 def nifti_geometry(img: Any, path: str | Path) -> tuple[VolumeGeometry, tuple[float, ...] | None]:
     """``(geometry, spacing)`` of a NIfTI volume from its header (no pixel is read). Spacing:
-    the zooms in mm permuted to canonical order; ``None`` for unknown units with all zooms 1."""
+    the zooms in mm permuted to canonical order; ``None`` for the header default (module
+    docstring)."""
     shape = tuple(int(n) for n in img.shape[:3])
     header = img.header
     unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else "unknown"
@@ -135,12 +137,20 @@ def nifti_geometry(img: Any, path: str | Path) -> tuple[VolumeGeometry, tuple[fl
     canonical = affine @ orientations.inv_ornt_aff(ornt, shape)
     geometry = VolumeGeometry(canonical, affine, (shape[0], shape[1], shape[2]), "nifti")
     zooms = [float(z) for z in header.get_zooms()[:3]]
-    if unit == "unknown" and zooms == [1.0, 1.0, 1.0]:
+    if unit == "unknown" and zooms == [1.0, 1.0, 1.0] and not _has_space(header):
         return geometry, None
     spacing = [0.0, 0.0, 0.0]
     for axis, zoom in enumerate(zooms):  # float32 header value -> its shortest decimal
         spacing[int(ornt[axis, 0])] = float(str(np.float32(zoom))) * scale
     return geometry, tuple(spacing)
+
+
+def _has_space(header: Any) -> bool:
+    """Whether the header places the voxels in a space (sform or qform code > 0)."""
+    try:
+        return int(header["sform_code"]) > 0 or int(header["qform_code"]) > 0
+    except (KeyError, ValueError, TypeError):
+        return False
 
 
 def _nifti_array(img: Any, path: Path, mask: bool) -> np.ndarray:
