@@ -293,6 +293,18 @@ def test_dicom_series_refusals_name_the_folder(tmp_path: Path) -> None:
     assert "at least 2 slices" in _series_error(single)
 
 
+def test_dicom_series_gantry_tilt_refused(tmp_path: Path) -> None:
+    import pydicom
+
+    tilted = write_dicom_series(tmp_path / "tilt", _ct(5, (4, 3, 5)))
+    for path in tilted.iterdir():  # y shifts 0.5 mm per 2.5 mm slice: an 11 degree tilt
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.2 * (z - 100.0), z]
+        ds.save_as(path)
+    assert "gantry tilt" in _series_error(tilted)
+
+
 def test_dicom_series_tiny_gap_jitter_accepted(tmp_path: Path) -> None:
     z = [0.0, 2.5, 5.01, 7.5, 10.0]  # 0.4 % off: rounding in real headers
     r = read_image(write_dicom_series(tmp_path / "j", _ct(4, (4, 3, 5)), positions=z))
@@ -441,3 +453,55 @@ def test_colin27_real_volume_and_brain_mask(tmp_path: Path) -> None:
     s = FolderDataset(root, "segmentation").load("ch2")
     assert s.mask.shape == s.image.shape[1:] and 0.05 < s.mask.mean() < 0.5
     assert s.image[0][s.mask == 1].mean() > s.image[0][s.mask == 0].mean()
+
+
+# ---------------------------------------------------------------------------- masks and memory
+
+
+def test_3d_instance_masks_use_3d_connected_components(tmp_path: Path) -> None:
+    """The auto mask-mode rule counts pieces in 3D with full (26-)connectivity: 25 objects that
+    are staircases along z, their voxels touching only at edges (8 pieces each with face
+    connectivity, 1 with full) -> instance maps, each object one piece."""
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    inst = np.zeros((16, 10, 8), np.uint16)
+    for n in range(25):
+        i, j = 3 * (n % 5), 2 * (n // 5)
+        for t in range(8):
+            inst[i + t % 2, j, t] = n + 1
+    _save_nifti(_volume(0, (16, 10, 8)), np.eye(4), root / "images" / "a.nii.gz")
+    _save_nifti(inst, np.eye(4), root / "masks" / "a.nii.gz")
+    ds = FolderDataset(root, "segmentation")
+    assert ds.mask_mode_info["mode"] == "instances"
+    assert "each one connected object" in ds.mask_mode_info["message"]
+    s = ds.load("a")
+    assert s.instances is not None and len(np.unique(s.instances)) == 26
+
+
+def _peak_validate_and_load(root: Path) -> int:
+    import tracemalloc
+
+    ds = FolderDataset(root, "segmentation")
+    tracemalloc.start()
+    ds.validate(progress=False)
+    for sample in ds:
+        del sample
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_memory_holds_one_volume(tmp_path: Path) -> None:
+    """Validating and iterating 8 volumes peaks at most 1.2x the memory of 1 volume."""
+    shape = (48, 40, 32)
+    for n in (1, 8):
+        (tmp_path / f"n{n}" / "images").mkdir(parents=True)
+        (tmp_path / f"n{n}" / "masks").mkdir()
+        for i in range(n):
+            a = _volume(i, shape)
+            _save_nifti(a, PERMUTED, tmp_path / f"n{n}" / "images" / f"v{i}.nii.gz")
+            _save_nifti((a > 900).astype(np.uint8), PERMUTED,
+                        tmp_path / f"n{n}" / "masks" / f"v{i}.nii.gz")
+    one, eight = (_peak_validate_and_load(tmp_path / f"n{n}") for n in (1, 8))
+    assert eight <= 1.2 * one, (one, eight)

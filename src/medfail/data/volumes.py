@@ -27,7 +27,8 @@ Conventions (docs/data.md, "Volumes"; :mod:`medfail.data.geometry`):
   order like NIfTI.
   Refused (naming the folder): mixed SeriesInstanceUID, differing orientation, size or pixel
   spacing, duplicate positions, gaps differing from the median by more than
-  :data:`GAP_TOLERANCE` of it, a single slice, multi-frame or colour slices.
+  :data:`GAP_TOLERANCE` of it, positions drifting sideways from the normal (gantry tilt), a
+  single slice, multi-frame or colour slices.
 * Size limit: the declared size (NIfTI header; Rows x Columns x slices) is checked against
   :func:`~medfail.data.readers.max_image_bytes` before any pixel is decoded.
 """
@@ -373,6 +374,13 @@ def series_geometry(folder: str | Path) -> tuple[list[Path], np.ndarray, tuple[i
         raise MedfailInputError(
             folder, f"non-uniform slice gaps (median {gap:.3f} mm; these differ by more than "
             f"{GAP_TOLERANCE:.0%}): {listing(pairs, 3)}; missing slices or a mixed series?")
+    span = slices[-1].position - slices[0].position
+    drift = float(np.linalg.norm(span - normal * (along[-1] - along[0])))
+    if drift > GAP_TOLERANCE * gap * (len(slices) - 1):
+        raise MedfailInputError(
+            folder, f"slice positions drift {drift:.2f} mm sideways from the slice normal "
+            f"between {slices[0].path.name} and {slices[-1].path.name} (gantry tilt or a "
+            "sheared series); resample it to an orthogonal grid first (e.g. dcm2niix)")
     d_row, d_col = slices[0].pixel_spacing
     lps = np.eye(4)
     lps[:3, 0] = row_cos * d_col  # array axis 0 = column index: along the row direction
