@@ -11,6 +11,8 @@ thresholds transfer between images of one protocol:
   (J. Immerkær, CVIU 1996); robust to edges, zero for a constant image;
 * ``sharpness`` — variance of the 4-neighbour Laplacian (low = blurred or pixelated).
 
+Volumes: the same features, noise and sharpness in-plane slice by slice (:func:`quality_features`).
+
 A monitor flags an image when a feature leaves the range seen on clean images: the threshold is
 the clean 1st percentile (features that fall under a corruption) or the 99th percentile (features
 that rise), so about 1 % of clean images raise a false alarm by construction.
@@ -18,11 +20,14 @@ that rise), so about 1 % of clean images raise a false alarm by construction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+
+from medfail.stress.spec import slice_axis
 
 FEATURES = ("mean_intensity", "contrast", "dynamic_range", "noise_sigma", "sharpness")
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
@@ -30,23 +35,42 @@ _LAPLACE = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float64)
 
 
 def scaled(image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-    """First channel of a (C, H, W) image scaled to [0, 1] by ``value_range`` (not clipped)."""
+    """First channel of a (C, *spatial) image scaled to [0, 1] by ``value_range`` (not
+    clipped)."""
     lo, hi = value_range
     span = hi - lo if hi > lo else 1.0
     return (np.asarray(image, dtype=np.float64)[0] - lo) / span
 
 
-def quality_features(image: np.ndarray, value_range: tuple[float, float]) -> dict[str, float]:
-    """The five features of the module docstring for one (C, H, W) image."""
+def _in_plane(kernel: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """A 2D kernel applied within planes: a singleton axis inserted at ``axis`` (volumes)."""
+    return kernel if ndim == 2 else np.expand_dims(kernel, axis)
+
+
+def quality_features(image: np.ndarray, value_range: tuple[float, float],
+                     spacing: Sequence[float] | None = None) -> dict[str, float]:
+    """The five features of the module docstring for one (C, H, W) image.
+
+    Volumes (C, X, Y, Z): mean, contrast and dynamic range over every voxel; ``noise_sigma``
+    and ``sharpness`` in-plane, each slice across the slice axis (largest ``spacing``, else
+    the last axis) filtered with the 2D kernels: σ = √(π/2) / (6 Σ_slices (H−2)(W−2)) ·
+    Σ |I * N| over every slice's interior, and the variance of every voxel's in-plane
+    Laplacian; so a 2D image and a one-slice volume give the same values.
+    """
     x = scaled(image, value_range)
-    h, w = x.shape
+    axis = slice_axis(spacing, x.ndim) if x.ndim == 3 else -1
+    plane = [n for i, n in enumerate(x.shape) if i != axis] if x.ndim == 3 else list(x.shape)
+    h, w = plane
     p1, p99 = np.percentile(x, [1, 99])
     if h > 2 and w > 2:
-        conv = ndimage.convolve(x, _NOISE_KERNEL, mode="reflect")[1:-1, 1:-1]
-        noise = float(np.sqrt(np.pi / 2) * np.abs(conv).sum() / (6 * (h - 2) * (w - 2)))
+        conv = ndimage.convolve(x, _in_plane(_NOISE_KERNEL, x.ndim, axis), mode="reflect")
+        inner = tuple(slice(None) if i == axis else slice(1, -1) for i in range(x.ndim))
+        slices = x.shape[axis] if x.ndim == 3 else 1
+        noise = float(np.sqrt(np.pi / 2) * np.abs(conv[inner]).sum()
+                      / (6 * (h - 2) * (w - 2) * slices))
     else:
         noise = 0.0
-    lap = ndimage.convolve(x, _LAPLACE, mode="reflect")
+    lap = ndimage.convolve(x, _in_plane(_LAPLACE, x.ndim, axis), mode="reflect")
     return {"mean_intensity": float(x.mean()), "contrast": float(x.std()),
             "dynamic_range": float(p99 - p1), "noise_sigma": noise,
             "sharpness": float(lap.var())}

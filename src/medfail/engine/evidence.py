@@ -31,7 +31,7 @@ from medfail.analysis.case_studies import select_cases
 from medfail.analysis.input_quality import quality_features
 from medfail.data.datasets import Dataset
 from medfail.data.sample import Sample
-from medfail.engine.predictions import condition_path, write_table
+from medfail.engine.predictions import condition_path, npz_array, write_table
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.metrics.segmentation import dice
 from medfail.models.adapters import ModelAdapter
@@ -81,7 +81,7 @@ def evidence_rows(batch: Sequence[Sample], images: Sequence[np.ndarray], cond: C
         return []
     rows = [{"id": s.id, "condition": cond.name, "feature": k, "value": v}
             for s, img in zip(batch, images, strict=True)
-            for k, v in quality_features(img, s.value_range).items()]
+            for k, v in quality_features(img, s.value_range, s.spacing).items()]
     if cond.name == "clean":
         maps = foreground if foreground is not None else [None] * len(batch)
         for s, fg in zip(batch, maps, strict=True):
@@ -138,7 +138,7 @@ def write_cases(run_dir: Path, dataset: Dataset, adapter: ModelAdapter,
         else:
             arrays["mask"] = np.asarray(sample.mask)
             for name, cond in (("prob_clean", "clean"), ("prob", case["condition"])):
-                arrays[name] = np.load(condition_path(run_dir, cond, task))[case["id"]]
+                arrays[name] = npz_array(condition_path(run_dir, cond, task), case["id"])
         np.savez_compressed(case_path(run_dir, k), **arrays)
     table(run_dir, CASES_JSON).write_text(json.dumps(cases, indent=2))
     return cases

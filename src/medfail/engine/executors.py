@@ -129,10 +129,10 @@ class _Worker:
     """A Ray actor: holds the model(s) and predicts shards of conditions."""
 
     def __init__(self, models: Sequence[ModelAdapter] | ModelLoader, config: SuiteConfig,
-                 spacing_mm: bool, threads: int) -> None:
+                 spacing_mm: bool, threads: int, dims: int = 2) -> None:
         torch.set_num_threads(threads)
         adapters = models() if callable(models) else models
-        self.predictor = Predictor(adapters, config, spacing_mm)
+        self.predictor = Predictor(adapters, config, spacing_mm, dims=dims)
         self.datasets: dict[int, Dataset] = {}
 
     def run(self, cond: Condition, data: tuple[int, list[Any]], start: int, stop: int
@@ -194,7 +194,8 @@ class RayExecutor:
         # fractions keep every actor schedulable when there are more workers than CPUs/GPUs
         actor = ray.remote(num_cpus=min(float(threads), cpus / n),
                            num_gpus=min(1.0, gpus / n) if gpus else 0)(_Worker)
-        self.actors = [actor.remote(payload, p.config, p.spacing_mm, threads) for _ in range(n)]
+        self.actors = [actor.remote(payload, p.config, p.spacing_mm, threads, p.dims)
+                       for _ in range(n)]
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Finished]:
         remote = [j for j in jobs if j.cond.method != "morphology"]
@@ -211,7 +212,9 @@ class RayExecutor:
             key = id(job.dataset)
             if key not in self.data:
                 self.data[key] = (key, [ray.put(job.dataset)])
-        cut = {id(j): shards(len(j.dataset), self.predictor.config.batch_size, len(self.actors))
+        # volumes: one per shard, so a worker's part (and the driver's queue) holds one volume
+        cut = {id(j): shards(len(j.dataset), self.predictor.batch_size,
+                             len(self.actors) if self.predictor.dims == 2 else len(j.dataset))
                for j in jobs}
         tasks = [(j.cond, self.data[id(j.dataset)], a, b) for j in jobs for a, b in cut[id(j)]]
         results = self._ordered(tasks)

@@ -13,6 +13,8 @@ objects stay separate) instead of one per connected component.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
@@ -68,6 +70,26 @@ def classifier_logits(adapter: ModelAdapter, images: list[np.ndarray]
     raw.activate = lambda out: out.float()  # type: ignore[method-assign]
     logits = np.asarray(raw.predict_proba(images), np.float32)  # type: ignore[attr-defined]
     return adapter.activate(torch.from_numpy(logits)).numpy(), logits
+
+
+def takes_spacings(adapter: ModelAdapter) -> bool:
+    """Whether the adapter's ``predict_proba`` has a ``spacings`` parameter (segmenters)."""
+    try:
+        return "spacings" in inspect.signature(adapter.predict_proba).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def with_spacings(adapter: ModelAdapter, spacings: Sequence[tuple[float, ...] | None]
+                  ) -> ModelAdapter:
+    """A shallow copy of ``adapter`` whose ``predict_proba(images)`` passes ``spacings`` (one
+    per image, mm per spatial axis); ``adapter`` itself when it takes no spacings."""
+    if not takes_spacings(adapter):
+        return adapter
+    bound = copy.copy(adapter)
+    predict = adapter.predict_proba  # type: ignore[attr-defined]
+    bound.predict_proba = functools.partial(predict, spacings=list(spacings))  # type: ignore[attr-defined]
+    return bound
 
 
 @dataclass
@@ -152,11 +174,15 @@ class Predictor:
     """
 
     def __init__(self, models: Sequence[ModelAdapter], config: SuiteConfig, spacing_mm: bool,
-                 run_dir: Path = Path(".")) -> None:
+                 run_dir: Path = Path("."), dims: int = 2) -> None:
         self.adapter, self.members = models[0], list(models)
         self.config, self.spacing_mm, self.run_dir = config, spacing_mm, run_dir
         self.task = self.adapter.spec.task
         self.targets = list(self.adapter.spec.target_names)
+        self.dims = dims
+        #: volumes go one at a time, one read ahead: memory is bounded by a few volumes
+        self.batch_size = 1 if dims == 3 else config.batch_size
+        self.read_ahead = 1 if dims == 3 else 2
 
     def run(self, cond: Condition, dataset: Dataset, sink: Callable[[Part], None],
             postprocess: PostProcess | None = None, progress: bool = False) -> None:
@@ -164,10 +190,10 @@ class Predictor:
 
         The next batch is read, decoded and perturbed in a background thread meanwhile.
         """
-        bs = self.config.batch_size
+        bs = self.batch_size
         inputs = ((b, self.images(b, cond)) for b in dataset.batches(bs))
         pending: Future[Part] | None = None
-        with closing(prefetch(inputs, depth=2)) as batches, \
+        with closing(prefetch(inputs, depth=self.read_ahead)) as batches, \
                 ThreadPoolExecutor(1, thread_name_prefix="medfail-score") as scorer:
             for batch, images in tqdm(batches, total=-(-len(dataset) // bs),
                                       desc=f"  {cond.name}", unit="batch", leave=False,
@@ -221,26 +247,34 @@ class Predictor:
     def _model_output(self, batch: list[Sample], images: list[np.ndarray], cond: Condition,
                       prompts: list[list[Prompt]] | None = None,
                       postprocess: PostProcess | None = None) -> tuple[list[np.ndarray], list]:
-        """Predictions by the condition's method, and a per-sample spread (None if plain)."""
+        """Predictions by the condition's method, and a per-sample spread (None if plain).
+
+        Segmenters whose ``predict_proba`` takes ``spacings`` get each sample's spacing in mm
+        (every method: the flips of TTA keep it), so a model spec's ``spacing`` resamples."""
         ids = [s.id for s in batch]
+        adapter, members = self.adapter, self.members
+        if self.task == "segmentation" and any(s.spacing is not None for s in batch):
+            spacings = [s.spacing for s in batch]
+            adapter, members = (with_spacings(adapter, spacings),
+                                [with_spacings(m, spacings) for m in members])
         if cond.method == "tta":
-            return tta_predict(self.adapter, images, prompts)
+            return tta_predict(adapter, images, prompts)
         if cond.method == "ensemble":
-            return ensemble_predict(self.members, images, prompts)
+            return ensemble_predict(members, images, prompts)
         if cond.method == "mc_dropout":
-            return mc_dropout_predict(self.adapter, images, ids, self.config.seed,
+            return mc_dropout_predict(adapter, images, ids, self.config.seed,
                                       self.config.mc_passes, prompts)
         if cond.method == "morphology":
             assert postprocess is not None and cond.base is not None
-            stored = np.load(condition_path(self.run_dir, cond.base.name, self.task))
             out = []
-            for sid in ids:
-                fg = apply_postprocess(stored[sid][0].astype(np.float32), postprocess)
-                out.append(np.stack([1.0 - fg, fg]))
+            with np.load(condition_path(self.run_dir, cond.base.name, self.task)) as stored:
+                for sid in ids:  # lazy: only this batch's maps are read, one at a time
+                    fg = apply_postprocess(stored[sid][0].astype(np.float32), postprocess)
+                    out.append(np.stack([1.0 - fg, fg]))
             return out, [None] * len(ids)
         if prompts is not None:
-            return list(self.adapter.predict_proba(images, prompts)), [None] * len(ids)
-        return list(self.adapter.predict_proba(images)), [None] * len(ids)
+            return list(adapter.predict_proba(images, prompts)), [None] * len(ids)
+        return list(adapter.predict_proba(images)), [None] * len(ids)
 
     def classify(self, batch: list[Sample], images: list[np.ndarray],
                  cond: Condition) -> pd.DataFrame:

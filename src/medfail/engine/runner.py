@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,11 +43,14 @@ from medfail.engine.evidence import write_evidence
 from medfail.engine.executors import Executor, Job, ModelLoader, make_executor
 from medfail.engine.predictions import (
     GroundTruth,
+    MapWriter,
+    NpzSequence,
+    NpzWriter,
     file_sha256,
     metric_units,
     quantise,
 )
-from medfail.engine.predictor import SHIFT, Predictor
+from medfail.engine.predictor import SHIFT, Predictor, with_spacings
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.errors import MedfailInputError, listing
 from medfail.models.adapters import ModelAdapter
@@ -153,10 +157,12 @@ def _index_table(dataset: Dataset, task: str, gt: GroundTruth | None = None) -> 
     rows = []
     for s in dataset:
         mask = dataset.mask_relpath(s.id) if task != "classification" else None
+        shape = s.spatial_shape
         row: dict[str, Any] = {
             "id": s.id, "image": dataset.image_relpath(s.id), "mask": mask,
             "mask_sha256": None if mask is None else file_sha256(Path(dataset.root) / mask),
-            "height": s.spatial_shape[0], "width": s.spatial_shape[1],
+            "height": shape[0], "width": shape[1],
+            "depth": shape[2] if len(shape) > 2 else None,
             "spacing": None if s.spacing is None else list(s.spacing), "modality": s.modality}
         if s.mask is not None:
             row.update(mask_features(s.object_map, s.spacing))  # instances: one object each
@@ -164,6 +170,39 @@ def _index_table(dataset: Dataset, task: str, gt: GroundTruth | None = None) -> 
                 gt.add(s.id, s.mask, s.instances)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def spatial_dims(index: pd.DataFrame, dataset: Dataset) -> int:
+    """2 (images) or 3 (volumes) from the index's ``depth``; a dataset mixing them is refused."""
+    if "depth" not in index:
+        return 2
+    volumes = index["depth"].notna()
+    if volumes.any() and not volumes.all():
+        flat, deep = index.loc[~volumes, "image"].tolist(), index.loc[volumes, "image"].tolist()
+        raise MedfailInputError(
+            getattr(dataset, "root", None),
+            f"mixes 2D images ({listing(flat, 3)}) and 3D volumes ({listing(deep, 3)}); a run "
+            "takes one kind: put them in separate folders")
+    return 3 if volumes.any() else 2
+
+
+def check_volume_task(adapter: ModelAdapter, dims: int, dataset: Dataset) -> None:
+    """Volumes take segmenters only, whose spec says 3 spatial dims when it says any; refused
+    before any model runs."""
+    spec = adapter.spec
+    if dims == 3 and spec.task != "segmentation":
+        raise MedfailInputError(
+            getattr(dataset, "root", None),
+            f"holds 3D volumes, which medfail evaluates with segmenters only; task "
+            f"'{spec.task}' takes 2D images (use --task segmentation with a 3D segmenter, or "
+            "2D slices exported as images)")
+    want = getattr(spec, "spatial_dims", None)
+    if want is not None and int(want) != dims:
+        kind = "3D volumes" if dims == 3 else "2D images"
+        raise MedfailInputError(
+            adapter.name, f"the model spec says spatial_dims {want} but the data are {kind} "
+            f"({getattr(dataset, 'root', '')}); set spatial_dims: {dims} (and an input_size of "
+            f"{dims} numbers) in the model spec if the model takes them")
 
 
 def _write_split(manifest: Manifest, split: str, index: pd.DataFrame,
@@ -307,9 +346,14 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     gt, shift_gt = GroundTruth(), GroundTruth()
     index = _index_table(dataset, task, gt)
     shift_index = None if shift is None else _index_table(shift, task, shift_gt)
+    dims = spatial_dims(index, dataset)
+    if shift_index is not None and spatial_dims(shift_index, shift) != dims:
+        raise MedfailInputError(shift.root, "the shift data and the test data must both be 2D "
+                                "images or both 3D volumes")
+    check_volume_task(adapter, dims, dataset)
     metadata = getattr(dataset, "metadata", None)
     modality = data_modality(index, metadata, config)
-    conditions = config.conditions(task, modality)
+    conditions = config.conditions(task, modality, dims)
     spacing_mm = task != "classification" and bool(index["spacing"].notna().all())
     if spacing_mm and shift_index is not None:
         _check_shift_spacing(shift, shift_index)  # nsd/hd95 in mm for both, or refused
@@ -342,8 +386,9 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         "ensemble", "ensemble", "uncertainty", 0, method="ensemble", base=conditions[0])]
         if ensemble else [])
     record = _Record()
-    engine = make_executor(executor, Predictor([adapter, *ensemble], config, spacing_mm, run_dir),
-                           progress, ray_address, ray_workers, model_loader)
+    engine = make_executor(executor, Predictor([adapter, *ensemble], config, spacing_mm, run_dir,
+                                               dims), progress, ray_address, ray_workers,
+                           model_loader)
     try:
         _run_conditions([Job(c, dataset) for c in conditions + methods]
                         + ([Job(SHIFT, shift)] if shift is not None else []),
@@ -357,7 +402,8 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         if config.mitigate:
             t = time.perf_counter()
             jobs, mitigation_info = _mitigation_jobs(run_dir, adapter, dataset, calibration,
-                                                     conditions, membership, thresholds, config)
+                                                     conditions, membership, thresholds, config,
+                                                     dims)
             stages["mitigation_choice"] = time.perf_counter() - t
             _run_conditions(jobs, engine, manifest, task, record, progress)
     finally:
@@ -493,7 +539,7 @@ def _read_seconds(path: Path) -> float:
 def _mitigation_jobs(run_dir: Path, adapter: ModelAdapter, dataset: Dataset,
                      calibration: Dataset | None, conditions: list[Condition],
                      membership: pd.DataFrame, thresholds: dict[str, float] | float,
-                     config: SuiteConfig) -> tuple[list[Job], dict[str, Any]]:
+                     config: SuiteConfig, dims: int = 2) -> tuple[list[Job], dict[str, Any]]:
     """Mitigations on the top breaking condition: TTA, and for segmentation with a calibration
     split and one foreground class, post-processing chosen on it (the morphology is binary: it
     reads and writes one foreground map). Returns the jobs and run.json's ``mitigation``."""
@@ -509,7 +555,7 @@ def _mitigation_jobs(run_dir: Path, adapter: ModelAdapter, dataset: Dataset,
     info: dict[str, Any] = {}
     if task != "classification" and calibration is not None \
             and len(adapter.spec.target_names) == 1:
-        postprocess, cal_dice = _choose_postprocess(adapter, calibration, config)
+        postprocess, cal_dice = _choose_postprocess(adapter, calibration, config, dims)
         info["postprocess"] = {**postprocess.to_dict(), "calibration_dice": cal_dice}
         jobs.append(Job(Condition(f"morphology|{worst.name}", "morphology", "mitigation",
                                   worst.severity, method="morphology", base=worst),
@@ -525,20 +571,27 @@ def _per_sample(run_dir: Path, conditions: Sequence[Condition]) -> pd.DataFrame:
     return per_sample[PER_SAMPLE_COLUMNS]
 
 
-def _choose_postprocess(adapter: ModelAdapter, calibration: Dataset, config: SuiteConfig
-                        ) -> tuple[PostProcess, float]:
-    """Post-processing parameters chosen on the calibration split's clean predictions."""
-    probs, masks = [], []
-    for batch in calibration.batches(config.batch_size):
-        if adapter.spec.task == "promptable":
-            out = adapter.predict_proba([s.image for s in batch],  # type: ignore[call-arg]
-                                        [Predictor.prompts(s) for s in batch])
-        else:
-            out = adapter.predict_proba([s.image for s in batch])
-        for s, p in zip(batch, out, strict=True):
-            probs.append(quantise(p)[0].astype(np.float32))
-            masks.append(s.mask)
-    return choose_params(probs, masks)
+def _choose_postprocess(adapter: ModelAdapter, calibration: Dataset, config: SuiteConfig,
+                        dims: int = 2) -> tuple[PostProcess, float]:
+    """Post-processing parameters chosen on the calibration split's clean predictions (the
+    stored float16 values). Maps and masks stream through a temporary ``.npz`` each, so
+    memory stays bounded by one sample (one volume) however large the split."""
+    with tempfile.TemporaryDirectory(prefix="medfail-calibration-") as tmp:
+        probs, masks = MapWriter(Path(tmp) / "probs.npz"), NpzWriter(Path(tmp) / "masks.npz")
+        for batch in calibration.batches(1 if dims == 3 else config.batch_size):
+            if adapter.spec.task == "promptable":
+                out = adapter.predict_proba([s.image for s in batch],  # type: ignore[call-arg]
+                                            [Predictor.prompts(s) for s in batch])
+            else:
+                out = with_spacings(adapter, [s.spacing for s in batch]).predict_proba(
+                    [s.image for s in batch])
+            for s, p in zip(batch, out, strict=True):
+                probs.add(s.id, quantise(p)[0])
+                masks.add(s.id, np.asarray(s.mask))
+        probs.close()
+        masks.close()
+        with NpzSequence(probs.path) as p_seq, NpzSequence(masks.path) as m_seq:
+            return choose_params(p_seq, m_seq)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

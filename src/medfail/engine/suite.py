@@ -28,10 +28,11 @@ problem, in a single :class:`MedfailInputError` that names the file. Validation 
 valid value (``to_dict()`` and so the cache key stay as before); only tuples become lists.
 
 Which tests apply: a test applies to a task and modality when its family fits the task (``prompt``
-tests only for promptable segmenters) and its ``modalities`` contain ``any`` or the data's
-modality. Listing a test that does not apply is an error that says why. A check metric unknown to
-every task is an error at load time; one that exists but not for the run's task is an error when
-the task is known (:meth:`SuiteConfig.check_task`, called by ``run_suite`` and ``medfail run``).
+tests only for promptable segmenters), its ``modalities`` contain ``any`` or the data's
+modality, and its ``dims`` contain the data's spatial dims (2D images or 3D volumes). Listing a
+test that does not apply is an error that says why. A check metric unknown to every task is an
+error at load time; one that exists but not for the run's task is an error when the task is
+known (:meth:`SuiteConfig.check_task`, called by ``run_suite`` and ``medfail run``).
 """
 
 from __future__ import annotations
@@ -69,8 +70,18 @@ CHECK_KEYS: tuple[str, ...] = ("metric", "max_drop", "severity")
 DEFAULT_CHECK_SEVERITY = 2
 
 
-def applies(test: registry.Perturbation, task: str, modality: str) -> tuple[bool, str]:
-    """Whether ``test`` applies to ``task`` on data of ``modality`` (and why not)."""
+def test_dims(test: registry.Perturbation) -> tuple[int, ...]:
+    """The spatial dims a test takes (its ``dims``: 2 = images, 3 = volumes)."""
+    return tuple(getattr(test, "dims", (2,)))
+
+
+def applies(test: registry.Perturbation, task: str, modality: str,
+            dims: int = 2) -> tuple[bool, str]:
+    """Whether ``test`` applies to ``task`` on ``dims``-D data of ``modality`` (and why not)."""
+    if dims not in test_dims(test):
+        kinds = " and ".join("2D images" if d == 2 else "3D volumes" for d in test_dims(test))
+        data = "3D volumes" if dims == 3 else "2D images"
+        return False, f"it applies to {kinds} only and the data are {data}"
     if test.family == "prompt" and task != "promptable":
         return False, "prompt perturbations need a promptable segmenter (--task promptable)"
     wanted = {m.lower() for m in test.modalities}
@@ -428,21 +439,25 @@ class SuiteConfig:
         if problems:
             raise MedfailInputError(self.source, "; ".join(problems))
 
-    def test_names(self, task: str = "segmentation", modality: str = "") -> list[str]:
-        """The tests to run: the configured ones (checked) or every test that applies."""
+    def test_names(self, task: str = "segmentation", modality: str = "",
+                   dims: int = 2) -> list[str]:
+        """The tests to run: the configured ones (checked) or every test that applies (to
+        ``dims``-D data: 2 = images, 3 = volumes, the stress catalogue's ``dims``)."""
         if self.tests is None:
-            return [n for n in registry.names() if applies(registry.get(n), task, modality)[0]]
+            return [n for n in registry.names()
+                    if applies(registry.get(n), task, modality, dims)[0]]
         for i, name in enumerate(self.tests):
-            ok, why = applies(registry.get(name), task, modality)
+            ok, why = applies(registry.get(name), task, modality, dims)
             if not ok:
                 raise MedfailInputError(self.source,
                                         f"tests[{i}]: stress test {name!r} does not apply: {why}")
         return list(self.tests)
 
-    def conditions(self, task: str = "segmentation", modality: str = "") -> list[Condition]:
+    def conditions(self, task: str = "segmentation", modality: str = "",
+                   dims: int = 2) -> list[Condition]:
         """``clean`` first, then every test at every severity, in config order."""
         out = [CLEAN_CONDITION]
-        for name in self.test_names(task, modality):
+        for name in self.test_names(task, modality, dims):
             test = registry.get(name)
             for sev in self.severities:
                 out.append(Condition(registry.condition_name(test, sev), name, test.family, sev))

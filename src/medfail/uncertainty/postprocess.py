@@ -2,9 +2,9 @@
 
 Applied to the foreground map ``p`` of a binary segmenter:
 
-1. ``min_size``: predicted components (8-connected, ``p > 0.5``) smaller than this many pixels
-   are removed (their probabilities set to ``min(p, 0.5 - 1e-3)``, so they fall below the
-   decision threshold while the map stays a probability map);
+1. ``min_size``: predicted components (8-connected, 26 in 3D; ``p > 0.5``) smaller than this
+   many pixels are removed (their probabilities set to ``min(p, 0.5 - 1e-3)``, so they fall
+   below the decision threshold while the map stays a probability map);
 2. ``fill_holes``: background enclosed by a predicted component is set to ``max(p, 0.5 + 1e-3)``;
 3. ``keep_largest``: only the largest component is kept.
 
@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from medfail.data.prompts import EIGHT_CONNECTED
 from medfail.metrics.segmentation import dice
 
 BELOW, ABOVE = 0.5 - 1e-3, 0.5 + 1e-3
@@ -50,12 +49,12 @@ CANDIDATES: tuple[PostProcess, ...] = (
 
 
 def apply(p: np.ndarray, params: PostProcess) -> np.ndarray:
-    """Post-process one (H, W) foreground probability map."""
+    """Post-process one (H, W) or (X, Y, Z) foreground probability map."""
     out = np.asarray(p, np.float32).copy()
     if params.is_identity:
         return out
     mask = out > 0.5
-    labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
     if n and (params.min_size or params.keep_largest):
         sizes = np.bincount(labels.ravel())[1:]
         drop = np.zeros(n + 1, bool)
