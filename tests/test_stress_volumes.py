@@ -403,6 +403,19 @@ def test_bias_field_peak_is_max_log_amp() -> None:
         assert abs(np.median(log_field)) < amp  # not a global scale
 
 
+@pytest.mark.parametrize("shape", [(16, 16, 12), (15, 9, 1), (7, 1, 5)])
+def test_bias_field_is_torchio_biasfield(shape: tuple[int, int, int]) -> None:
+    """The registered test equals ``tio.BiasField`` with the same drawn coefficients."""
+    import torchio as tio
+
+    x = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(0)) * 0.5
+    coeffs = mri_artifacts.bias_coefficients(np.random.default_rng(3), shape, 0.4)
+    ref = tio.BiasField(coefficients=coeffs, order=3)(tio.ScalarImage(tensor=x[0])).data
+    ours = _run("mri_bias_field_3d", 2, x, torch.tensor([[0.0, 1.0]]), [3], spacing=[None])
+    assert torch.equal(ours[0], ref.clamp(0.0, 1.0))
+    assert abs(float(mri_artifacts.bias_log_field(shape, coeffs).abs().max()) - 0.4) < 1e-9
+
+
 def test_ghosting_axis_is_in_plane_and_spikes_avoid_dc() -> None:
     for spacing, plane in (((1.0, 1.0, 3.0), {0, 1}), ((3.0, 1.0, 1.0), {1, 2}),
                            ((1.0, 1.0, 1.0), {0, 1})):
