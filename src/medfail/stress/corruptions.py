@@ -19,6 +19,13 @@ device). ``motion_blur`` and ``defocus`` reflect-pad by index, so kernels wider 
 (28×28 and smaller, even 1×1) work; ``pixelate`` averages partial edge blocks over their real
 pixels and always returns the original ``H × W``.
 
+Volumes ``(N, C, X, Y, Z)``: the per-voxel corruptions (``gaussian_noise``, ``brightness``,
+``contrast``, ``poisson_noise``, ``speckle``, ``gamma``) have ``dims=(2, 3)`` and work on them
+unchanged (``contrast``'s mean is over the whole volume); the 2D kernels (``gaussian_blur``,
+``jpeg``, ``motion_blur``, ``defocus``, ``pixelate``) stay ``dims=(2,)``, and
+:data:`VOLUME_CORRUPTIONS` holds ``blur_3d``, a separable gaussian whose σ is in mm (its
+``apply`` takes the volumes' ``spacing``).
+
 All randomness comes from one numpy generator per image (noise is drawn per image and stacked),
 and every operation is per image, so a sample's result never depends on batch size or order.
 """
