@@ -356,6 +356,10 @@ def test_folder_dataset_of_dicom_series(tmp_path: Path) -> None:
     assert s.modality == "CT" and s.spacing == pytest.approx((0.7, 0.7, 2.5))
     assert s.geometry is not None and s.geometry.source == "dicom"
     np.testing.assert_array_equal(s.mask, (_ct(21) > 500)[::-1, ::-1, :])
+    out = nib.load(s.geometry.save_nifti(s.mask, tmp_path / "pred.nii.gz"))  # series' grid
+    np.testing.assert_array_equal(np.asarray(out.dataobj), _ct(21) > 500)
+    np.testing.assert_allclose(out.affine, _lps_nifti_affine((0.7, 0.7, 2.5), origin),
+                               atol=1e-5)
     before = ds.content_hash()
     path = sorted((root / "images" / "ct1").iterdir())[3]  # any one slice changes the hash
     path.write_bytes(path.read_bytes()[:-2] + b"\x01\x00")
