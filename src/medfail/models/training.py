@@ -14,8 +14,18 @@
 Defaults that fit a CPU (:func:`resolve_config`): classification ``size`` = the median image
 side clipped to ``CLASSIFICATION_SIZE_RANGE`` (never upsampling 28 px images to 64 px), the
 segmentation patch = the median shorter side rounded up to a multiple of 8, clipped to
-``SEGMENTATION_SIZE_RANGE``; batch 64 for resnet18, 16 otherwise. The choice is printed as one
-line and stored in the training log (``setup``).
+``SEGMENTATION_SIZE_RANGE``; batch 64 for resnet18, 16 otherwise; 2 patches per image. The
+choice is printed as one line and stored in the training log (``setup``).
+
+Volumes ``(C, X, Y, Z)`` (segmentation only): the 3D U-Net of
+:data:`~medfail.models.networks.UNET_3D` (8-16-32-64, ~0.15 M params) on random patches of
+``VOLUME_PATCH`` voxels a side (``size`` when given), each axis clipped to the median volume side
+along it rounded up to a multiple of 8 (shorter volumes are zero-padded); half of the patches
+centred on a foreground voxel (jitter ±patch/4 per axis), ``VOLUME_PATCHES_PER_IMAGE`` per volume
+and epoch, batch ``VOLUME_BATCH_SIZE``. When every training volume has a spacing, the model
+spacing is their per-axis median: volumes (trilinear) and masks (nearest) are resampled to it
+before patches are drawn (:mod:`medfail.models.resample`), and ``medfail run`` resamples test
+volumes to it; otherwise the spec's spacing is ``None`` and volumes are used as they are.
 
 Optimiser Adam: lr 1e-3 for the classifiers, 1e-2 for the U-Nets (at 1e-3 the U-Net needs far
 more than 15 epochs to separate 1 %-of-pixel lesions from background). With a validation set and
@@ -55,11 +65,13 @@ from medfail.models.networks import (
     DEFAULT_ARCH,
     MIN_SIZE,
     TASK_ARCHS,
+    UNET_3D_LABEL,
     arch_kwargs,
     build_network,
     size_problem,
 )
 from medfail.models.preprocess import adapt_channels, prompt_channels, to_tensor
+from medfail.models.resample import model_grid, resize
 from medfail.models.spec import ModelSpec
 
 MAX_EPOCHS = 15
@@ -70,6 +82,15 @@ CLASSIFICATION_SIZE_RANGE = (28, 128)
 SEGMENTATION_SIZE_RANGE = (32, 64)
 #: batch size by architecture when not given (others: 16)
 DEFAULT_BATCH_SIZE: dict[str, int] = {"resnet18": 64}
+#: patches drawn per 2D image and epoch when not given
+PATCHES_PER_IMAGE = 2
+#: volumes: patch side (voxels) when not given; each axis clipped to the median volume side
+VOLUME_PATCH = 32
+#: volumes: smallest patch side along an axis (the U-Net halves it three times)
+VOLUME_MIN_SIDE = 8
+#: volumes: patches per volume and epoch, and batch size, when not given
+VOLUME_PATCHES_PER_IMAGE = 8
+VOLUME_BATCH_SIZE = 4
 
 
 @dataclass
@@ -89,7 +110,7 @@ class TrainConfig:
     seed: int = 0
     batch_size: int | None = None
     lr: float | None = None  # default: 1e-3 for the classifiers, 1e-2 for the U-Nets
-    patches_per_image: int = 2
+    patches_per_image: int | None = None  # default: 2 per image, 8 per volume
     device: str = "cpu"
     patience: int | None = 3
 
@@ -109,6 +130,9 @@ class TrainConfig:
             problem = size_problem(self.arch, self.size)
             if problem:
                 raise ValueError(f"{problem}; choose another size (or leave it to the data)")
+        if self.patches_per_image is not None and self.patches_per_image < 1:
+            raise ValueError(f"patches per image must be at least 1, got "
+                             f"{self.patches_per_image}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
         if self.patience is not None and self.patience < 0:
@@ -117,9 +141,21 @@ class TrainConfig:
         self.lr = self.lr or (1e-3 if self.task == "classification" else 1e-2)
 
 
+def spatial_dims(samples: list[Sample], where: Any = None) -> int:
+    """2 (images) or 3 (volumes) for the training samples; mixing them is an error."""
+    dims = {s.image.ndim - 1 for s in samples}
+    if len(dims) > 1 or not dims <= {2, 3}:
+        raise MedfailInputError(where, f"training images have {sorted(dims)} spatial dims; "
+                                "medfail trains on 2D images or on 3D volumes, not a mix")
+    return dims.pop() if dims else 2
+
+
 def resolve_config(config: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, str]:
-    """Fill ``size`` and ``batch_size`` left as ``None`` from the training images and the
-    architecture; returns the complete config and why that size was chosen."""
+    """Fill ``size``, ``batch_size`` and ``patches_per_image`` left as ``None`` from the
+    training images and the architecture; returns the complete config and why that size was
+    chosen."""
+    if spatial_dims(samples) == 3:
+        return _resolve_volumes(config, samples)
     if config.size is not None:
         size, why = config.size, "size given"
     elif config.task == "classification":
@@ -135,11 +171,46 @@ def resolve_config(config: TrainConfig, samples: list[Sample]) -> tuple[TrainCon
         why = (f"patch = median shorter side {side} px rounded up to a multiple of 8, "
                f"clipped to [{lo}, {hi}]")
     batch = config.batch_size or DEFAULT_BATCH_SIZE.get(str(config.arch), 16)
-    return replace(config, size=size, batch_size=batch), why
+    patches = config.patches_per_image or PATCHES_PER_IMAGE
+    return replace(config, size=size, batch_size=batch, patches_per_image=patches), why
+
+
+def _resolve_volumes(config: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, str]:
+    """:func:`resolve_config` for volumes (segmentation with the unet only)."""
+    if config.task != "segmentation":
+        raise MedfailInputError(None, f"--task {config.task} cannot train on volumes yet; "
+                                "medfail trains segmentation (a 3D U-Net) on volumes")
+    size = config.size or VOLUME_PATCH
+    patch = volume_patch(size, samples)
+    why = (f"patch = {size} voxels a side{' (given)' if config.size else ''}, each axis clipped "
+           f"to the median volume side rounded up to a multiple of 8 -> "
+           f"{'x'.join(map(str, patch))}")
+    return replace(config, size=size, batch_size=config.batch_size or VOLUME_BATCH_SIZE,
+                   patches_per_image=config.patches_per_image or VOLUME_PATCHES_PER_IMAGE), why
+
+
+def volume_patch(size: int, samples: list[Sample]) -> tuple[int, ...]:
+    """Patch shape for volumes: per axis ``min(size, max(8, median side rounded up to a
+    multiple of 8))``."""
+    sides = np.median([s.spatial_shape for s in samples], axis=0)
+    return tuple(int(min(size, max(VOLUME_MIN_SIDE, -(-int(np.ceil(m)) // 8) * 8)))
+                 for m in sides)
+
+
+def model_spacing(samples: list[Sample]) -> tuple[float, ...] | None:
+    """Per-axis median spacing (mm) of the training volumes, or ``None`` when one has none."""
+    if not samples or any(s.spacing is None for s in samples):
+        return None
+    return tuple(float(v) for v in np.median([s.spacing for s in samples], axis=0))
 
 
 def _image_sizes(samples: list[Sample]) -> str:
     """"28x28" when every image has that size, else the range of the longer sides."""
+    if samples and samples[0].image.ndim == 4:
+        vols = {s.spatial_shape for s in samples}
+        if len(vols) == 1:
+            return "x".join(map(str, vols.pop()))
+        return f"{min(min(v) for v in vols)}-{max(max(v) for v in vols)} voxels (varied sizes)"
     shapes = {tuple(s.spatial_shape[-2:]) for s in samples}
     if len(shapes) == 1:
         h, w = shapes.pop()
@@ -155,9 +226,10 @@ def _normalisation(samples: list[Sample], in_channels: int) -> dict[str, list[fl
     count = 0
     for s in samples:
         im = adapt_channels(s.image, in_channels).astype(np.float64)
-        total += im.sum(axis=(1, 2))
-        total_sq += (im**2).sum(axis=(1, 2))
-        count += im.shape[1] * im.shape[2]
+        axes = tuple(range(1, im.ndim))
+        total += im.sum(axis=axes)
+        total_sq += (im**2).sum(axis=axes)
+        count += int(np.prod(im.shape[1:]))
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return {"mean": mean.tolist(), "std": std.tolist()}
@@ -215,6 +287,9 @@ class _Examples:
     def __init__(self, samples: list[Sample], spec: ModelSpec, config: TrainConfig) -> None:
         self.spec, self.config = spec, config
         self.samples = samples
+        if spec.spatial_dims == 3:
+            self.volumes = [_at_model_spacing(s, spec) for s in samples]
+            return
         self.norm = [to_tensor([s.image], spec)[0].numpy() for s in samples]
         if spec.task == "classification":
             self.x = to_tensor([s.image for s in samples], spec, resize=True) if _same_shape(
@@ -229,6 +304,8 @@ class _Examples:
             flip = torch.from_numpy(rng.random(len(x)) < 0.5)
             x[flip] = torch.flip(x[flip], dims=[-1])
             return x, self.y
+        if self.spec.spatial_dims == 3:
+            return self._volume_patches(rng)
         if self.spec.task == "segmentation":
             return self._seg_patches(rng)
         return self._prompt_patches(rng)
@@ -239,12 +316,28 @@ class _Examples:
         for im, s in zip(self.norm, self.samples, strict=True):
             im, mask = _pad_to(im, size), _pad_to(s.mask, size)
             fg = np.argwhere(mask > 0)
-            for _ in range(self.config.patches_per_image):
+            for _ in range(self.config.patches_per_image or PATCHES_PER_IMAGE):
                 centre = tuple(fg[rng.integers(len(fg))]) if len(fg) and rng.random() < 0.5 \
                     else None
                 t, left = _window(rng, mask.shape, size, centre)
                 xs.append(im[:, t:t + size, left:left + size])
                 ys.append(mask[None, t:t + size, left:left + size])
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.int64))
+
+    def _volume_patches(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches of ``spec.input_size`` from every volume: half centred on a foreground voxel
+        (jittered by up to a quarter patch per axis), the rest anywhere."""
+        patch = tuple(self.spec.input_size or ())
+        xs, ys = [], []
+        for im, mask in self.volumes:
+            im, mask = _pad_shape(im, patch), _pad_shape(mask, patch)
+            fg = np.argwhere(mask > 0)
+            for _ in range(self.config.patches_per_image or VOLUME_PATCHES_PER_IMAGE):
+                centre = fg[rng.integers(len(fg))] if len(fg) and rng.random() < 0.5 else None
+                corner = _corner(rng, mask.shape, patch, centre)
+                box = tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
+                xs.append(im[(slice(None), *box)])
+                ys.append(mask[box][None])
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.int64))
 
     def _prompt_patches(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,6 +355,39 @@ class _Examples:
                 xs.append(full[:, t:t + size, left:left + size])
                 ys.append(target[None, t:t + size, left:left + size])
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def _at_model_spacing(sample: Sample, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A volume normalised and, with ``spec.spacing``, resampled to it (image trilinear, mask
+    nearest voxel centre; :mod:`medfail.models.resample`): ``(C, X, Y, Z)`` and ``(X, Y, Z)``."""
+    x = to_tensor([sample.image], spec)
+    mask = np.zeros(sample.spatial_shape, np.int64) if sample.mask is None else sample.mask
+    grid = model_grid(sample.spatial_shape, sample.spacing, spec.spacing)
+    if grid is None:
+        return x[0].numpy(), np.asarray(mask, np.int64)
+    m = torch.from_numpy(np.asarray(mask, np.float32))[None, None]
+    m = torch.nn.functional.interpolate(m, size=grid, mode="nearest-exact")
+    return resize(x, grid)[0].numpy(), m[0, 0].numpy().astype(np.int64)
+
+
+def _pad_shape(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Zero-pad the trailing axes of ``arr`` up to ``shape``."""
+    lead = arr.ndim - len(shape)
+    pad = [(0, 0)] * lead + [(0, max(p - n, 0)) for n, p in zip(arr.shape[lead:], shape,
+                                                               strict=True)]
+    return np.pad(arr, pad) if any(b for _, b in pad) else arr
+
+
+def _corner(rng: np.random.Generator, shape: tuple[int, ...], patch: tuple[int, ...],
+            centre: np.ndarray | None) -> tuple[int, ...]:
+    """A patch's first voxel: uniform, or around ``centre`` (jitter ±patch/4), inside ``shape``."""
+    if centre is None:
+        return tuple(int(rng.integers(0, n - p + 1)) for n, p in zip(shape, patch, strict=True))
+    out = []
+    for c, n, p in zip(centre, shape, patch, strict=True):
+        jitter = int(rng.integers(-(p // 4), p // 4 + 1))
+        out.append(int(np.clip(int(c) - p // 2 + jitter, 0, n - p)))
+    return tuple(out)
 
 
 def _check_objects(examples: _Examples, dataset: Dataset) -> None:
@@ -334,8 +460,10 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     samples = list(dataset)
+    dims = spatial_dims(samples, getattr(dataset, "root", None))
     config, size_why = resolve_config(config, samples)
     size, batch_size = int(config.size or 0), int(config.batch_size or 0)
+    patch = volume_patch(size, samples) if dims == 3 else (size, size)
     in_channels = 3 if any(s.channels >= 3 for s in samples) else 1
     extra = ["box", "point"] if config.task == "promptable" else []
     targets = list(dataset.target_names) if config.task == "classification" else \
@@ -346,11 +474,12 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
             check_labels(targets)  # a val mask label the model will not have: named here
     spec = ModelSpec(
         task=config.task, target_names=targets, multi_label=bool(dataset.multi_label),
-        input_size=(config.size, config.size), in_channels=in_channels,
+        input_size=patch, in_channels=in_channels,
         normalisation=_normalisation(samples, in_channels), output="logits",
-        arch=str(config.arch), arch_kwargs=arch_kwargs(str(config.arch), size),
+        arch=str(config.arch), arch_kwargs=arch_kwargs(str(config.arch), size, dims),
         prompt_channels=extra,
-        intensity=summarise([s.image for s in samples], in_channels))
+        intensity=summarise([s.image for s in samples], in_channels), spatial_dims=dims,
+        spacing=model_spacing(samples) if dims == 3 else None)
     module = build_network(spec.arch, in_channels + len(extra), spec.n_classes,
                            **spec.arch_kwargs).to(config.device)
     optimiser = torch.optim.Adam(module.parameters(), lr=config.lr)
@@ -363,7 +492,7 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
         _check_objects(val_examples, val_dataset)
         val = val_examples.epoch(np.random.default_rng(config.seed))
     early = val is not None and config.patience is not None
-    setup = _setup_line(config, samples, module, size_why, early, val is not None)
+    setup = _setup_line(config, samples, module, size_why, early, val is not None, patch)
     say(setup)
     log_epochs: list[dict[str, float]] = []
     best_epoch, best_loss, best_state, stale = None, math.inf, None, 0
@@ -437,7 +566,8 @@ def train(dataset: Dataset, config: TrainConfig, out_path: str | Path,
 
 
 def _setup_line(config: TrainConfig, samples: list[Sample], module: torch.nn.Module,
-                size_why: str, early: bool, has_val: bool) -> str:
+                size_why: str, early: bool, has_val: bool,
+                patch: tuple[int, ...] | None = None) -> str:
     """One line: data -> network, input size, parameters, batch, epochs, and why."""
     n_params = sum(p.numel() for p in module.parameters())
     arch, epochs = str(config.arch), config.epochs
@@ -446,6 +576,15 @@ def _setup_line(config: TrainConfig, samples: list[Sample], module: torch.nn.Mod
     why = f"default for {config.task}" if arch == DEFAULT_ARCH[config.task] else "chosen"
     if arch == "resnet18":
         why += ": ResNet-18 as MedMNIST uses at 28 px, half width for CPU speed"
+    if patch is not None and len(patch) == 3:
+        spacing = model_spacing(samples)
+        at = "native grids (spacing unknown)" if spacing is None else \
+            "spacing " + "x".join(f"{v:g}" for v in spacing) + " mm (training median)"
+        return (f"{config.task}: {len(samples)} volumes of {_image_sizes(samples)} -> {arch} "
+                f"({UNET_3D_LABEL}, {n_params / 1e6:.2f} M params) on "
+                f"{'x'.join(map(str, patch))} patches at {at}, {config.patches_per_image} per "
+                f"volume, batch {config.batch_size}, lr {config.lr:g}, up to {epochs} "
+                f"epoch{'s' if epochs > 1 else ''} ({stop}); {size_why}")
     return (f"{config.task}: {len(samples)} images of {_image_sizes(samples)} -> {arch} "
             f"({ARCH_LABELS[arch]}, {n_params / 1e6:.2f} M params) at {config.size}x"
             f"{config.size}, batch {config.batch_size}, lr {config.lr:g}, up to {epochs} "
