@@ -98,14 +98,14 @@ def test_a_crash_mid_condition_leaves_no_half_file(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ tiny 3D test data
-def _threshold(x):  # noqa: ANN001, ANN202  (torch tensor in, torch tensor out)
+def _threshold(x):
     import torch
 
     fg = torch.sigmoid((x[:, :1] - 130.0) / 10.0)
     return torch.cat([1 - fg, fg], dim=1)
 
 
-def volume_segmenter(forward=_threshold):  # noqa: ANN001, ANN201
+def volume_segmenter(forward=_threshold):
     """A 3D threshold segmenter: foreground = sigmoid((x - 130) / 10) per voxel."""
     from medfail.models.adapters import Segmenter
     from medfail.models.spec import ModelSpec
@@ -118,7 +118,7 @@ def volume_segmenter(forward=_threshold):  # noqa: ANN001, ANN201
 class VolumeDataset:
     """An in-memory dataset of 3D Samples (the folder reader's interface, no files)."""
 
-    def __init__(self, root: Path, samples: list) -> None:  # noqa: ANN001
+    def __init__(self, root: Path, samples: list) -> None:
         self.root = root
         self.samples = {s.id: s for s in samples}
         self.ids = sorted(self.samples)
@@ -128,25 +128,25 @@ class VolumeDataset:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         return (self.load(i) for i in self.ids)
 
-    def load(self, id: str):  # noqa: ANN201, A002
+    def load(self, id: str):
         import copy
 
         return copy.deepcopy(self.samples[id])
 
-    def batches(self, batch_size: int):  # noqa: ANN201
+    def batches(self, batch_size: int):
         for start in range(0, len(self.ids), batch_size):
             yield [self.load(i) for i in self.ids[start:start + batch_size]]
 
     def validate(self, progress: bool = True) -> None:
         pass
 
-    def image_relpath(self, id: str) -> str:  # noqa: A002
+    def image_relpath(self, id: str) -> str:
         return f"images/{id}.nii.gz"
 
-    def mask_relpath(self, id: str) -> str:  # noqa: A002
+    def mask_relpath(self, id: str) -> str:
         return f"masks/{id}.nii.gz"
 
     def content_hash(self) -> str:
@@ -163,7 +163,7 @@ class VolumeDataset:
 
 def volume_sample(sid: str, shape: tuple[int, int, int] = (20, 18, 16),
                   spacing: tuple[float, float, float] | None = (1.0, 1.0, 2.0),
-                  seed: int = 0):  # noqa: ANN201
+                  seed: int = 0):
     """A noisy volume (grey 60) with one or two bright blobs (200) = the lesion mask."""
     from medfail.data.sample import Sample
 
@@ -219,3 +219,141 @@ def test_volumes_run_end_to_end(tmp_path: Path) -> None:
     evidence = pd.read_parquet(run / "evidence.parquet")
     assert {"clean", "blur_3d@3"} <= set(evidence["condition"])
     assert (run / "report.html").exists()
+
+
+def _roll_segmenter(shift: int = 2):
+    """Threshold segmenter whose prediction is moved ``shift`` voxels along X: imperfect, so
+    HD95 and NSD are not trivially 0 and 1."""
+    import torch
+
+    return volume_segmenter(lambda x: _threshold(torch.roll(x, shift, dims=2)))
+
+
+CLEAN_ONLY = {"tests": ["gaussian_noise"], "severities": [1], "uncertainty": [],
+              "mitigate": False, "n_bootstrap": 20}
+
+
+def _clean_rows(run: Path, metric: str):
+    import pandas as pd
+
+    ps = pd.read_parquet(run / "per_sample.parquet")
+    return ps[(ps["condition"] == "clean") & (ps["metric"] == metric)].set_index("id")["value"]
+
+
+def test_stored_metrics_equal_the_metric_functions_with_the_volume_spacing(
+        tmp_path: Path) -> None:
+    import pandas as pd
+
+    from medfail.engine.runner import run_suite
+    from medfail.engine.suite import SuiteConfig
+    from medfail.metrics.segmentation import dice, hd95, nsd
+    from medfail.rundir import label_map
+
+    spacing = (0.8, 0.8, 2.5)
+    ds = volume_dataset(tmp_path / "data", n=3, spacing=spacing)
+    run = run_suite(_roll_segmenter(), ds, tmp_path / "run", SuiteConfig(**CLEAN_ONLY),
+                    progress=False, render=False)
+    index = pd.read_parquet(run / "predictions" / "index.parquet").set_index("id")
+    stored_dice, stored_hd, stored_nsd = (_clean_rows(run, m) for m in ("dice", "hd95", "nsd"))
+    with np.load(run / "predictions" / "clean.npz") as maps, \
+            np.load(run / "predictions" / "ground_truth.npz") as gt:
+        for sid in ds.ids:
+            assert tuple(index.loc[sid, "spacing"]) == spacing
+            truth, pred = (gt[sid] == 1)[None], (label_map(maps[sid]) == 1)[None]
+            np.testing.assert_array_equal(gt[sid], ds.samples[sid].mask)
+            assert stored_dice[sid] == pytest.approx(dice(truth, pred)[0], abs=1e-12)
+            assert stored_hd[sid] == pytest.approx(hd95(truth, pred, spacing=spacing)[0],
+                                                   abs=1e-9)
+            assert stored_nsd[sid] == pytest.approx(
+                nsd(truth, pred, tolerance=2.0, spacing=spacing)[0], abs=1e-12)
+            assert 0 < stored_hd[sid] != hd95(truth, pred)[0]  # the spacing was used
+
+
+def test_doubled_spacing_doubles_hd95_and_lowers_nsd(tmp_path: Path) -> None:
+    from medfail.engine.runner import run_suite
+    from medfail.engine.suite import SuiteConfig
+
+    runs = {}
+    for s in (1.0, 2.0):
+        ds = volume_dataset(tmp_path / f"data{s}", n=3, spacing=(s, s, s))
+        runs[s] = run_suite(_roll_segmenter(), ds, tmp_path / f"run{s}",
+                            SuiteConfig(**CLEAN_ONLY), progress=False, render=False)
+    hd1, hd2 = _clean_rows(runs[1.0], "hd95"), _clean_rows(runs[2.0], "hd95")
+    assert (hd1 > 0).all()
+    np.testing.assert_allclose(hd2.to_numpy(), 2 * hd1.to_numpy(), rtol=1e-9)
+    nsd1, nsd2 = _clean_rows(runs[1.0], "nsd"), _clean_rows(runs[2.0], "nsd")
+    assert (nsd2 < nsd1).all()  # the same 2 mm tolerance is one voxel instead of two
+    np.testing.assert_array_equal(_clean_rows(runs[1.0], "dice"), _clean_rows(runs[2.0], "dice"))
+
+
+def test_segmenters_get_each_volume_spacing(tmp_path: Path) -> None:
+    from medfail.engine.runner import run_suite
+    from medfail.engine.suite import SuiteConfig
+
+    seen: list = []
+    model = volume_segmenter()
+    predict = model.predict_proba
+
+    def spy(images, spacings=None):
+        seen.append((len(images), spacings))
+        return predict(images, spacings=spacings)
+
+    model.predict_proba = spy  # type: ignore[method-assign]
+    ds = volume_dataset(tmp_path / "data", n=2, spacing=(0.7, 0.9, 3.0))
+    run_suite(model, ds, tmp_path / "run", SuiteConfig(**{**CLEAN_ONLY, "uncertainty": ["tta"]}),
+              progress=False, render=False)
+    runs = [entry for entry in seen if entry[1] is not None]
+    assert runs and all(n == 1 for n, _ in runs)  # the suite's volumes go one at a time
+    assert all(list(sp) == [(0.7, 0.9, 3.0)] for _, sp in runs)
+    # every forward pass of the suite (clean, stress, 4 TTA flips) got the spacing
+    assert len(runs) >= 2 * (1 + 1 + 4)
+
+
+def test_default_conditions_for_volumes_come_from_the_catalogue() -> None:
+    from medfail.engine.suite import SuiteConfig
+    from medfail.errors import MedfailInputError
+    from medfail.stress import registry
+
+    names = SuiteConfig(severities=[1]).test_names("segmentation", "CT", dims=3)
+    assert names and set(names) <= set(registry.names_for(3))
+    assert {"blur_3d", "gaussian_noise", "slice_thickness"} <= set(names)
+    assert not {"jpeg", "gaussian_blur", "box_shift"} & set(names)
+    assert "blur_3d" not in SuiteConfig().test_names("segmentation", "CT")  # 2D default
+    with pytest.raises(MedfailInputError, match=r"jpeg.*2D images only.*3D volumes"):
+        SuiteConfig(tests=["jpeg"]).conditions("segmentation", "CT", dims=3)
+
+
+def test_classifiers_and_promptable_models_are_refused_on_volumes(tmp_path: Path) -> None:
+    import torch
+
+    from medfail.engine.runner import run_suite
+    from medfail.engine.suite import SuiteConfig
+    from medfail.errors import MedfailInputError
+    from medfail.models.adapters import Classifier
+    from medfail.models.spec import ModelSpec
+    from tests.conftest import box_promptable
+
+    calls = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape)
+        return torch.full((x.shape[0], 1), 0.5)
+
+    classifier = Classifier(ModelSpec(task="classification", target_names=["lesion"],
+                                      output="probabilities"), forward)
+    ds = volume_dataset(tmp_path / "data", n=2)
+    for model in (classifier, box_promptable()):
+        with pytest.raises(MedfailInputError, match=r"3D volumes.*segmenters only"):
+            run_suite(model, ds, tmp_path / "run", SuiteConfig(**CLEAN_ONLY), progress=False)
+    assert calls == [] and not (tmp_path / "run").exists()
+    flat = _2d_segmenter()
+    with pytest.raises(MedfailInputError, match=r"spatial_dims 2.*3D volumes"):
+        run_suite(flat, ds, tmp_path / "run", SuiteConfig(**CLEAN_ONLY), progress=False)
+
+
+def _2d_segmenter():
+    from medfail.models.adapters import Segmenter
+    from medfail.models.spec import ModelSpec
+
+    return Segmenter(ModelSpec(task="segmentation", target_names=["lesion"],
+                               output="probabilities"), _threshold)
