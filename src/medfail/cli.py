@@ -95,18 +95,21 @@ def _check_model_out(out: Path) -> None:
 @app.command()
 def train(
     task: Annotated[str, typer.Option(help=f"{TASK_HELP}. Example: --task classification")],
-    data: Annotated[Path, typer.Option(help="Training folder (images/, labels.csv or masks/) "
-                                       "or a MedMNIST .npz. Example: --data my_data/train")],
+    data: Annotated[Path, typer.Option(help="Training folder (images/, labels.csv or masks/; "
+                                       "2D images or 3D NIfTI/DICOM volumes) or a MedMNIST "
+                                       ".npz. Example: --data my_data/train")],
     out: Annotated[Path, typer.Option(help="Model file to write, e.g. --out model.pt")],
     arch: Annotated[str | None, typer.Option(
         help="Network: resnet18 (default; MONAI ResNet-18 at half width, CPU-friendly) or "
         "densenet121 (MONAI DenseNet121, input 32 px or more) for classification; unet "
-        "(segmentation); prompt_unet (promptable). Example: --arch densenet121")] = None,
+        "(segmentation; a 3D U-Net 8-16-32-64 on volumes); prompt_unet (promptable). "
+        "Example: --arch densenet121")] = None,
     size: Annotated[int | None, typer.Option(
         help="Network input size in px (classification resizes to it; segmentation trains on "
         "patches of it). Default from the data: the median image side clipped to [28, 128] "
         "(classification), the median shorter side rounded up to a multiple of 8 and clipped "
-        "to [32, 64] (segmentation). Example: --size 64")] = None,
+        "to [32, 64] (segmentation); on volumes a 32-voxel patch side, each axis clipped to "
+        "the median volume side rounded up to a multiple of 8. Example: --size 64")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs, 1-15 (at most; see --patience). "
                                         "Example: --epochs 8")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed. Example: --seed 0")] = 0,
@@ -124,7 +127,8 @@ def train(
     mask_mode: Annotated[str, typer.Option(help=MASK_MODE_HELP)] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Train a light baseline on a folder of images (≤15 epochs, CPU-friendly).
+    """Train a light baseline on a folder of images (≤15 epochs, CPU-friendly). On a folder of
+    volumes (segmentation only) it trains a 3D U-Net on patches at the median training spacing.
 
     Example: medfail train --task segmentation --data my_data/train --out seg.pt --epochs 10
     """
