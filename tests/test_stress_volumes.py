@@ -433,3 +433,44 @@ def test_motion_params_follow_the_severity_bounds() -> None:
     assert angles.shape == shifts.shape == (2, 3) and times.shape == (2,)
     assert np.abs(angles).max() <= 5.0 and np.abs(shifts).max() <= 2.0
     assert np.all(np.diff(times) > 0) and times[0] > 0 and times[-1] < 1
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+def test_dims_and_spacing_contract_for_added_tests() -> None:
+    """``dims`` is validated; a ``uses_spacing`` test gets ``spacing=`` (float64 (N, 3), 1.0
+    where unknown), a four-argument test keeps its signature on volumes."""
+    from medfail.stress.spec import StressTest
+
+    for bad in ((4,), (), (2, 2)):
+        with pytest.raises(ValueError, match="dims"):
+            StressTest("x", "corruption", "data", ("any",), ({}, {}, {}), "d", "u",
+                       lambda *a: a[0], dims=bad)
+    seen: list[np.ndarray] = []
+
+    def with_spacing(images, value_range, params, rngs, *, spacing):  # type: ignore[no-untyped-def]
+        seen.append(spacing)
+        return images.clone()
+
+    def plain(images, value_range, params, rngs):  # type: ignore[no-untyped-def]
+        return images + 0.0
+
+    tests = [StressTest("tmp_spacing", "corruption", "data", ("any",), ({}, {}, {}), "d", "u",
+                        with_spacing, dims=(3,), uses_spacing=True),
+             StressTest("tmp_plain", "corruption", "data", ("any",), ({}, {}, {}), "d", "u",
+                        plain, dims=(2, 3))]
+    try:
+        for t in tests:
+            registry.register(t)
+        assert "tmp_spacing" in registry.names_for(3) and "tmp_spacing" not in registry.names_for(2)
+        x, vr = torch.zeros(2, 1, 4, 4, 4), torch.tensor([[0.0, 1.0]] * 2)
+        rngs = [np.random.default_rng(0), np.random.default_rng(1)]
+        registry.apply_corruption(x, vr, "tmp_spacing", 1, rngs, spacing=[(0.5, 0.5, 3), None])
+        assert seen[0].dtype == np.float64 and seen[0].tolist() == [[0.5, 0.5, 3.0], [1, 1, 1]]
+        assert torch.equal(registry.apply_corruption(x, vr, "tmp_plain", 2, rngs), x)
+        assert torch.equal(registry.apply_corruption(x[..., 0], vr, "tmp_plain", 2, rngs),
+                           x[..., 0])
+    finally:
+        for t in tests:
+            registry.REGISTRY.pop(t.name, None)
