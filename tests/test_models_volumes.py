@@ -213,6 +213,25 @@ def test_resampling_keeps_a_balls_volume_in_mm3(native: tuple[float, float, floa
     assert box.calls == [(1, 1, *shape)]
 
 
+def test_2d_model_with_a_spacing_resamples_images_bilinearly() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def voxelwise(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        fg = torch.sigmoid(x[:, :1])
+        return torch.cat([1 - fg, fg], dim=1)
+
+    rows, cols = np.mgrid[:20, :30]
+    image = (np.sin(rows / 4) + np.cos(cols / 5) + 0.05 * rows)[None].astype(np.float32)
+    seg = Segmenter(_spec(spacing=(0.5, 0.5)), voxelwise)
+    out = seg.predict_proba([image, image], spacings=[(1.0, 1.0), None])
+    assert seen == [(1, 1, 40, 60), (1, 1, 20, 30)]  # the second has no spacing: native grid
+    assert out[0].shape == out[1].shape == (2, 20, 30)
+    np.testing.assert_allclose(out[1][1], 1 / (1 + np.exp(-image[0])), atol=1e-6)
+    diff = np.abs(out[0] - out[1]).max()  # up and back on a smooth image: close, not equal
+    assert 1e-5 < diff < 0.03, diff
+
+
 # --- TorchScript, ONNX and entry points on volumes ---------------------------------------------
 
 def _unet3d() -> nn.Module:

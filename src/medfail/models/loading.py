@@ -7,11 +7,13 @@ Accepted references:
   ``medfail_spec.json`` or a sidecar JSON;
 * an ONNX file - spec from the model's ``metadata_props["medfail_spec"]`` or a sidecar JSON;
 * ``package.module:function`` - the function returns an ``nn.Module`` or a callable mapping a
-  (N, C, H, W) tensor to outputs; spec from ``--model-spec`` or a ``medfail_spec`` attribute;
+  (N, C, H, W) tensor (volumes: (N, C, X, Y, Z), spec ``spatial_dims`` 3) to outputs; spec from
+  ``--model-spec`` or a ``medfail_spec`` attribute;
 * a pickled ``nn.Module`` - refused unless ``trust_pickle=True``.
 
 The sidecar JSON is ``--model-spec FILE`` or ``<model file>.json`` beside the model. An ONNX
-model's fixed input dimensions are checked against the spec at load time (channels, input_size).
+model's fixed input dimensions are checked against the spec at load time (rank, channels,
+input_size).
 """
 
 from __future__ import annotations
