@@ -25,6 +25,9 @@ test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	  >/dev/null; } || echo "chromium not installed: the browser test will be skipped"
+	@[ -f /usr/share/mricron/templates/ch2bet.nii.gz ] || { [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data \
+	  >/dev/null; } || echo "mricron-data not installed: the HD-BET test will be skipped"
 	$(PY) -m pytest -q -n 2 --dist loadfile --doctest-modules tests src/medfail/metrics
 
 lint: $(STAMP)
