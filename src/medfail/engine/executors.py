@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from medfail.data.base import SampleStream
 from medfail.data.datasets import Dataset
 from medfail.data.sample import Sample
+from medfail.engine.allocator import return_freed_volumes
 from medfail.engine.predictor import ConditionWriter, Part, Predictor
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.errors import MedfailInputError
@@ -131,6 +132,8 @@ class _Worker:
     def __init__(self, models: Sequence[ModelAdapter] | ModelLoader, config: SuiteConfig,
                  spacing_mm: bool, threads: int, dims: int = 2) -> None:
         torch.set_num_threads(threads)
+        if dims == 3:
+            return_freed_volumes()
         adapters = models() if callable(models) else models
         self.predictor = Predictor(adapters, config, spacing_mm, dims=dims)
         self.datasets: dict[int, Dataset] = {}

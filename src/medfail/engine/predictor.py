@@ -180,15 +180,18 @@ class Predictor:
         self.task = self.adapter.spec.task
         self.targets = list(self.adapter.spec.target_names)
         self.dims = dims
-        #: volumes go one at a time, one read ahead: memory is bounded by a few volumes
+        #: volumes go one at a time with one read ahead, and each is scored before the next is
+        #: predicted: memory is bounded by a few volumes (benchmarks/bench_volumes.py)
         self.batch_size = 1 if dims == 3 else config.batch_size
         self.read_ahead = 1 if dims == 3 else 2
+        self.overlap_scoring = dims == 2
 
     def run(self, cond: Condition, dataset: Dataset, sink: Callable[[Part], None],
             postprocess: PostProcess | None = None, progress: bool = False) -> None:
         """Predict ``cond`` over ``dataset`` batch by batch, giving each batch's part to ``sink``.
 
-        The next batch is read, decoded and perturbed in a background thread meanwhile.
+        The next batch is read, decoded and perturbed in a background thread meanwhile, and
+        (2D images) each batch is scored while the next one is predicted.
         """
         bs = self.batch_size
         inputs = ((b, self.images(b, cond)) for b in dataset.batches(bs))
@@ -202,6 +205,9 @@ class Predictor:
                 if pending is not None:
                     sink(pending.result())  # batch k-1, scored while batch k was predicted
                 pending = scorer.submit(self.score, batch, images, cond, output)
+                if not self.overlap_scoring:
+                    sink(pending.result())
+                    pending = None
             if pending is not None:
                 sink(pending.result())
 

@@ -39,6 +39,7 @@ from medfail.analysis.analyse import (
 from medfail.analysis.ranking import breaking_table
 from medfail.analysis.segmentation_calibration import BAND_PX
 from medfail.data.datasets import Dataset
+from medfail.engine.allocator import return_freed_volumes
 from medfail.engine.evidence import write_evidence
 from medfail.engine.executors import Executor, Job, ModelLoader, make_executor
 from medfail.engine.predictions import (
@@ -351,6 +352,8 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         raise MedfailInputError(shift.root, "the shift data and the test data must both be 2D "
                                 "images or both 3D volumes")
     check_volume_task(adapter, dims, dataset)
+    if dims == 3:
+        return_freed_volumes()  # freed volumes leave the process (engine/allocator.py)
     metadata = getattr(dataset, "metadata", None)
     modality = data_modality(index, metadata, config)
     conditions = config.conditions(task, modality, dims)

@@ -30,7 +30,7 @@ using far more of the bit depth than the rest.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,10 +57,12 @@ def _strided(image: np.ndarray, n: int) -> np.ndarray:
     return flat[:, ::step]
 
 
-def _pool(images: Sequence[np.ndarray], in_channels: int) -> tuple[np.ndarray, np.ndarray,
-                                                                    np.ndarray]:
-    """Pooled strided pixels ``(C, N)`` (float64) and exact per-channel min and max."""
-    per_image = max(256, PIXEL_BUDGET // max(len(images), 1))
+def _pool(images: Iterable[np.ndarray], in_channels: int, n: int | None = None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled strided pixels ``(C, N)`` (float64) and exact per-channel min and max of
+    ``images`` (``n`` of them when they are streamed: one image in memory at a time)."""
+    count = len(images) if n is None else n  # type: ignore[arg-type]
+    per_image = max(256, PIXEL_BUDGET // max(count, 1))
     parts, lows, highs = [], [], []
     for im in images:
         im = adapt_channels(np.asarray(im, np.float32), in_channels)
@@ -109,9 +111,16 @@ def check_intensity(spec: ModelSpec, dataset: Dataset, max_images: int = MAX_IMA
     if not ids:
         return {"reference": None, "warning": None}
     pick = np.unique(np.linspace(0, len(ids) - 1, min(max_images, len(ids))).round().astype(int))
-    samples = [dataset.load(ids[i]) for i in pick]
+    seen: list[tuple[tuple[float, float], float, float]] = []  # value range, image min, max
+
+    def images() -> Iterator[np.ndarray]:
+        for i in pick:  # one sample (one volume) in memory at a time
+            s = dataset.load(ids[i])
+            seen.append((s.value_range, float(s.image.min()), float(s.image.max())))
+            yield s.image
+
     try:
-        pixels, lo, hi = _pool([s.image for s in samples], spec.in_channels)
+        pixels, lo, hi = _pool(images(), spec.in_channels, len(pick))
     except ValueError:  # channel mismatch: reported by the run's own compatibility check
         return {"reference": None, "warning": None}
     p01, p99 = np.percentile(pixels, [1, 99], axis=1)
@@ -147,13 +156,13 @@ def check_intensity(spec: ModelSpec, dataset: Dataset, max_images: int = MAX_IMA
                                 "units of the test images against the training images")
 
     fills = []
-    for s in samples:
-        span = float(s.value_range[1]) - float(s.value_range[0])
+    for (v_lo, v_hi), im_min, im_max in seen:
+        span = float(v_hi) - float(v_lo)
         if span > 0:
-            fills.append((float(s.image.max()) - float(s.image.min())) / span)
+            fills.append((im_max - im_min) / span)
     fill = float(np.median(fills)) if fills else None
     if fill is not None and fill < MIN_FILL:
-        vr = samples[0].value_range
+        vr = seen[0][0]
         problems.append(f"the test images span only {fill:.1%} of their intensity scale "
                         f"{_fmt(vr[0])}..{_fmt(vr[1])} (dark images, or a few images using far "
                         "more of the bit depth than the rest), so stress tests relative to that "
@@ -161,6 +170,6 @@ def check_intensity(spec: ModelSpec, dataset: Dataset, max_images: int = MAX_IMA
     message = "; ".join(problems) + " (docs/data.md, Intensities)" if problems else None
     if message and warn:
         print(f"warning: {message}", file=sys.stderr, flush=True)
-    return {"reference": source, "train": train, "test": test, "n_images": len(samples),
+    return {"reference": source, "train": train, "test": test, "n_images": len(seen),
             "outside_fraction": outside, "scale_ratio": ratios, "test_range_fill": fill,
             "warning": message}
