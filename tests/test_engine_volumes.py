@@ -197,6 +197,7 @@ def test_volumes_run_end_to_end(tmp_path: Path) -> None:
 
     import pandas as pd
 
+    from medfail.analysis.analyse import analyse
     from medfail.engine.runner import run_suite
     from medfail.engine.suite import SuiteConfig
 
@@ -220,6 +221,8 @@ def test_volumes_run_end_to_end(tmp_path: Path) -> None:
     evidence = pd.read_parquet(run / "evidence.parquet")
     assert {"clean", "blur_3d@3"} <= set(evidence["condition"])
     assert (run / "report.html").exists()
+    analyse(run, progress=False)  # the analyses rebuilt from the run directory alone
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "metrics.parquet"), metrics)
 
 
 def _roll_segmenter(shift: int = 2):
