@@ -208,7 +208,7 @@ def test_volumes_run_end_to_end(tmp_path: Path) -> None:
     info = json.loads((run / "run.json").read_text())
     assert info["conditions"][:5] == ["clean", "gaussian_noise@1", "gaussian_noise@3",
                                       "blur_3d@1", "blur_3d@3"]
-    assert info["metric_units"]["hd95"]["unit"] == "mm"
+    assert info["metric_units"]["hd95"]["unit"] == "mm" and info["data"]["spatial_dims"] == 3
     index = pd.read_parquet(run / "predictions" / "index.parquet").set_index("id")
     assert index["depth"].tolist() == [16] * 4 and index["height"].tolist() == [20] * 4
     with np.load(run / "predictions" / "clean.npz") as stored:
@@ -220,7 +220,8 @@ def test_volumes_run_end_to_end(tmp_path: Path) -> None:
     assert {"tta", f"tta|{info['mitigation']['worst_condition']}"} <= set(dice.index)
     evidence = pd.read_parquet(run / "evidence.parquet")
     assert {"clean", "blur_3d@3"} <= set(evidence["condition"])
-    assert (run / "report.html").exists()
+    html = (run / "report.html").read_text()
+    assert "volume size (voxels)" in html and "20–20 × 18–18 × 16–16" in html
     analyse(run, progress=False)  # the analyses rebuilt from the run directory alone
     pd.testing.assert_frame_equal(pd.read_parquet(run / "metrics.parquet"), metrics)
 

@@ -94,11 +94,15 @@ def _spacing_text(present: bool, task: str) -> str:
 
 def _data_assumptions(t: RunTables) -> list[tuple[str, str]]:
     idx, run = t.index, t.run
+    volumes = "depth" in idx and bool(idx["depth"].notna().any())
+    axes = ("height", "width", "depth") if volumes else ("height", "width")
+    size = " × ".join(f"{int(idx[a].min())}–{int(idx[a].max())}" for a in axes)
+    kind = "volumes" if volumes else "images"
     items = [("modality", str(run.get("modality") or "unknown")),
-             ("images seen", f"{run['data']['n_samples']} test images"),
-             ("image size (px)", f"{idx['height'].min()}–{idx['height'].max()} × "
-                                 f"{idx['width'].min()}–{idx['width'].max()}"),
-             ("pixel spacing", _spacing_text(bool(idx["spacing"].notna().all()), t.task))]
+             ("images seen", f"{run['data']['n_samples']} test {kind}"),
+             ("volume size (voxels)" if volumes else "image size (px)", size),
+             ("voxel spacing" if volumes else "pixel spacing",
+              _spacing_text(bool(idx["spacing"].notna().all()), t.task))]
     ev = t.evidence
     if ev is not None and (ev["feature"] == "intensity_p1").any():
         lo = ev.loc[ev["feature"] == "intensity_p1", "value"].quantile(0.01)
