@@ -6,7 +6,7 @@ Example ``suite.yaml`` (every option with its type and range: docs/suite_config.
     severities: [1, 2, 3]
     slices: [size, location, shape, metadata]       # default: all four kinds
     modality: CT            # default: from the data (DICOM Modality), else "any"-tests only
-    batch_size: 16
+    batch_size: 16          # 2D images; volumes always go one at a time
     n_bootstrap: 1000
     threshold: 0.5          # f1 threshold when no calibration split is given
     boundary_tolerance_px: 2.0 # boundary_f1 tolerance (px); also nsd's when spacing is unknown
