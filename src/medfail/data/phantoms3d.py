@@ -4,18 +4,18 @@ These volumes are synthetic. They are not patient data and carry no clinical mea
 so that ``medfail demo --task volumetric`` can show every analysis on volumes offline, with
 effects that are known to be real.
 
-Each volume is an abdomen-like block of ``shape`` voxels (default 56 x 56 x 40 at (1.0, 1.0,
-2.0) mm, so the slice axis is the last): air at -1000 HU, a body ellipsoid of soft tissue
-(~30 HU), an organ ellipsoid (~60 HU, smooth texture) on the patient's right, and 0-3 lesions
-inside the organ: ellipsoids brighter than the organ (+45 to +70 HU) with an equivalent-sphere
-radius of
+Each volume is a field of view inside an abdomen, ``shape`` voxels (default 48 x 48 x 32 at
+(1.2, 1.2, 2.5) mm, so the slice axis is the last): fat (~-90 HU, smooth texture) around a
+soft-tissue ellipsoid (~30 HU), an organ ellipsoid (~60 HU, smooth texture) on the patient's
+right, and 0-3 lesions inside the organ: ellipsoids brighter than the organ (+45 to +70 HU) with
+an equivalent-sphere radius of
 
 * ``small`` 2.0-2.8 mm (~0.03-0.09 mL), ``medium`` 3.5-4.5 mm (~0.18-0.38 mL),
 * ``large`` 8.0-10.0 mm (~2.1-4.2 mL).
 
 The mask (class 1, ``lesion``) covers the lesions. ``metadata.csv`` holds ``site``,
 ``protocol``, ``slice_thickness`` (mm, the reconstructed slice profile; the voxel spacing along
-the slice axis stays 2 mm), ``lesion_size`` (the smallest lesion's class), ``location``
+the slice axis stays 2.5 mm), ``lesion_size`` (the smallest lesion's class), ``location``
 (``central``/``peripheral``: the lesions' position in the organ, from its centre to its border;
 ``mixed`` when both), ``n_lesions`` and ``lesion_volume_ml`` (total).
 
@@ -49,7 +49,7 @@ from scipy import ndimage
 from medfail.seeding import derive_seed
 
 MASK_CLASSES: tuple[str, ...] = ("lesion",)
-AIR_HU = -1000.0
+FAT_HU = -90.0
 #: Equivalent-sphere radius ranges (mm) per lesion size class.
 LESION_RADII_MM: dict[str, tuple[float, float]] = {
     "small": (2.0, 2.8), "medium": (3.5, 4.5), "large": (8.0, 10.0)}
@@ -83,8 +83,8 @@ SITES_3D: dict[str, Site3D] = {
 class Phantom3DConfig:
     """What the 3D phantom generator draws; the defaults are the volumetric demo's."""
 
-    shape: tuple[int, int, int] = (56, 56, 40)
-    spacing: tuple[float, float, float] = (1.0, 1.0, 2.0)  # mm, canonical (R, A, S) order
+    shape: tuple[int, int, int] = (48, 48, 32)
+    spacing: tuple[float, float, float] = (1.2, 1.2, 2.5)  # mm, canonical (R, A, S) order
     n_train: int = 24
     n_val: int = 8
     n_calibration: int = 12
@@ -161,7 +161,8 @@ def generate_phantom3d(rng: np.random.Generator, config: Phantom3DConfig, site_n
     extent = np.array([(n - 1) * s for n, s in zip(shape, spacing, strict=True)])
     centre = extent / 2
     body_r = extent / 2 * np.array([0.92, 0.82, 0.95]) * rng.uniform(0.95, 1.0, 3)
-    hu = np.where(_inside(grid, centre, body_r), 30.0, AIR_HU)
+    fat = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+    hu = np.where(_inside(grid, centre, body_r), 30.0, FAT_HU + 10.0 * fat / (fat.std() + 1e-8))
     organ_c = centre + np.array([extent[0] * 0.06, 0.0, 0.0]) + rng.uniform(-1.5, 1.5, 3)
     organ_r = extent / 2 * np.array([0.66, 0.58, 0.7]) * rng.uniform(0.95, 1.05, 3)
     organ = _inside(grid, organ_c, organ_r)
