@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medfail.demo import run_demo
+from medfail.demo import IMAGE_TASKS, run_demo
 from medfail.engine.suite import SuiteConfig
 
 
@@ -45,7 +45,7 @@ def _row(metrics: pd.DataFrame, condition: str, slice_: str, metric: str,
 @pytest.mark.slow
 def test_demo_recovers_the_planted_weaknesses(tmp_path: Path) -> None:
     suite = SuiteConfig(tests=None, severities=[3], n_bootstrap=500)
-    reports = run_demo(tmp_path, suite=suite, progress=False)
+    reports = run_demo(tmp_path, IMAGE_TASKS, suite=suite, progress=False)
     assert set(reports) == {"classification", "segmentation", "promptable"}
     for task, report in reports.items():
         assert report.exists(), task
@@ -105,6 +105,6 @@ def test_demo_recovers_the_planted_weaknesses(tmp_path: Path) -> None:
         assert len(json.loads((tmp_path / task / "cases" / "cases.json").read_text())) >= 1
 
     # a second demo reuses the trained baselines
-    run_demo(tmp_path, suite=suite, progress=False)
+    run_demo(tmp_path, IMAGE_TASKS, suite=suite, progress=False)
     run = json.loads((tmp_path / "segmentation" / "run.json").read_text())
     assert run["model"]["training_cached"] is True

@@ -58,8 +58,8 @@ def _shown(path: Path) -> str:
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder, e.g. --out runs/demo")] = Path(
         "runs/demo"),
-    task: Annotated[str, typer.Option(help=f"{TASK_HELP} | all. Example: --task segmentation")
-                    ] = "all",
+    task: Annotated[str, typer.Option(help=f"{TASK_HELP} | volumetric | all. Example: --task "
+                                          "segmentation")] = "all",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run the embedded default: synthetic phantoms, light baselines (trained once, cached),
@@ -71,7 +71,8 @@ def demo(
 
     t0 = time.perf_counter()
     try:
-        tasks = DEMO_TASKS if task == "all" else (_check_task(task),)
+        tasks = DEMO_TASKS if task == "all" else (
+            task if task in DEMO_TASKS else _check_task(task),)
         reports = run_demo(out, tasks, progress=not quiet)
     except MedfailInputError as exc:
         _fail(exc)
