@@ -18,6 +18,7 @@ Two places, one set of rules:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +237,9 @@ def probe_models(models: Sequence[ModelAdapter], dataset: Dataset,
             if model.spec.task == "promptable":
                 out = model.predict_proba(images,  # type: ignore[call-arg]
                                           [prompts(s) for s in samples])
+            elif "spacings" in inspect.signature(model.predict_proba).parameters:
+                # the spacings the run passes: a model with spec.spacing is probed at its grid
+                out = model.predict_proba(images, spacings=[s.spacing for s in samples])
             else:
                 out = model.predict_proba(images)
         except MedfailInputError:
