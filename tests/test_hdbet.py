@@ -244,7 +244,7 @@ def test_hd_bet_fast_on_colin27_through_medfail_run(tmp_path: Path) -> None:
     data = colin_folder(tmp_path / "colin")
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"tests: {json.dumps(CONDITIONS)}\nseverities: [2]\nuncertainty: []\n"
-                     "mitigate: false\nn_bootstrap: 20\nmin_slice_n: 1\n")
+                     "mitigate: false\nn_bootstrap: 20\nmin_slice_n: 1\nmodality: MR\n")
     out = tmp_path / "run"
     result = CliRunner().invoke(app, [
         "run", "--model", "medfail.models.zoo:hd_bet_fast", "--data", str(data),
