@@ -259,7 +259,8 @@ class Predictor:
         (every method: the flips of TTA keep it), so a model spec's ``spacing`` resamples."""
         ids = [s.id for s in batch]
         adapter, members = self.adapter, self.members
-        if self.task == "segmentation" and any(s.spacing is not None for s in batch):
+        spaced = self.task == "segmentation" and any(s.spacing is not None for s in batch)
+        if spaced:
             spacings = [s.spacing for s in batch]
             adapter, members = (with_spacings(adapter, spacings),
                                 [with_spacings(m, spacings) for m in members])
@@ -267,6 +268,12 @@ class Predictor:
             return tta_predict(adapter, images, prompts)
         if cond.method == "ensemble":
             return ensemble_predict(members, images, prompts)
+        if cond.method == "mc_dropout" and spaced:  # passes repeat one image: its spacing too
+            draws = [mc_dropout_predict(
+                with_spacings(self.adapter, [s.spacing] * self.config.mc_passes), [im], [s.id],
+                self.config.seed, self.config.mc_passes, None if prompts is None else [pr])
+                for s, im, pr in zip(batch, images, prompts or [None] * len(batch), strict=True)]
+            return [d[0][0] for d in draws], [d[1][0] for d in draws]
         if cond.method == "mc_dropout":
             return mc_dropout_predict(adapter, images, ids, self.config.seed,
                                       self.config.mc_passes, prompts)
