@@ -438,7 +438,7 @@ def volume_case_figure(case: dict[str, np.ndarray], path: Path,
     stressed input, the prediction under stress and its entropy, with the GT contour."""
     views = orthogonal_views(case, spacing)
     window = display_window(np.asarray(case["clean"])[0])
-    fig, axes = plt.subplots(3, 4, figsize=(9.6, 6.3), dpi=110)
+    fig, axes = plt.subplots(3, 4, figsize=(9.0, 5.4), dpi=110)
     labels = ("clean input + GT (green)", "stressed input + GT",
               "prediction under stress\n(probability, contour p = 0.5)",
               "entropy (bits) under stress")
