@@ -33,6 +33,7 @@ memory is bounded by one sample (one volume), not by the dataset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
@@ -208,6 +209,17 @@ class _Spill:
         self._file.close()
 
 
+class _QuietZipFile(zipfile.ZipFile):
+    """A ZipFile whose finaliser never raises: an archive dropped unwritten (a run refused after
+    its ground truth was read) may be finalised after its spill file, and an exception raised
+    during garbage collection surfaces in whatever code runs at that moment (seen:
+    ``torch.jit.script`` failing with "AST constructor recursion depth mismatch")."""
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # nothing to report to during collection
+            self.close()
+
+
 class NpzBuffer:
     """An ``.npz`` assembled before its place in the run directory is known (the manifest is
     written after the ground truth is read): members stream into an anonymous temporary file
@@ -216,7 +228,7 @@ class NpzBuffer:
 
     def __init__(self, compresslevel: int = GT_COMPRESSLEVEL) -> None:
         self._buf = _Spill()
-        self._zip = zipfile.ZipFile(self._buf, "w",  # type: ignore[call-overload]
+        self._zip = _QuietZipFile(self._buf, "w",  # type: ignore[call-overload]
                                     compression=zipfile.ZIP_DEFLATED,
                                     compresslevel=compresslevel)
         self.keys: list[str] = []

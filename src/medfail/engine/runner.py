@@ -83,8 +83,9 @@ TABLES = rundir.TABLES
 #: bump when what a finished condition stores changes, so older caches are recomputed
 #: (4: masks interpreted by mask mode, 16-bit images on the 8-bit scale, effective bit depth;
 #: 5: the pixel_bins band is Euclidean distance <= 5 px, was city-block;
-#: 6: classification predictions store the model's logits, mask_entropy without a 1e-7 clip)
-PARTS_FORMAT = 6
+#: 6: classification predictions store the model's logits, mask_entropy without a 1e-7 clip;
+#: 7: pixel_bins gain sum_prob_sq and sum_prob_label for the pixel Brier score)
+PARTS_FORMAT = 7
 PACKAGES = ("medfail", "torch", "monai", "numpy", "scipy", "scikit-image", "scikit-learn",
             "pandas", "pyarrow", "pydicom", "nibabel", "pillow", "onnxruntime", "matplotlib")
 
