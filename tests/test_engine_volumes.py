@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import sys
 import zipfile
 from pathlib import Path
@@ -251,7 +252,7 @@ def test_stored_metrics_equal_the_metric_functions_with_the_volume_spacing(
 
     from medfail.engine.runner import run_suite
     from medfail.engine.suite import SuiteConfig
-    from medfail.metrics.segmentation import dice, hd95, nsd
+    from medfail.metrics.segmentation import boundary_f1, dice, hd95, nsd
     from medfail.rundir import label_map
 
     spacing = (0.8, 0.8, 2.5)
@@ -259,7 +260,10 @@ def test_stored_metrics_equal_the_metric_functions_with_the_volume_spacing(
     run = run_suite(_roll_segmenter(), ds, tmp_path / "run", SuiteConfig(**CLEAN_ONLY),
                     progress=False, render=False)
     index = pd.read_parquet(run / "predictions" / "index.parquet").set_index("id")
-    stored_dice, stored_hd, stored_nsd = (_clean_rows(run, m) for m in ("dice", "hd95", "nsd"))
+    stored_dice, stored_hd, stored_nsd, stored_bf1 = (
+        _clean_rows(run, m) for m in ("dice", "hd95", "nsd", "boundary_f1"))
+    units = json.loads((run / "run.json").read_text())["metric_units"]
+    assert units["boundary_f1"] == {"tolerance": 2.0, "unit": "mm"}  # Boundary-F1@2mm
     with np.load(run / "predictions" / "clean.npz") as maps, \
             np.load(run / "predictions" / "ground_truth.npz") as gt:
         for sid in ds.ids:
@@ -272,6 +276,8 @@ def test_stored_metrics_equal_the_metric_functions_with_the_volume_spacing(
             assert stored_nsd[sid] == pytest.approx(
                 nsd(truth, pred, tolerance=2.0, spacing=spacing)[0], abs=1e-12)
             assert 0 < stored_hd[sid] != hd95(truth, pred)[0]  # the spacing was used
+            assert stored_bf1[sid] == pytest.approx(
+                boundary_f1(truth, pred, tolerance=2.0, spacing=spacing)[0], abs=1e-12)
 
 
 def test_doubled_spacing_doubles_hd95_and_lowers_nsd(tmp_path: Path) -> None:

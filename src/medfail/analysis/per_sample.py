@@ -35,7 +35,9 @@ def segmentation_rows(sample_id: str, foreground: np.ndarray, mask: np.ndarray,
     """Metric rows for one image: stored foreground maps vs the integer GT mask.
 
     ``spacing``: when given, ``nsd`` (tolerance ``surface_tolerance`` mm) and ``hd95`` are in mm;
-    otherwise in px (``nsd`` tolerance ``tolerance_px``).
+    otherwise in px (``nsd`` tolerance ``tolerance_px``). ``boundary_f1``: tolerance
+    ``tolerance_px`` in px for 2D images (Boundary-F1@2px); for volumes with a spacing,
+    ``surface_tolerance`` in mm (Boundary-F1@2mm), in voxels (``tolerance_px``) without one.
     """
     pred = label_map(foreground)
     if pred.shape != mask.shape:
@@ -44,12 +46,14 @@ def segmentation_rows(sample_id: str, foreground: np.ndarray, mask: np.ndarray,
     for k, target in enumerate(targets, start=1):
         t, p = (mask == k)[None], (pred == k)[None]
         sp = tuple(spacing) if spacing is not None else (1.0,) * mask.ndim
+        boundary_mm = spacing is not None and mask.ndim == 3
         diagonal = float(np.linalg.norm(np.array(mask.shape) * np.array(sp)))
         tp, fn, fp = lesion_counts(t, p, min_overlap=min_overlap)[0]
         values = {
             "dice": dice(t, p)[0],
             "jaccard": jaccard(t, p)[0],
-            "boundary_f1": boundary_f1(t, p, tolerance=tolerance_px)[0],
+            "boundary_f1": (boundary_f1(t, p, tolerance=surface_tolerance, spacing=spacing)[0]
+                            if boundary_mm else boundary_f1(t, p, tolerance=tolerance_px)[0]),
             "nsd": nsd(t, p, tolerance=surface_tolerance if spacing is not None
                        else tolerance_px, spacing=spacing)[0],
             "hd95": hd95(t, p, spacing=spacing, max_distance=diagonal)[0],

@@ -283,10 +283,13 @@ class GroundTruth:
 
 
 def metric_units(task: str, spacing_mm: bool, boundary_tolerance_px: float,
-                 surface_tolerance_mm: float, band_px: float) -> dict[str, dict[str, Any]]:
+                 surface_tolerance_mm: float, band_px: float,
+                 spatial_dims: int = 2) -> dict[str, dict[str, Any]]:
     """``run.json: metric_units``: the tolerance and unit of every distance-based metric.
 
-    ``boundary_f1``: tolerance ``boundary_tolerance_px`` in px always (Boundary-F1@2px);
+    ``boundary_f1``: tolerance ``boundary_tolerance_px`` in px for 2D images (Boundary-F1@2px);
+    for volumes with a spacing ``surface_tolerance_mm`` in mm (Boundary-F1@2mm), in voxels
+    (``boundary_tolerance_px``, unit ``px``) without one;
     ``nsd``: ``surface_tolerance_mm`` in mm when every sample has a pixel spacing (``spacing_mm``),
     else ``boundary_tolerance_px`` in px; ``hd95``: mm when ``spacing_mm``, else px (clamped to
     the image diagonal in that unit); ``pixel_ece_band``: the band half-width in px (Euclidean).
@@ -296,7 +299,9 @@ def metric_units(task: str, spacing_mm: bool, boundary_tolerance_px: float,
         return {}
     unit = "mm" if spacing_mm else "px"
     return {
-        "boundary_f1": {"tolerance": float(boundary_tolerance_px), "unit": "px"},
+        "boundary_f1": ({"tolerance": float(surface_tolerance_mm), "unit": "mm"}
+                        if spacing_mm and spatial_dims == 3
+                        else {"tolerance": float(boundary_tolerance_px), "unit": "px"}),
         "nsd": {"tolerance": float(surface_tolerance_mm if spacing_mm
                                    else boundary_tolerance_px), "unit": unit},
         "hd95": {"unit": unit, "clamp": "image diagonal"},

@@ -230,7 +230,11 @@ def probe_models(models: Sequence[ModelAdapter], dataset: Dataset,
     """
     if not models or not len(dataset):
         return
+    if getattr(dataset, "spatial_dims", 2) == 3:
+        n = 1  # volumes: one at a time, as the run feeds them (memory: one volume)
     samples = _probe_samples(dataset, models[0].spec.task, prompts, n)
+    if samples and samples[0].image.ndim == 4:
+        samples = samples[:1]
     images = [s.image for s in samples]
     for model in models:
         try:
