@@ -20,7 +20,7 @@ import medfail.models.training as training
 from medfail.cli import app
 from medfail.data.datasets import open_dataset
 from medfail.data.sample import Sample
-from medfail.demo import TRAINING
+from medfail.demo import IMAGE_TASKS, TRAINING
 from medfail.models.bundle import read_training_log
 from medfail.models.loading import load_model
 from medfail.models.networks import ARCHS, TASK_ARCHS
@@ -228,5 +228,7 @@ def test_demo_keeps_its_densenet_classifier() -> None:
     cls = TRAINING["classification"]
     assert (cls.arch, cls.size, cls.batch_size, cls.lr, cls.patience) == (
         "densenet121", 64, 16, 1e-3, None)
-    assert all(c.patience is None and c.size == 64 and c.batch_size == 16
-               for c in TRAINING.values())
+    assert all(TRAINING[t].patience is None and TRAINING[t].size == 64
+               and TRAINING[t].batch_size == 16 for t in IMAGE_TASKS)
+    vol = TRAINING["volumetric"]  # the 3D U-Net: 32^3 patches, every epoch run
+    assert (vol.arch, vol.size, vol.patience) == ("unet", 32, None)
