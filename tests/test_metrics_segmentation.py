@@ -369,11 +369,12 @@ def test_hd95_agreement_with_monai_is_the_documented_2e_5_relative():
 
 def test_docs_state_tolerances_and_units_per_metric():
     """docs/metrics.md: one table row per distance metric with its tolerance and unit (BF1 in
-    px always; NSD and HD95 in mm only with a spacing for every image), no 'τ is then in mm'."""
+    px in 2-D, mm in volumes; NSD and HD95 in mm only with a spacing for every image), no
+    'τ is then in mm'."""
     doc = (ROOT / "docs" / "metrics.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in doc.splitlines()
             if line.startswith("| `") and line.count("|") == 6}
-    assert "**px** (always" in rows["`boundary_f1`"]
+    assert "2-D: **px**" in rows["`boundary_f1`"] and "volumes: **mm**" in rows["`boundary_f1`"]
     assert "**mm**" in rows["`nsd`"] and "px (τ = `boundary_tolerance_px`)" in rows["`nsd`"]
     assert "**mm**" in rows["`hd95`"] and "Euclidean" in rows["`pixel_ece_band`"]
     assert "τ is then in mm" not in doc and "metric_units" in doc

@@ -234,7 +234,9 @@ def test_perturb_samples_threads_spacing_and_rounds_integers() -> None:
 
 
 def test_torchio_tests_same_seed_same_volume_across_processes() -> None:
-    """The TorchIO-based tests at severity 2 give the same bytes in a fresh interpreter."""
+    """The TorchIO-based tests at severity 2 give the same bytes in a fresh interpreter with the
+    same torch thread count (their FFTs sum in a thread-dependent order, so bytes may differ in
+    the last bit between thread counts; the reproducibility rule is per configuration)."""
     code = (
         "import hashlib, json, numpy as np, torch\n"
         "from medfail.stress import registry\n"
@@ -247,7 +249,7 @@ def test_torchio_tests_same_seed_same_volume_across_processes() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     assert proc.returncode == 0, proc.stderr
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
     for n in TORCHIO:
