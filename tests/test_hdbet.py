@@ -177,13 +177,17 @@ def test_forward_equals_hdbet_inference(monkeypatch: pytest.MonkeyPatch) -> None
     hd_array = np.flip(vol, zoo.HDBET_FLIP).transpose(zoo.HDBET_AXES)
     data = preprocess_image_numpy(np.ascontiguousarray(hd_array), (1.5,) * 3, (1.5,) * 3)
     # flush-to-zero: HD-BET's subnormal weights computed as the zeros we store (bit-identical
-    # outputs, test_subnormal_weights_change_nothing), 30x faster
+    # outputs, test_subnormal_weights_change_nothing), 30x faster; the flag is per thread, so
+    # one thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     assert torch.set_flush_denormal(True)
     try:
         _, _, ref, _ = predict_case_3D_net(net, data[None], True, 1, 1, 16, (32, 32, 32), "cpu",
                                            (2, 3, 4))
     finally:
         torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
     back = [zoo.HDBET_AXES.index(a) for a in range(3)]
     ref = np.flip(ref.transpose(0, *(1 + a for a in back)), [1 + a for a in zoo.HDBET_FLIP])
     assert ours.shape == (2, 20, 24, 18)
