@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from medfail.data.phantoms import _sites_for
 from medfail.seeding import derive_seed
 
 MASK_CLASSES: tuple[str, ...] = ("lesion",)
@@ -226,14 +227,6 @@ def write_nifti(path: Path, array: np.ndarray, spacing: tuple[float, float, floa
     img.set_sform(affine, code=1)
     img.header["descrip"] = b"medfail synthetic phantom"
     nib.save(img, str(path))
-
-
-def _sites_for(n: int, mix: dict[str, float], rng: np.random.Generator) -> list[str]:
-    names = sorted(mix)
-    counts = np.floor(np.array([mix[k] for k in names]) * n).astype(int)
-    counts[0] += n - counts.sum()
-    sites = [name for name, k in zip(names, counts, strict=True) for _ in range(k)]
-    return [sites[i] for i in rng.permutation(n)]
 
 
 def write_split3d(out_dir: Path, split: str, n: int, config: Phantom3DConfig) -> Path:
