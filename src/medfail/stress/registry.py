@@ -50,6 +50,7 @@ from medfail.stress.spec import (
     StressTest,
     check_severity,
 )
+from medfail.stress.uint8_fast import FAST_UINT8
 from medfail.stress.volume_geometry import VOLUME_GEOMETRY
 
 __all__ = [
@@ -349,7 +350,7 @@ def corrupt(
     is_int = np.issubdtype(arr.dtype, np.integer)
     if not (is_int or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"image dtype must be integer or float, got {arr.dtype}")
-    _image_test(name).params(severity)  # validate before any work
+    params = _image_test(name).params(severity)  # validate before any work
     if severity == 0:
         return arr.copy()
 
@@ -363,6 +364,10 @@ def corrupt(
     else:
         lo, hi = float(value_range[0]), float(value_range[1])
 
+    if arr.dtype == np.uint8 and (lo, hi) == (0.0, 255.0) and name in FAST_UINT8:
+        fast = FAST_UINT8[name](arr, params)  # same output as below (stress/uint8_fast.py)
+        if fast is not None:
+            return fast
     # channels first in the input dtype (a small copy), then float32 on a contiguous array
     chw = arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
     x = torch.from_numpy(chw.astype(np.float32))[None]
