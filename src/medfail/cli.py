@@ -210,6 +210,11 @@ def run(
         help="Let --out be a non-empty folder that is not a run directory of this "
         "configuration: medfail's own files there (listed in .medfail/manifest.json) are "
         "replaced, nothing else is deleted.")] = False,
+    runtime: Annotated[str, typer.Option(
+        help="torch or onnxruntime: a torch model is exported once to ONNX (cached in the run "
+        "directory), checked against torch on the first batch (probabilities within 1e-4, else "
+        "torch is kept) and run on ONNX Runtime (CPU). Example: --runtime onnxruntime")
+                       ] = "torch",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run the failure suite of a model on a dataset and write a run directory with a report.
@@ -227,6 +232,9 @@ def run(
     try:
         _check_task(task)
         out = out or Path("runs") / task
+        if runtime not in ("torch", "onnxruntime"):
+            raise MedfailInputError(None, "--runtime must be torch or onnxruntime, "
+                                    f"not {runtime!r}")
         check_out_dir(out, overwrite)  # a file, not writable, someone else's folder: fail fast
         device = resolve_device(device)
         overrides = {"seed": seed, "batch_size": batch_size}
@@ -245,9 +253,11 @@ def run(
                               device=device) for m in ensemble_model or []]
         loader = ModelFiles(tuple(_portable(m) for m in [model, *(ensemble_model or [])]), task,
                             None if model_spec is None else _portable(model_spec), trust_pickle,
-                            device)  # how Ray workers load the models
+                            device, runtime, str(Path(out).resolve() / ".medfail" / "onnx"))
+        # ^ how Ray workers load the models
         run_dir = run_suite(adapter, dataset, out, suite, overwrite=overwrite,
-                            model_info={**describe_model(model), "ensemble_sha256": [
+                            model_info={**describe_model(model), "runtime": runtime,
+                                        "ensemble_sha256": [
                                 describe_model(m)["sha256"] for m in ensemble_model or []]},
                             command=["medfail", *sys.argv[1:]], progress=not quiet,
                             ensemble=members, executor=executor, ray_address=address,

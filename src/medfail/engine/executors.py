@@ -74,13 +74,21 @@ class ModelFiles:
     spec_path: str | None = None
     trust_pickle: bool = False
     device: str = "cpu"
+    #: ``onnxruntime``: the main model runs its export in ``onnx_cache`` when the main
+    #: process's first-batch check passed (:mod:`medfail.models.onnx_export`)
+    runtime: str = "torch"
+    onnx_cache: str | None = None
 
     def __call__(self) -> list[ModelAdapter]:
-        from medfail.models.loading import load_model
+        from medfail.models.loading import describe_model, load_model
+        from medfail.models.onnx_export import apply_cached
 
-        return [load_model(ref, self.task, spec_path=self.spec_path,
-                           trust_pickle=self.trust_pickle, device=self.device)
-                for ref in self.refs]
+        models = [load_model(ref, self.task, spec_path=self.spec_path,
+                             trust_pickle=self.trust_pickle, device=self.device)
+                  for ref in self.refs]
+        if self.runtime == "onnxruntime" and self.onnx_cache and models:
+            apply_cached(models[0], self.onnx_cache, describe_model(self.refs[0])["sha256"])
+        return models
 
 
 class ShardView(SampleStream):

@@ -56,6 +56,7 @@ from medfail.engine.suite import Condition, SuiteConfig
 from medfail.errors import MedfailInputError, listing
 from medfail.models.adapters import ModelAdapter
 from medfail.models.intensity import check_intensity
+from medfail.models.onnx_export import use_runtime
 from medfail.models.output_checks import probe_models
 from medfail.models.spec import ModelSpec
 from medfail.privacy import sanitize_command
@@ -129,6 +130,8 @@ def _cache_identity(model_info: dict[str, Any], data_hash: str, task: str,
                 "data": data_hash, "task": task, "config": cfg,
                 "device": torch.device(device).type,
                 "medfail": medfail.__version__, "format": PARTS_FORMAT}
+    if model_info.get("runtime", "torch") != "torch":  # ORT rounds differently
+        identity["runtime"] = model_info["runtime"]
     reusable = bool(model_info.get("sha256"))
     if ensemble:
         hashes = list(model_info.get("ensemble_sha256") or [])
@@ -366,6 +369,9 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     stages["validate"] = time.perf_counter() - t0
 
     manifest = open_run_dir(run_dir, identity, reusable, overwrite)  # written first
+    model_info["runtime"] = use_runtime(  # --runtime onnxruntime: export, check, switch
+        adapter, str(model_info.get("runtime") or "torch"), dataset, Predictor.prompts,
+        run_dir / rundir.HOME / "onnx", manifest.claim, model_info.get("sha256"))
     rundir.parts_dir(run_dir).mkdir(exist_ok=True)
     manifest.claim(rundir.table(run_dir, rundir.SLICES))
     _write_split(manifest, TEST_SPLIT, index, gt)

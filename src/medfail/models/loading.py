@@ -67,14 +67,21 @@ ONNX_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                     "tensor(double)": np.float64}
 
 
-def _onnx_forward(path: Path) -> tuple[Forward, dict[str, str], list[Any]]:
+def _onnx_forward(path: Path, threads: int | None = None, model: bytes | None = None
+                  ) -> tuple[Forward, dict[str, str], list[Any]]:
     """ONNX Runtime forward (CPU), the model's metadata and its input shape (ints for fixed
     dimensions, names or ``None`` for dynamic ones). A fixed batch size is fed in chunks of it
-    (the last one padded by repeating its final image)."""
+    (the last one padded by repeating its final image). ``threads``: the session's intra-op
+    threads (default ONNX Runtime's: one per physical core); ``model``: the model's bytes,
+    read instead of ``path`` (which then only names it)."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path) if model is None else model, options,
+                                       providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several private types
         raise MedfailInputError(path, f"cannot load ONNX model ({exc})") from exc
     inputs = session.get_inputs()
