@@ -1,7 +1,8 @@
 """Per-image corruption speed: medfail vs imagecorruptions 1.1.2 and albumentations 2.0.8.
 
-Every library gets the same uint8 images (synthetic phantoms, 256 x 256) and corrupts them one
-at a time through its public per-image API, at the severities that match medfail's parameters
+Every library gets the same images (synthetic phantoms, 256 x 256: uint8 RGB and grey, float32
+grey in [0, 1], uint16 grey; see ``KINDS``) and corrupts them one at a time through its public
+per-image API, at the severities that match medfail's parameters
 most closely (see ``PAIRS``). All libraries run single-threaded (torch and OpenCV set to one
 thread) so the comparison does not depend on how each one uses the two cores of a shared box.
 """
@@ -141,6 +142,42 @@ def _batched(name: str, severity: int, images: list[np.ndarray]) -> Callable[[],
     return run
 
 
+#: Image kinds: (key in ``results``, channels, dtype, what each library is given).
+KINDS: tuple[tuple[str, int, str, str], ...] = (
+    ("rgb", 3, "uint8", "uint8 RGB (H, W, 3) to all three"),
+    ("grey", 1, "uint8", "uint8 grey (H, W) to all three"),
+    ("float32_grey", 1, "float32",
+     "float32 grey in [0, 1] (a windowed CT slice): medfail corrupt(value_range=(0, 1)) and "
+     "albumentations on the float32 array; imagecorruptions only takes 8-bit images, so its "
+     "timing includes the uint8 conversion rint(255 x) it needs (its output is uint8)"),
+    ("uint16_grey", 1, "uint16",
+     "uint16 grey over the full 16-bit range (u8 x 257, 16-bit MRI/X-ray): medfail "
+     "corrupt(value_range=(0, 65535)); imagecorruptions after the 8-bit conversion x >> 8 "
+     "(timed); albumentations on the uint16 array where it accepts it (null where it raises)"),
+)
+
+
+def _inputs(kind: str, channels: int) -> list[np.ndarray]:
+    u8 = _images(channels)
+    if kind == "float32_grey":
+        return [im.astype(np.float32) / np.float32(255.0) for im in u8]
+    if kind == "uint16_grey":
+        return [im.astype(np.uint16) * np.uint16(257) for im in u8]
+    return u8
+
+
+def _to_uint8(kind: str) -> Callable[[np.ndarray], np.ndarray]:
+    """What a user must do before imagecorruptions (8-bit only): identity for uint8."""
+    if kind == "float32_grey":
+        return lambda im: np.rint(im * 255.0).astype(np.uint8)
+    if kind == "uint16_grey":
+        return lambda im: (im >> 8).astype(np.uint8)
+    return lambda im: im
+
+
+_VALUE_RANGE = {"float32_grey": (0.0, 1.0), "uint16_grey": (0.0, 65535.0)}
+
+
 def run() -> dict[str, Any]:
     import albumentations as A
     import cv2
@@ -154,61 +191,85 @@ def run() -> dict[str, Any]:
     warnings.filterwarnings("ignore")
 
     results: dict[str, Any] = {}
-    for mode, channels in (("rgb", 3), ("grey", 1)):
-        images = _images(channels)
+    refused: dict[str, dict[str, str]] = {}
+    for mode, channels, _dtype, _given in KINDS:
+        images = _inputs(mode, channels)
+        vr = _VALUE_RANGE.get(mode)
+        to8 = _to_uint8(mode)
         rows = {}
         for pair in PAIRS:
             aug = pair.albumentations(A)
+            try:
+                alb_out = aug(image=images[0])["image"]
+            except Exception as exc:  # albumentations refuses some dtypes (uint16)
+                alb_out = None
+                refused.setdefault(mode, {})[pair.name] = f"{type(exc).__name__}: {exc}"[:160]
             fns = {
-                "medfail": _per_image(lambda im, p=pair: corrupt(im, p.name, p.severity), images),
-                "medfail_batched": _batched(pair.name, pair.severity, images),
+                "medfail": _per_image(lambda im, p=pair, r=vr: corrupt(im, p.name, p.severity,
+                                                                       value_range=r), images),
                 "imagecorruptions": _per_image(
-                    lambda im, p=pair: ic.corrupt(im, severity=p.ic_severity,
-                                                  corruption_name=p.ic_name), images),
-                "albumentations": _per_image(lambda im, a=aug: a(image=im)["image"], images),
+                    lambda im, p=pair, t=to8: ic.corrupt(t(im), severity=p.ic_severity,
+                                                         corruption_name=p.ic_name), images),
             }
+            if mode in ("rgb", "grey"):
+                fns["medfail_batched"] = _batched(pair.name, pair.severity, images)
+            if alb_out is not None:
+                fns["albumentations"] = _per_image(lambda im, a=aug: a(image=im)["image"],
+                                                   images)
             secs = best_of(fns, reps=REPS)
             ms = {k: round(v / len(images) * 1e3, 4) for k, v in secs.items()}
+            # changes in 8-bit grey levels, whatever the dtype
+            scale = 255.0 / (vr[1] - vr[0]) if vr else 1.0
+            clean8 = to8(images[0])
             change = {
-                "medfail": corrupt(images[0], pair.name, pair.severity),
-                "imagecorruptions": ic.corrupt(images[0], severity=pair.ic_severity,
+                "medfail": corrupt(images[0], pair.name, pair.severity, value_range=vr) * scale,
+                "imagecorruptions": ic.corrupt(clean8, severity=pair.ic_severity,
                                                corruption_name=pair.ic_name),
-                "albumentations": aug(image=images[0])["image"],
             }
-            rows[pair.name] = {
+            if alb_out is not None:
+                change["albumentations"] = np.asarray(alb_out, dtype=np.float64) * scale
+            row: dict[str, Any] = {
                 "medfail_severity": pair.severity,
                 "imagecorruptions": f"{pair.ic_name}@{pair.ic_severity}",
                 "match": pair.match,
                 "ms_per_image": ms,
                 "speedup_vs_imagecorruptions": round(ratio(ms["imagecorruptions"],
                                                            ms["medfail"]), 3),
-                "speedup_vs_albumentations": round(ratio(ms["albumentations"], ms["medfail"]), 3),
-                "batched_speedup_vs_imagecorruptions": round(
-                    ratio(ms["imagecorruptions"], ms["medfail_batched"]), 3),
-                "batched_speedup_vs_albumentations": round(
-                    ratio(ms["albumentations"], ms["medfail_batched"]), 3),
-                # mean |corrupted - clean| in grey levels: the three are of comparable strength
-                "mean_abs_change": {k: _change(images[0], v) for k, v in change.items()},
+                "speedup_vs_albumentations": (round(ratio(ms["albumentations"], ms["medfail"]), 3)
+                                              if "albumentations" in ms else None),
+                # mean |corrupted - clean| in 8-bit grey levels: comparable strengths
+                "mean_abs_change": {k: _change(clean8, v) for k, v in change.items()},
             }
+            if "medfail_batched" in ms:
+                row["batched_speedup_vs_imagecorruptions"] = round(
+                    ratio(ms["imagecorruptions"], ms["medfail_batched"]), 3)
+                row["batched_speedup_vs_albumentations"] = round(
+                    ratio(ms["albumentations"], ms["medfail_batched"]), 3)
+            rows[pair.name] = row
         results[mode] = rows
-    return {"image": f"{SIZE}x{SIZE} uint8 synthetic phantoms, {N_IMAGES} images, "
-                     "RGB (H, W, 3) and grey (H, W)",
+    return {"image": f"{SIZE}x{SIZE} synthetic phantoms, {N_IMAGES} images per kind",
+            "kinds": {mode: given for mode, _c, _d, given in KINDS},
             "threads": "torch 1, OpenCV 1 (numpy/scipy/Pillow single-threaded)",
             "timing": f"per image, best of {REPS} interleaved rounds",
             "imagecorruptions_patches": patches,
             "imagecorruptions_skipped": BROKEN,
+            "albumentations_refused": refused,
             "unshared": UNSHARED,
             "results": results}
 
 
 def summary(details: dict[str, Any], mode: str = "rgb") -> dict[str, Any]:
-    """Minimum (slowest-for-medfail) speed-ups over the shared corruptions."""
+    """Minimum (slowest-for-medfail) speed-ups over the shared corruptions a peer runs."""
     rows = details["results"][mode]
     out: dict[str, Any] = {}
     for peer in ("imagecorruptions", "albumentations"):
         per = {k: v[f"speedup_vs_{peer}"] for k, v in rows.items()}
-        batched = {k: v[f"batched_speedup_vs_{peer}"] for k, v in rows.items()}
-        worst = min(per, key=per.__getitem__)
-        out[peer] = {"min": per[worst], "slowest": worst, "per_corruption": per,
-                     "batched_min": min(batched.values()), "batched_per_corruption": batched}
+        ran = {k: x for k, x in per.items() if x is not None}
+        worst = min(ran, key=ran.__getitem__) if ran else None
+        out[peer] = {"min": ran[worst] if worst else None, "slowest": worst,
+                     "per_corruption": per}
+        batched = {k: v[f"batched_speedup_vs_{peer}"] for k, v in rows.items()
+                   if f"batched_speedup_vs_{peer}" in v}
+        if batched:
+            out[peer].update(batched_min=min(batched.values()), batched_per_corruption=batched)
     return out
