@@ -71,3 +71,11 @@ def test_general_path_float_and_uint16_match_kernel() -> None:
     u16 = corrupt(img.astype(np.uint16) * 257, "jpeg", 2, value_range=(0.0, 65535.0))
     assert u16.dtype == np.uint16
     np.testing.assert_array_equal(u16, _general(img, "jpeg", 2).astype(np.uint16) * 257)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (250, 251, 3), (101, 77), (64, 64, 3), (5, 3)])
+def test_pixelate_fast_path_sizes(shape: tuple[int, ...]) -> None:
+    img = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    for severity in (1, 2, 3):
+        np.testing.assert_array_equal(corrupt(img, "pixelate", severity),
+                                      _general(img, "pixelate", severity))

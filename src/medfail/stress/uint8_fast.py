@@ -11,7 +11,7 @@ general path's output (float32 ``[0, 1]`` kernels of :mod:`medfail.stress.corrup
   counts take the general path.
 * ``pixelate``: the same float32 operations in the same order (``x = u / 255``; block sums over
   ``(a, b)`` offsets in row-major order; ÷ the real pixel count; clip to ``[0, 1]``; × 255;
-  ``rint``) on the ``hb × wb`` block means only, then a uint8 nearest upsampling.
+  ``rint``) on the ``hb × wb`` block means only, then a uint8 nearest upsampling (Pillow).
 
 Every other corruption, and every other dtype or value range, takes the general path.
 """
@@ -49,31 +49,39 @@ def jpeg_uint8(image: np.ndarray, params: Mapping[str, Any]) -> np.ndarray | Non
 
 
 def pixelate_uint8(image: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
-    """Block mean of ``params["factor"]`` px (partial edge blocks: real pixels), nearest back."""
+    """Block mean of ``params["factor"]`` px (partial edge blocks: real pixels), nearest back.
+
+    Channels first (planar float32, so every sum runs over long strided rows), sums in the
+    general path's ``(a, b)`` order; the uint8 block means go back to ``H × W (× C)`` by Pillow's
+    NEAREST resize to exactly ``f`` times their size (each pixel repeated ``f × f`` times).
+    """
     f = int(params["factor"])
     h, w = image.shape[:2]
     hb, wb = -(-h // f), -(-w // f)
-    x = image.astype(np.float32)
+    chw = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+    if (h, w) != (hb * f, wb * f):  # zero padding adds exactly nothing to the sums
+        padded = np.zeros((chw.shape[0], hb * f, wb * f), dtype=np.uint8)
+        padded[:, :h, :w] = chw
+        chw = padded
+    x = np.ascontiguousarray(chw).astype(np.float32)
     x /= _F255
-    if (h, w) != (hb * f, wb * f):
-        padded = np.zeros((hb * f, wb * f, *image.shape[2:]), dtype=np.float32)
-        padded[:h, :w] = x
-        x = padded
-    blocks = x.reshape(hb, f, wb, f, *image.shape[2:])
-    sums = blocks[:, 0, :, 0].copy()
-    for a in range(f):
-        for b in range(f):
-            if a or b:
-                sums += blocks[:, a, :, b]
+    blocks = x.reshape(-1, hb, f, wb, f)
+    order = [(a, b) for a in range(f) for b in range(f)]
+    acc = blocks[:, :, 0, :, 0].copy() if f == 1 else blocks[:, :, 0, :, 0] + blocks[:, :, 0, :, 1]
+    for a, b in order[2:]:
+        acc += blocks[:, :, a, :, b]
     rows = np.minimum(h - np.arange(hb) * f, f)
     cols = np.minimum(w - np.arange(wb) * f, f)
-    count = (rows[:, None] * cols[None, :]).astype(np.float32)
-    means = sums / (count if image.ndim == 2 else count[..., None])
-    np.clip(means, 0.0, 1.0, out=means)
-    means *= _F255
-    np.clip(means, 0.0, _F255, out=means)
-    q = np.rint(means, out=means).astype(np.uint8)
-    up = np.repeat(np.repeat(q, f, axis=0), f, axis=1)
+    acc /= (rows[:, None] * cols[None, :]).astype(np.float32)
+    np.clip(acc, 0.0, 1.0, out=acc)
+    acc *= _F255
+    np.clip(acc, 0.0, _F255, out=acc)
+    q = np.rint(acc, out=acc).astype(np.uint8)
+    q = q[0] if image.ndim == 2 else np.ascontiguousarray(q.transpose(1, 2, 0))
+    if f == 1:
+        up = q
+    else:
+        up = np.asarray(Image.fromarray(q).resize((wb * f, hb * f), Image.Resampling.NEAREST))
     return up if (h, w) == up.shape[:2] else np.ascontiguousarray(up[:h, :w])
 
 
