@@ -20,6 +20,7 @@ from benchmarks import (
     bench_bootstrap,
     bench_boundary,
     bench_corruptions,
+    bench_onnxruntime,
     bench_suite,
     bench_volumes,
 )
@@ -68,6 +69,12 @@ STEPS: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], 
     ("volumes", bench_volumes.run, lambda d: {"volume_memory_ratio": goal(
         d["ratio"], 1.2, False, definition="peak RSS of medfail run on 10 volumes 96^3 / on 1 "
         "volume (fresh processes, 3D threshold segmenter, clean + 3 volume stress tests)")}),
+    ("onnxruntime", bench_onnxruntime.run, lambda d: {"onnxruntime_speedup": goal(
+        d["speedup"], 1.5, True, definition="torch forward seconds / ONNX Runtime forward "
+        "seconds on 1 thread each, min over the demo classifier, demo segmenter and "
+        "DenseNet121 224², probabilities asserted within 1e-4",
+        speedup_2_threads=d["speedup_2_threads"], per_model={
+            k: {t: v[t]["speedup"] for t in v} for k, v in d["models"].items()})}),
 ]
 
 
