@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from conftest import write_png_folder
 from test_engine import brightness_classifier
@@ -18,6 +19,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from medfail.cli import app
+from medfail.engine.executors import ModelFiles
 from medfail.engine.runner import run_suite
 from medfail.engine.suite import SuiteConfig
 from medfail.models import onnx_export
@@ -39,12 +41,13 @@ def _model(tmp: Path) -> Path:
     return path
 
 
-def _run(tmp: Path, model: Path, data: Path, out: str, runtime: str) -> Path:
+def _run(tmp: Path, model: Path, data: Path, out: str, runtime: str,
+         extra: list[str] | None = None) -> Path:
     (tmp / "suite.yaml").write_text(CONFIG)
     res = CliRunner().invoke(app, [
         "run", "--model", str(model), "--data", str(data), "--task", "classification",
         "--out", str(tmp / out), "--config", str(tmp / "suite.yaml"), "--device", "cpu",
-        "--runtime", runtime, "--quiet"])
+        "--runtime", runtime, "--quiet", *(extra or [])])
     assert res.exit_code == 0, res.output
     return tmp / out
 
@@ -71,6 +74,12 @@ def test_onnxruntime_matches_torch_and_reuses_export(tmp_path: Path, monkeypatch
 
     def no_export(*args, **kwargs):
         raise AssertionError("re-exported")
+
+    # a Ray worker's loader picks the checked export up from the run directory
+    worker = ModelFiles((str(model),), "classification", runtime="onnxruntime",
+                        onnx_cache=str(ort / ".medfail" / "onnx"))()[0]
+    assert worker.forward.onnx_path == str(onnx_file)
+    assert not hasattr(ModelFiles((str(model),), "classification")()[0].forward, "onnx_path")
 
     monkeypatch.setattr(onnx_export, "export_onnx", no_export)
     before = onnx_file.stat().st_mtime_ns
@@ -99,3 +108,17 @@ def test_plain_callable_keeps_its_path(tmp_path: Path) -> None:
                     render=False)
     info = _runtime(run)
     assert info["used"] == "callable" and "callable" in info["reason"]
+
+
+@pytest.mark.slow
+def test_ray_workers_run_onnxruntime(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    data = write_png_folder(tmp_path / "data", "classification", n=8)
+    model = _model(tmp_path)
+    ref = _run(tmp_path, model, data, "torch", "torch")
+    ray_run = _run(tmp_path, model, data, "ray", "onnxruntime",
+                   ["--executor", "ray", "--workers", "1"])
+    assert _runtime(ray_run)["used"] == "onnxruntime"
+    a, b = pd.read_parquet(ref / "metrics.parquet"), pd.read_parquet(ray_run / "metrics.parquet")
+    np.testing.assert_allclose(b["value"].to_numpy(float), a["value"].to_numpy(float),
+                               atol=1e-3, equal_nan=True)
