@@ -221,6 +221,7 @@ def run(
 
     Example: medfail run --model seg.pt --data my_data/test --task segmentation --out runs/seg
     """
+    from medfail import rundir
     from medfail.data.datasets import open_dataset
     from medfail.engine.executors import ModelFiles
     from medfail.engine.runner import run_suite
@@ -253,7 +254,7 @@ def run(
                               device=device) for m in ensemble_model or []]
         loader = ModelFiles(tuple(_portable(m) for m in [model, *(ensemble_model or [])]), task,
                             None if model_spec is None else _portable(model_spec), trust_pickle,
-                            device, runtime, str(Path(out).resolve() / ".medfail" / "onnx"))
+                            device, runtime, str(rundir.onnx_cache_dir(Path(out).resolve())))
         # ^ how Ray workers load the models
         run_dir = run_suite(adapter, dataset, out, suite, overwrite=overwrite,
                             model_info={**describe_model(model), "runtime": runtime,

@@ -37,6 +37,8 @@ from medfail.errors import MedfailInputError, listing
 #: medfail's own folder (the manifest) and the manifest, relative to the run directory
 HOME = ".medfail"
 MANIFEST = f"{HOME}/manifest.json"
+#: ``--runtime onnxruntime``: the exported torch models, ``<key>.onnx`` (reused across runs)
+ONNX_CACHE = f"{HOME}/onnx"
 #: per-condition per-sample rows and timings (internal to ``medfail run``: commit markers)
 PARTS = ".parts"
 PREDICTIONS = "predictions"
@@ -70,7 +72,8 @@ ANALYSIS_TABLES = (SLICES, METRICS, RANKING, CALIBRATION, MITIGATIONS)
 #: every path pattern of a run directory (``<condition>``, ``<k>``, ``<split>`` placeholders);
 #: docs/run_directory.md documents exactly these (tested)
 DOCUMENTED = (
-    MANIFEST, RUN_JSON, PER_SAMPLE, SLICES, METRICS, RANKING, CALIBRATION, MITIGATIONS,
+    MANIFEST, f"{ONNX_CACHE}/<key>.onnx", RUN_JSON, PER_SAMPLE, SLICES, METRICS, RANKING,
+    CALIBRATION, MITIGATIONS,
     EVIDENCE, REPORT_HTML, REPORT_PDF, f"{FIGURES}/", CASES_JSON, f"{CASES}/case_<k>.npz",
     f"{PARTS}/<condition>.parquet", f"{PARTS}/<condition>.seconds",
     f"{PREDICTIONS}/index.parquet", f"{PREDICTIONS}/ground_truth.npz",
@@ -88,6 +91,11 @@ DOCUMENTED = (
 def table(run_dir: str | Path, name: str) -> Path:
     """A top-level file of the run directory (``run.json``, ``metrics.parquet``...)."""
     return Path(run_dir) / name
+
+
+def onnx_cache_dir(run_dir: str | Path) -> Path:
+    """Where ``--runtime onnxruntime`` keeps the exported torch models."""
+    return Path(run_dir) / ONNX_CACHE
 
 
 def predictions_dir(run_dir: str | Path) -> Path:

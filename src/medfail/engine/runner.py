@@ -371,7 +371,7 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     manifest = open_run_dir(run_dir, identity, reusable, overwrite)  # written first
     model_info["runtime"] = use_runtime(  # --runtime onnxruntime: export, check, switch
         adapter, str(model_info.get("runtime") or "torch"), dataset, Predictor.prompts,
-        run_dir / rundir.HOME / "onnx", manifest.claim, model_info.get("sha256"))
+        rundir.onnx_cache_dir(run_dir), manifest.claim, model_info.get("sha256"))
     rundir.parts_dir(run_dir).mkdir(exist_ok=True)
     manifest.claim(rundir.table(run_dir, rundir.SLICES))
     _write_split(manifest, TEST_SPLIT, index, gt)
