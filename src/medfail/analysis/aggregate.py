@@ -29,8 +29,9 @@ small_slice``.
   lesion; no member image of the slice drawn). Undefined resamples are never dropped: they
   count at the least favourable end of each bound, and when more than
   ``metrics.bootstrap.max_undefined`` (24 of 1000) of them would reach a bound the interval
-  is NaN (``metrics.bootstrap.percentile_ci``); a Δ or gap resample is undefined when either
-  side is. Per resample the macro averages the targets defined in that resample. On tiny or
+  is NaN (``metrics.bootstrap.percentile_ci``; a table's intervals are computed at once by
+  ``percentile_cis``, same values); a Δ or gap resample is undefined when either side is.
+  Per resample the macro averages the targets defined in that resample. On tiny or
   skewed samples a percentile interval can exclude its own estimate: it is stored as
   computed (the report marks it).
 """
@@ -51,7 +52,7 @@ from medfail.metrics.bootstrap import (
     auprc_bootstrap,
     auroc_bootstrap,
     bootstrap_indices,
-    percentile_ci,
+    percentile_cis,
     sens_at_spec_bootstrap,
 )
 from medfail.metrics.classification import auprc, auroc, sens_at_95spec
@@ -191,23 +192,39 @@ def macro_estimate(estimates: Iterable[Estimate]) -> Estimate:
 
 
 def _row(cond: pd.Series | object, slice_name: str, target: str, metric: str, est: Estimate,
-         clean: Estimate | None, whole: Estimate | None, min_slice_n: int) -> dict[str, object]:
-    lo, hi = percentile_ci(est.draws)
+         clean: Estimate | None, whole: Estimate | None, min_slice_n: int,
+         ci: tuple[float, float], delta_ci: tuple[float, float] | None,
+         gap_ci: tuple[float, float] | None) -> dict[str, object]:
+    """One metrics.parquet row; the intervals come precomputed from :func:`_intervals`."""
     row: dict[str, object] = {
         "condition": cond.condition, "test": cond.test, "family": cond.family,
         "severity": cond.severity, "slice": slice_name, "target": target, "metric": metric,
-        "value": est.value, "sd": est.sd, "ci_low": lo, "ci_high": hi,
+        "value": est.value, "sd": est.sd, "ci_low": ci[0], "ci_high": ci[1],
         "delta_vs_clean": np.nan, "delta_ci_low": np.nan, "delta_ci_high": np.nan,
         "gap_vs_all": np.nan, "gap_ci_low": np.nan, "gap_ci_high": np.nan,
         "n": est.n, "small_slice": slice_name != ALL and est.n < min_slice_n,
     }
-    if clean is not None:
-        dlo, dhi = percentile_ci(est.draws - clean.draws)
-        row.update(delta_vs_clean=est.value - clean.value, delta_ci_low=dlo, delta_ci_high=dhi)
-    if whole is not None:
-        glo, ghi = percentile_ci(est.draws - whole.draws)
-        row.update(gap_vs_all=est.value - whole.value, gap_ci_low=glo, gap_ci_high=ghi)
+    if clean is not None and delta_ci is not None:
+        row.update(delta_vs_clean=est.value - clean.value, delta_ci_low=delta_ci[0],
+                   delta_ci_high=delta_ci[1])
+    if whole is not None and gap_ci is not None:
+        row.update(gap_vs_all=est.value - whole.value, gap_ci_low=gap_ci[0],
+                   gap_ci_high=gap_ci[1])
     return row
+
+
+def _intervals(draws: list[np.ndarray]) -> list[tuple[float, float]]:
+    """``percentile_ci`` of each draw vector, computed by :func:`percentile_cis` on the stacked
+    (K, B) matrix (vectors of different lengths are stacked by length)."""
+    out: list[tuple[float, float]] = [(np.nan, np.nan)] * len(draws)
+    by_len: dict[int, list[int]] = {}
+    for i, d in enumerate(draws):
+        by_len.setdefault(len(d), []).append(i)
+    for pos in by_len.values():
+        lo, hi = percentile_cis(np.stack([draws[i] for i in pos]))
+        for i, a, b in zip(pos, lo.tolist(), hi.tolist(), strict=True):
+            out[i] = (a, b)
+    return out
 
 
 def _members(ids: list[str], membership: pd.DataFrame | None) -> dict[str, np.ndarray]:
@@ -266,17 +283,28 @@ def aggregate_per_image(per_sample: pd.DataFrame, conditions: pd.DataFrame, n_bo
 def _table(estimates: dict[Key, Estimate], conditions: pd.DataFrame, min_slice_n: int,
            draws_out: dict[Key, Estimate] | None,
            reference: dict[Key, Estimate] | None) -> pd.DataFrame:
-    rows = []
+    picked = []
     keys = sorted({(sl, t, m) for (_, sl, t, m) in estimates})
+    ref = reference if reference is not None else estimates
     for cond in conditions.itertuples():
         for sl, target, metric in keys:
             est = estimates.get((cond.condition, sl, target, metric))
             if est is None:
                 continue
-            ref = reference if reference is not None else estimates
             clean = ref.get(("clean", sl, target, metric))
             whole = estimates.get((cond.condition, ALL, target, metric)) if sl != ALL else None
-            rows.append(_row(cond, sl, target, metric, est, clean, whole, min_slice_n))
+            picked.append((cond, sl, target, metric, est, clean, whole))
+    # every interval of the table from a few batched percentile calls (same values as
+    # percentile_ci on each draw vector): the estimate, its Δ vs clean, its gap vs all
+    cis = _intervals([p[4].draws for p in picked])
+    delta_at = [i for i, p in enumerate(picked) if p[5] is not None]
+    gap_at = [i for i, p in enumerate(picked) if p[6] is not None]
+    delta_cis = dict(zip(delta_at, _intervals([picked[i][4].draws - picked[i][5].draws
+                                               for i in delta_at]), strict=True))
+    gap_cis = dict(zip(gap_at, _intervals([picked[i][4].draws - picked[i][6].draws
+                                           for i in gap_at]), strict=True))
+    rows = [_row(*p, min_slice_n, cis[i], delta_cis.get(i), gap_cis.get(i))
+            for i, p in enumerate(picked)]
     if draws_out is not None:
         draws_out.update(estimates)
     return pd.DataFrame(rows, columns=COLUMNS)
