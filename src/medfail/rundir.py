@@ -275,6 +275,18 @@ FORMAT = 1
 Snapshot = dict[str, tuple[int, int, int]]
 
 
+def file_sha256(path: Path) -> str | None:
+    """sha256 (hex) of a file's bytes; None when it is not a readable file."""
+    digest = hashlib.sha256()
+    try:
+        with Path(path).open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def cache_key(identity: dict[str, Any]) -> str:
     """sha256 of the identity's canonical JSON."""
     blob = json.dumps(identity, sort_keys=True, default=str)
@@ -328,12 +340,14 @@ class Manifest:
     """The manifest of one run directory (see the module docstring)."""
 
     def __init__(self, run_dir: str | Path, identity: dict[str, Any], reusable: bool,
-                 files: Iterable[str] = ()) -> None:
+                 files: Iterable[str] = (), stages: Mapping[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
         self.key = cache_key(self.identity)
         self.reusable = reusable
         self.files: set[str] = set(files)
+        #: finished stages after the conditions: {name: {key, outputs: {path: sha256}, info}}
+        self.stages: dict[str, Any] = dict(stages or {})
 
     @property
     def path(self) -> Path:
@@ -351,7 +365,10 @@ class Manifest:
             files = data["files"]
             if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
                 raise ValueError("'files' is not a list of paths")
-            manifest = cls(run_dir, data["identity"], bool(data["reusable"]), files)
+            stages = data.get("stages", {})  # absent before stage records existed
+            if not isinstance(stages, dict):
+                raise ValueError("'stages' is not a mapping")
+            manifest = cls(run_dir, data["identity"], bool(data["reusable"]), files, stages)
             if data["key"] != manifest.key:
                 raise ValueError("its key does not match its identity")
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -364,7 +381,8 @@ class Manifest:
     def save(self) -> None:
         write_atomic(self.path, json.dumps(
             {"format": FORMAT, "key": self.key, "reusable": self.reusable,
-             "identity": self.identity, "files": sorted(self.files)}, indent=1))
+             "identity": self.identity, "files": sorted(self.files), "stages": self.stages},
+            indent=1))
 
     def rel(self, path: str | Path) -> str:
         """``path`` (inside the run directory) relative to it, POSIX separators."""
@@ -382,13 +400,50 @@ class Manifest:
         new = {self.rel(p) for p in paths} - self.files
         if not new:
             return
+        self._merge_disk()
+        self.files |= new
+        self.save()
+
+    def _merge_disk(self) -> None:
+        """Add the files and stages another handle on this manifest saved meanwhile."""
         try:
             on_disk = Manifest.read(self.run_dir)
         except MedfailInputError:
             on_disk = None
         if on_disk is not None and on_disk.key == self.key:
             self.files |= on_disk.files
-        self.files |= new
+            self.stages = {**on_disk.stages, **self.stages}
+
+    def cached_stage(self, name: str, key: str) -> dict[str, Any] | None:
+        """The ``info`` stage ``name`` recorded under ``key`` when every output it recorded is
+        still listed here with the recorded sha256 (else None: the stage is recomputed)."""
+        record = self.stages.get(name)
+        if not isinstance(record, dict) or record.get("key") != key or not self.reusable:
+            return None
+        for rel, digest in record.get("outputs", {}).items():
+            if rel not in self.files or file_sha256(self.run_dir / rel) != digest:
+                return None
+        return dict(record.get("info") or {})
+
+    def drop_stage(self, name: str) -> None:
+        """Forget stage ``name`` (before it is recomputed: a crash then leaves no record)."""
+        self._merge_disk()
+        if self.stages.pop(name, None) is not None:
+            self.save()
+
+    def record_stage(self, name: str, key: str, outputs: Iterable[str | Path],
+                     info: Mapping[str, Any] | None = None) -> None:
+        """Record that stage ``name`` finished under ``key``, writing ``outputs`` (files or
+        folders of the run directory, hashed now) and returning ``info`` (JSON)."""
+        files: dict[str, str | None] = {}
+        for out in outputs:
+            out = Path(out)
+            for p in sorted(out.rglob("*")) if out.is_dir() else [out]:
+                if p.is_file():
+                    files[self.rel(p)] = file_sha256(p)
+        self._merge_disk()
+        self.stages[name] = {"key": key, "outputs": files,
+                             "info": json.loads(json.dumps(info or {}, default=str))}
         self.save()
 
     def record_changed(self, before: Snapshot, *names: str) -> None:

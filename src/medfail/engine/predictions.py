@@ -34,7 +34,6 @@ memory is bounded by one sample (one volume), not by the dataset.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shutil
 import tempfile
 import zipfile
@@ -48,6 +47,7 @@ from medfail.rundir import (  # noqa: F401  (re-exported: paths are owned by med
     PREDICTIONS,
     TEST_SPLIT,
     condition_path,
+    file_sha256,
     label_map,
     split_paths,
     write_table,
@@ -95,7 +95,8 @@ class MapWriter(NpzWriter):
 
 
 def _add_member(zf: zipfile.ZipFile, key: str, array: np.ndarray) -> None:
-    """Write ``array`` as member ``<key>.npy`` of an open zip (streamed, no pickles)."""
+    """Write ``array`` as member ``<key>.npy`` of an open zip (streamed, no pickles; a member
+    named by a string gets zip's fixed 1980 timestamp, so equal arrays give equal bytes)."""
     with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
         np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
 
@@ -143,18 +144,6 @@ def npz_array(path: Path, key: str) -> np.ndarray:
 def quantise(probs: np.ndarray) -> np.ndarray:
     """Foreground channels of (C, *spatial) probabilities as the stored float16 values."""
     return probs[1:].astype(np.float16)
-
-
-def file_sha256(path: Path) -> str | None:
-    """sha256 (hex) of a file's bytes; None when it is not a readable file."""
-    digest = hashlib.sha256()
-    try:
-        with Path(path).open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def label_dtype(array: np.ndarray) -> np.dtype:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 import medfail
 from medfail import rundir
+from medfail.analysis.aggregate import undefined_targets
 from medfail.analysis.analyse import (
     PER_SAMPLE_COLUMNS,
     analyse,
@@ -52,6 +53,7 @@ from medfail.engine.predictions import (
     quantise,
 )
 from medfail.engine.predictor import SHIFT, Predictor, with_spacings
+from medfail.engine.stage_cache import files_digest, results_view, stage_key, stored_inputs
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.errors import MedfailInputError, listing
 from medfail.models.adapters import ModelAdapter
@@ -283,24 +285,63 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
                      calibration, shift, ensemble, executor, ray_address, ray_workers,
                      model_loader, overwrite)
     run_dir, run_info, manifest = stored.run_dir, stored.run_info, stored.manifest
-    run_info.update(analyse(run_dir, config, progress=progress))
+    cached_stages = run_info["cached_stages"]
+    # what the analysis reads: the stored files and run.json; evidence and report follow it
+    key = stage_key("analyse", results_view(run_info), stored_inputs(manifest))
+    t = time.perf_counter()
+    reused = manifest.cached_stage("analyse", key)
+    if reused is None:
+        manifest.drop_stage("analyse")
+        updates = analyse(run_dir, config, progress=progress)
+        run_info.update(updates)
+        manifest.record_stage("analyse", key, [rundir.table(run_dir, name) for name in
+                                               rundir.ANALYSIS_TABLES],
+                              {k: v for k, v in updates.items() if k != "wall_clock_s"})
+    else:
+        run_info.update(reused)
+        repeat_warnings(run_dir, reused)
+        cached_stages.append("analyse")
+        run_info["wall_clock_s"]["stages"]["aggregate"] = time.perf_counter() - t
     stages = run_info["wall_clock_s"]["stages"]
     _write_json(rundir.table(run_dir, rundir.RUN_JSON), run_info)
     t = time.perf_counter()
-    manifest.claim(rundir.table(run_dir, rundir.CASES_JSON))
-    before = snapshot(run_dir, rundir.CASES)
-    write_evidence(run_dir, dataset, adapter, config, stored.conditions)
-    manifest.record_changed(before, rundir.CASES)  # case_<k>.npz: named while they are chosen
+    if not _reuse_stage(manifest, "evidence", key, cached_stages):
+        manifest.claim(rundir.table(run_dir, rundir.CASES_JSON))
+        before = snapshot(run_dir, rundir.CASES)
+        write_evidence(run_dir, dataset, adapter, config, stored.conditions)
+        manifest.record_changed(before, rundir.CASES)  # case_<k>.npz: named while chosen
+        manifest.record_stage("evidence", key, [rundir.table(run_dir, rundir.EVIDENCE),
+                                                rundir.cases_dir(run_dir)])
     stages["evidence"] = time.perf_counter() - t
     _write_json(rundir.table(run_dir, rundir.RUN_JSON), run_info)
     if render:
         from medfail.report.html import render_report
 
         t = time.perf_counter()
-        render_report(run_dir)
+        if not _reuse_stage(manifest, "report", key, cached_stages):
+            render_report(run_dir)
+            manifest.record_stage("report", key, [rundir.figures_dir(run_dir)] + [
+                rundir.table(run_dir, n) for n in (rundir.REPORT_HTML, rundir.REPORT_PDF)])
         stages["report"] = time.perf_counter() - t
         _write_json(rundir.table(run_dir, rundir.RUN_JSON), run_info)
     return run_dir
+
+
+def _reuse_stage(manifest: Manifest, name: str, key: str, cached_stages: list[str]) -> bool:
+    """True (and ``name`` appended to ``cached_stages``) when the manifest's record of stage
+    ``name`` has ``key`` and its outputs are intact; else the record is dropped (recompute)."""
+    if manifest.cached_stage(name, key) is not None:
+        cached_stages.append(name)
+        return True
+    manifest.drop_stage(name)
+    return False
+
+
+def repeat_warnings(run_dir: Path, analysis: dict[str, Any]) -> None:
+    """The ``warning:`` lines a reused analysis printed when it ran (stderr)."""
+    for message in (analysis.get("temperature_warnings") or {}).values():
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+    undefined_targets(run_dir)  # one line per split with a one-class target
 
 
 @dataclass
@@ -343,6 +384,7 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
             _check_compatible(adapter, ds)
             ds.validate(progress=progress)
     data_hash = dataset.content_hash()
+    shift_hash = None if shift is None else shift.content_hash()
     cal_hash = calibration.content_hash() if calibration is not None and config.mitigate \
         and task != "classification" else None  # post-processing is chosen on it
     identity, reusable = _cache_identity(model_info, data_hash, task, config, adapter.device,
@@ -382,12 +424,18 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         write_table(_prompt_table(dataset), rundir.prompts_path(run_dir))
 
     cal_preds = None
+    cached_stages: list[str] = []
     if calibration is not None and task == "classification":
         t = time.perf_counter()
-        cal_preds = calibration_predictions(adapter, calibration, config, progress)
         cal_path = rundir.condition_path(run_dir, rundir.CALIBRATION_SPLIT, task)
-        manifest.claim(cal_path)
-        write_table(cal_preds, cal_path)
+        key = stage_key(rundir.CALIBRATION_SPLIT, calibration.content_hash())
+        if _reuse_stage(manifest, rundir.CALIBRATION_SPLIT, key, cached_stages):
+            cal_preds = rundir.read_table(cal_path)
+        else:
+            cal_preds = calibration_predictions(adapter, calibration, config, progress)
+            manifest.claim(cal_path)
+            write_table(cal_preds, cal_path)
+            manifest.record_stage(rundir.CALIBRATION_SPLIT, key, [cal_path])
         stages["calibration"] = time.perf_counter() - t
     thresholds = decision_thresholds(cal_preds, adapter.spec.multi_label, config.threshold,
                                      adapter.spec.target_names)
@@ -402,7 +450,8 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     try:
         _run_conditions([Job(c, dataset) for c in conditions + methods]
                         + ([Job(SHIFT, shift)] if shift is not None else []),
-                        engine, manifest, task, record, progress)
+                        engine, manifest, task, record, progress,
+                        stage_key(SHIFT.name, shift_hash))
         membership = slice_membership(index, metadata, config.slices, config.size_threshold_px,
                                       "mm2" if spacing_mm else "px")
         write_table(membership, rundir.table(run_dir, rundir.SLICES))
@@ -411,9 +460,19 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         mitigation_info: dict[str, Any] = {}
         if config.mitigate:
             t = time.perf_counter()
-            jobs, mitigation_info = _mitigation_jobs(run_dir, adapter, dataset, calibration,
-                                                     conditions, membership, thresholds, config,
-                                                     dims)
+            key = stage_key("mitigation_choice", [c.name for c in conditions], files_digest(
+                run_dir, [p for c in conditions for p in [rundir.part_path(run_dir, c.name),
+                          *condition_files(run_dir, c.name, task)] if p.is_file()]),
+                thresholds, cal_hash, dims)
+            mitigation_info = manifest.cached_stage("mitigation_choice", key)
+            if mitigation_info is None:
+                manifest.drop_stage("mitigation_choice")
+                mitigation_info = _choose_mitigations(run_dir, adapter, calibration, conditions,
+                                                      membership, thresholds, config, dims)
+                manifest.record_stage("mitigation_choice", key, [], mitigation_info)
+            else:
+                cached_stages.append("mitigation_choice")
+            jobs = _mitigation_jobs(mitigation_info, conditions, dataset)
             stages["mitigation_choice"] = time.perf_counter() - t
             _run_conditions(jobs, engine, manifest, task, record, progress)
     finally:
@@ -448,11 +507,12 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
                      "name": Path(calibration.root).name, "n_samples": len(calibration)},
                  "shift": None if shift is None else {
                      "name": Path(shift.root).name, "n_samples": len(shift),
-                     "content_hash": shift.content_hash()}},
+                     "content_hash": shift_hash}},
         "packages": package_versions(),
         "hardware": hardware(adapter.device),
         "wall_clock_s": {"stages": stages, "per_condition": per_condition_s},
         "cached_conditions": cached,
+        "cached_stages": cached_stages,
         "not_applicable": record.not_applicable,
         "mitigation": mitigation_info,
         "undefined_targets": {},
@@ -508,11 +568,19 @@ def _is_finished(manifest: Manifest, name: str, task: str) -> bool:
 
 
 def _run_conditions(jobs: list[Job], engine: Executor, manifest: Manifest, task: str,
-                    record: _Record, progress: bool) -> None:
+                    record: _Record, progress: bool, shift_key: str | None = None) -> None:
     """Reuse finished conditions, predict the others on ``engine``; record all in job order.
-    Files are listed in the manifest before they are written."""
+    Files are listed in the manifest before they are written. The second site's condition
+    (data outside the identity) is reused only under its stage record ``shift_key``."""
     run_dir = manifest.run_dir
-    todo = [j for j in jobs if j.cond is SHIFT or not _is_finished(manifest, j.cond.name, task)]
+
+    def reusable(cond: Condition) -> bool:
+        if cond is SHIFT and (shift_key is None or not _reuse_stage(manifest, SHIFT.name,
+                                                                    shift_key, [])):
+            return False
+        return _is_finished(manifest, cond.name, task)
+
+    todo = [j for j in jobs if not reusable(j.cond)]
     manifest.claim(*(p for j in todo for p in condition_files(manifest.run_dir, j.cond.name,
                                                                task)))
     finished = {}
@@ -525,6 +593,9 @@ def _run_conditions(jobs: list[Job], engine: Executor, manifest: Manifest, task:
                 manifest.claim(seconds, part)
                 write_atomic(seconds, repr(fin.seconds))
                 write_table(fin.per_sample, part)
+                if fin.cond is SHIFT and shift_key is not None:
+                    manifest.record_stage(SHIFT.name, shift_key, [part, *(
+                        p for p in condition_files(run_dir, SHIFT.name, task) if p.is_file())])
             finished[fin.cond.name] = fin
             bar.update()
     for job in jobs:
@@ -547,32 +618,45 @@ def _read_seconds(path: Path) -> float:
         return 0.0
 
 
-def _mitigation_jobs(run_dir: Path, adapter: ModelAdapter, dataset: Dataset,
-                     calibration: Dataset | None, conditions: list[Condition],
-                     membership: pd.DataFrame, thresholds: dict[str, float] | float,
-                     config: SuiteConfig, dims: int = 2) -> tuple[list[Job], dict[str, Any]]:
-    """Mitigations on the top breaking condition: TTA, and for segmentation with a calibration
-    split and one foreground class, post-processing chosen on it (the morphology is binary: it
-    reads and writes one foreground map). Returns the jobs and run.json's ``mitigation``."""
+def _choose_mitigations(run_dir: Path, adapter: ModelAdapter, calibration: Dataset | None,
+                        conditions: list[Condition], membership: pd.DataFrame,
+                        thresholds: dict[str, float] | float, config: SuiteConfig,
+                        dims: int = 2) -> dict[str, Any]:
+    """run.json's ``mitigation``: the top breaking condition (``worst_condition``; ``{}``
+    when none breaks) and, for segmentation with a calibration split and one foreground class,
+    the post-processing chosen on it (``postprocess``; the morphology is binary: it reads and
+    writes one foreground map)."""
     task = adapter.spec.task
     per_sample = _per_sample(run_dir, conditions)
     metrics = metrics_table(run_dir, task, adapter.spec.multi_label, conditions, per_sample,
                             membership, thresholds, config.to_dict(), None, False)
     worst = worst_condition(breaking_table(metrics, task), conditions)
     if worst is None:
-        return [], {}
-    jobs = [Job(Condition(f"tta|{worst.name}", "tta", "mitigation", worst.severity,
-                          method="tta", base=worst), dataset)]
+        return {}
     info: dict[str, Any] = {}
     if task != "classification" and calibration is not None \
             and len(adapter.spec.target_names) == 1:
         postprocess, cal_dice = _choose_postprocess(adapter, calibration, config, dims)
         info["postprocess"] = {**postprocess.to_dict(), "calibration_dice": cal_dice}
+    info["worst_condition"] = worst.name
+    return info
+
+
+def _mitigation_jobs(info: dict[str, Any], conditions: list[Condition],
+                     dataset: Dataset) -> list[Job]:
+    """The mitigation conditions of run.json's ``mitigation`` (:func:`_choose_mitigations`):
+    TTA on the worst condition, and the chosen post-processing when there is one."""
+    worst = next((c for c in conditions if c.name == info.get("worst_condition")), None)
+    if worst is None:
+        return []
+    jobs = [Job(Condition(f"tta|{worst.name}", "tta", "mitigation", worst.severity,
+                          method="tta", base=worst), dataset)]
+    if "postprocess" in info:
+        params = PostProcess(**{k: info["postprocess"][k] for k in PostProcess().to_dict()})
         jobs.append(Job(Condition(f"morphology|{worst.name}", "morphology", "mitigation",
                                   worst.severity, method="morphology", base=worst),
-                        dataset, postprocess))
-    info["worst_condition"] = worst.name
-    return jobs, info
+                        dataset, params))
+    return jobs
 
 
 def _per_sample(run_dir: Path, conditions: Sequence[Condition]) -> pd.DataFrame:
