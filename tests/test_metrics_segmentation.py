@@ -19,8 +19,10 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 from sklearn.metrics import jaccard_score
 
+import medfail.metrics.segmentation as seg_module
 from medfail.metrics.segmentation import (
     _boundary,
+    _crop_to_masks,
     _surface_distances,
     boundary_f1,
     dice,
@@ -579,6 +581,134 @@ def test_3d_96_cubed_pair_matches_monai_and_is_fast():
     elapsed = time.perf_counter() - start
     assert_all_match_monai(t, p, ANISO)
     assert elapsed < 5.0  # measured 0.3 s on one core (MONAI's HD95 + NSD: 0.5 s)
+
+
+# ---------------------------------------------------------------- cropping to the masks
+
+
+def small_objects(rng: np.random.Generator,
+                  shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A batch in a large image: small random blobs placed in a sub-box away from the border,
+    touching one or two image borders, a GT-only and a prediction-only image, and the two
+    masks far apart (so the cut keeps a large, sparse box)."""
+    n, spatial = shape[0], shape[1:]
+    t, p = np.zeros(shape, bool), np.zeros(shape, bool)
+    small = tuple(max(6, s // 5) for s in spatial)
+    bt, bp = pair(rng, (n, *small), sigma=1.5)
+    for i in range(n):
+        kind = i % 6
+        if kind == 0:  # interior
+            at = tuple(int(rng.integers(2, s - m - 2)) for s, m in zip(spatial, small, strict=True))
+        elif kind == 1:  # touches the low border of every axis
+            at = (0,) * len(spatial)
+        else:  # touches the high border of the first axis (and more for kind 5)
+            at = tuple(s - m if a == 0 or kind == 5 else int(rng.integers(0, s - m))
+                       for a, (s, m) in enumerate(zip(spatial, small, strict=True)))
+        box = (i, *(slice(a, a + m) for a, m in zip(at, small, strict=True)))
+        t[box], p[box] = bt[i], bp[i]
+        if kind == 2:
+            p[i] = False  # GT only
+        if kind == 3:
+            t[i] = False  # prediction only
+        if kind == 4:  # prediction moved to the opposite corner: a sparse, large cut
+            p[i] = False
+            p[(i, *(slice(s - m, s) for s, m in zip(spatial, small, strict=True)))] = bp[i]
+    return t, p
+
+
+def uncropped(monkeypatch: pytest.MonkeyPatch, fn, *args, **kwargs) -> np.ndarray:
+    """``fn`` computed on the whole images (the masks' cut disabled)."""
+    with monkeypatch.context() as m:
+        m.setattr(seg_module, "_crop_to_masks", lambda t, p: (t, p))
+        return fn(*args, **kwargs)
+
+
+def test_crop_to_masks_keeps_every_boundary_pixel():
+    rng = np.random.default_rng(21)
+    for shape in ((12, 48, 40), (6, 24, 20, 18)):
+        t, p = small_objects(rng, shape)
+        for i in range(len(t)):
+            ti, pi = t[i:i + 1], p[i:i + 1]
+            ct, cp = _crop_to_masks(ti, pi)
+            assert np.shares_memory(ct, ti)  # a view, no copy
+            full_b = _boundary(ti), _boundary(pi)
+            cut_b = _boundary(ct), _boundary(cp)
+            assert [b.sum() for b in cut_b] == [b.sum() for b in full_b]  # none left out
+            assert ct.sum() == ti.sum() and cp.sum() == pi.sum()
+            if not (ti.any() or pi.any()):
+                assert ct.shape[1:] == (1,) * (ti.ndim - 1)
+                continue
+            # the cut is the masks' bounding box; its boundary is the boundary restricted to
+            # it, pixel for pixel (outside the box there is none)
+            coords = np.argwhere(ti[0] | pi[0])
+            lo, hi = coords.min(0), coords.max(0) + 1
+            box = (slice(None), *(slice(a, b) for a, b in zip(lo, hi, strict=True)))
+            assert ct.shape == ti[box].shape
+            np.testing.assert_array_equal(cut_b[0], full_b[0][box])
+            np.testing.assert_array_equal(cut_b[1], full_b[1][box])
+
+
+@pytest.mark.parametrize("spacing", [None, (1.0, 0.6), 0.7])
+def test_cut_changes_no_value_2d(monkeypatch, spacing):
+    """Small masks in a large image, at and away from the border, one mask empty: every
+    boundary metric equals its value on the whole images, bit for bit, per image and as a
+    batch (the batch is cut to the union of all its masks), and MONAI where it is defined."""
+    t, p = small_objects(np.random.default_rng(3), (12, 96, 80))
+    h = hd95(t, p, spacing=spacing)
+    np.testing.assert_array_equal(h, uncropped(monkeypatch, hd95, t, p, spacing=spacing))
+    np.testing.assert_array_equal(h, [hd95(t[i:i + 1], p[i:i + 1], spacing=spacing)[0]
+                                      for i in range(len(t))])
+    empty = ~t.any(axis=(1, 2)) | ~p.any(axis=(1, 2))
+    assert np.isinf(h[empty]).all() and empty.sum() >= 2 and np.isfinite(h[~empty]).all()
+    ref = monai_hd95(t, p, spacing)
+    np.testing.assert_allclose(h[~empty], ref[~empty], rtol=2e-5)
+    for tol in (1.0, 2.0, 40.0):
+        for f in (nsd, boundary_f1):
+            v = f(t, p, tol, spacing)
+            np.testing.assert_array_equal(v, uncropped(monkeypatch, f, t, p, tol, spacing))
+            np.testing.assert_array_equal(v, [f(t[i:i + 1], p[i:i + 1], tol, spacing)[0]
+                                              for i in range(len(t))])
+        ref_s = monai_nsd(t, p, tol, spacing)
+        np.testing.assert_allclose(nsd(t, p, tol, spacing)[~empty], ref_s[~empty], rtol=1e-6)
+
+
+@pytest.mark.parametrize("spacing", [ANISO, None])
+def test_cut_changes_no_value_3d_anisotropic(monkeypatch, spacing):
+    t, p = small_objects(np.random.default_rng(8), (6, 40, 36, 30))
+    h = hd95(t, p, spacing=spacing)
+    np.testing.assert_array_equal(h, uncropped(monkeypatch, hd95, t, p, spacing=spacing))
+    np.testing.assert_array_equal(h, [hd95(t[i:i + 1], p[i:i + 1], spacing=spacing)[0]
+                                      for i in range(len(t))])
+    empty = ~t.any(axis=(1, 2, 3)) | ~p.any(axis=(1, 2, 3))
+    np.testing.assert_allclose(h[~empty], monai_hd95(t, p, spacing)[~empty], rtol=2e-5)
+    # tolerance 10: a ball too large for dilation on the whole volume (distance transforms),
+    # not on the cut of one image (dilation): both ways give the same counts
+    sp = spacing if spacing else (1.0, 1.0, 1.0)
+    assert seg_module._ball_rows(10.0 * (1 + 1e-9), sp, t.shape[1:]) is None
+    cut_shape = _crop_to_masks(t[:1], p[:1])[0].shape[1:]
+    assert seg_module._ball_rows(10.0 * (1 + 1e-9), sp, cut_shape) is not None
+    for tol in (2.0, 10.0):
+        for f in (nsd, boundary_f1):
+            v = f(t, p, tol, spacing)
+            np.testing.assert_array_equal(v, uncropped(monkeypatch, f, t, p, tol, spacing))
+            np.testing.assert_array_equal(v, [f(t[i:i + 1], p[i:i + 1], tol, spacing)[0]
+                                              for i in range(len(t))])
+    assert_all_match_monai(t[~empty], p[~empty], sp)
+
+
+def test_cut_edge_cases_and_one_pixel_masks(monkeypatch):
+    """Both empty, one empty, single pixels in opposite corners, a full image: as uncut."""
+    t2, p2 = edge_cases_2d()
+    t3, p3 = edge_cases_3d()
+    corners = np.zeros((2, 30, 20), bool), np.zeros((2, 30, 20), bool)
+    corners[0][0, 0, 0] = corners[1][0, -1, -1] = True
+    corners[0][1, 0, -1] = corners[1][1, 0, -1] = True
+    for t, p in ((t2, p2), (t3, p3), corners):
+        sp = (0.9,) * (t.ndim - 1)
+        for f, kw in ((hd95, {"spacing": sp}), (nsd, {"tolerance": 2.0, "spacing": sp}),
+                      (boundary_f1, {"tolerance": 2.0})):
+            np.testing.assert_array_equal(f(t, p, **kw), uncropped(monkeypatch, f, t, p, **kw))
+    assert hd95(*corners).tolist() == [pytest.approx(np.hypot(29, 19), rel=1e-15), 0.0]
 
 
 # ---------------------------------------------------------------- volumes

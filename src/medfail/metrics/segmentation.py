@@ -15,13 +15,15 @@ structuring element and zero border, i.e. a foreground pixel is on the boundary 
 its face neighbours is background or outside the image. This is what
 ``monai.metrics.utils.get_mask_edges`` computes (its cropping to the foreground bounding box
 with a 1-pixel zero margin does not change the edges). Distances are exact Euclidean
-distances between boundary-pixel centres, scaled by ``spacing`` when given.
+distances between boundary-pixel centres, scaled by ``spacing`` when given. All three first
+cut the masks to the bounding box of their foreground (both masks, the whole batch): every
+boundary pixel and every distance between them is unchanged, only the arrays are smaller.
 
 ``boundary_f1`` and ``nsd`` only need to know whether a distance is within the tolerance, so
 they dilate the other boundary by the tolerance ball (the pixel offsets no farther than the
 tolerance, with distances computed exactly as ``scipy.ndimage.distance_transform_edt`` does)
 instead of computing distance transforms: the counts are the same, the work is a few shifted
-ORs over the whole batch. Very large balls (in pixels) fall back to distance transforms.
+ORs over the (cut) batch. Very large balls (in pixels) fall back to distance transforms.
 
 ``hd95`` is a distance (lower is better) and has its own empty-mask convention: both empty ->
 0.0, exactly one empty -> ``inf`` (or ``max_distance`` when given).
@@ -104,6 +106,14 @@ def _axis_slice(ndim: int, axis: int, sl: slice) -> tuple[slice, ...]:
     return tuple(sl if a == axis else slice(None) for a in range(ndim))
 
 
+@functools.lru_cache(maxsize=8)
+def _erosion_slices(ndim: int) -> tuple[tuple[tuple[slice, ...], ...], ...]:
+    """Per spatial axis of an (N, *spatial) array: (upper, lower, first, last) index tuples."""
+    return tuple(tuple(_axis_slice(ndim, axis, sl) for sl in (
+        slice(1, None), slice(None, -1), slice(0, 1), slice(-1, None)))
+        for axis in range(1, ndim))
+
+
 def _boundary(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels of a batch of bool masks shaped (N, *spatial).
 
@@ -114,15 +124,34 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     ``ndimage.binary_erosion``, several times faster).
     """
     eroded = mask.copy()
-    for axis in range(1, mask.ndim):
-        def at(sl: slice, axis: int = axis) -> tuple[slice, ...]:
-            return _axis_slice(mask.ndim, axis, sl)
-
-        eroded[at(slice(1, None))] &= mask[at(slice(None, -1))]
-        eroded[at(slice(None, -1))] &= mask[at(slice(1, None))]
-        eroded[at(slice(0, 1))] = False
-        eroded[at(slice(-1, None))] = False
+    for upper, lower, first, last in _erosion_slices(mask.ndim):
+        eroded[upper] &= mask[lower]
+        eroded[lower] &= mask[upper]
+        eroded[first] = False
+        eroded[last] = False
     return mask & ~eroded
+
+
+def _crop_to_masks(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both batches (N, *spatial) cut to the bounding box of every foreground pixel of either
+    mask, in any image of the batch (views, no copy).
+
+    Nothing the boundary metrics compute changes. A foreground pixel's face neighbour outside
+    the box is background or outside the image; the erosion's zero border treats it the same,
+    so the boundary of the cut is the cut of the boundary, and every boundary pixel, of both
+    masks, is inside the box (no margin needed). Distances and tolerance balls are differences
+    of pixel positions times ``spacing``, unchanged by the shift, in 2-D and 3-D. With no
+    foreground at all the cut is one pixel per axis.
+    """
+    box: list[slice] = [slice(None)]
+    for axis in range(1, t.ndim):
+        others = tuple(a for a in range(t.ndim) if a != axis)
+        hit = np.flatnonzero(t.any(axis=others) | p.any(axis=others))
+        if hit.size == 0:
+            one = (slice(None),) + (slice(0, 1),) * (t.ndim - 1)
+            return t[one], p[one]
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return t[tuple(box)], p[tuple(box)]
 
 
 def _surface_distances(
@@ -254,8 +283,10 @@ def _surface_counts(
     """Per image: (#pred boundary within tol of GT boundary, #pred boundary,
     #GT boundary within tol of pred boundary, #GT boundary), as int64 arrays of shape (N,).
 
-    Images where either boundary is empty get zero "within" counts.
+    Images where either boundary is empty get zero "within" counts. The masks are cut to
+    their bounding box first (:func:`_crop_to_masks`, same counts).
     """
+    y_true, y_pred = _crop_to_masks(y_true, y_pred)
     b_true = _boundary(y_true)
     b_pred = _boundary(y_pred)
     axes = tuple(range(1, y_true.ndim))
@@ -514,6 +545,7 @@ def hd95(
             raise ValueError(
                 f"max_distance must be None or a finite number > 0, got {max_distance!r}"
             )
+    t, p = _crop_to_masks(t, p)  # the boundaries' bounding box: same distances
     b_true, b_pred = _boundary(t), _boundary(p)
     axes = tuple(range(1, t.ndim))
     # A non-empty mask always has boundary pixels, so "boundary empty" == "mask empty".
