@@ -143,10 +143,15 @@ def _crop_to_masks(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray
     of pixel positions times ``spacing``, unchanged by the shift, in 2-D and 3-D. With no
     foreground at all the cut is one pixel per axis.
     """
+    occupied = []  # per spatial axis, last first: does any foreground lie at this index?
+    rest = t | p
+    for _ in range(t.ndim - 1):  # reductions over contiguous rows / columns only
+        flat = rest.reshape(-1, rest.shape[-1])
+        occupied.append(np.logical_or.reduce(flat, axis=0))
+        rest = np.logical_or.reduce(flat, axis=1).reshape(rest.shape[:-1])
     box: list[slice] = [slice(None)]
-    for axis in range(1, t.ndim):
-        others = tuple(a for a in range(t.ndim) if a != axis)
-        hit = np.flatnonzero(t.any(axis=others) | p.any(axis=others))
+    for occ in occupied[::-1]:
+        hit = np.flatnonzero(occ)
         if hit.size == 0:
             one = (slice(None),) + (slice(0, 1),) * (t.ndim - 1)
             return t[one], p[one]
