@@ -55,6 +55,23 @@ IC_MATCH: dict[str, tuple[str, int, str]] = {
 
 #: corrupts one uint8 (H, W) image: (image, test name, sample id) -> uint8 (H, W)
 Corruptor = Callable[[np.ndarray, str, str], np.ndarray]
+#: a segmenter's (C, H, W) probabilities -> the (H, W) bool lesion mask
+Binariser = Callable[[np.ndarray], np.ndarray]
+
+
+def argmax_mask(prob: np.ndarray) -> np.ndarray:
+    """The obvious mask: ``argmax`` over the float32 class probabilities is class 1."""
+    return np.argmax(prob, axis=0) == 1
+
+
+def stored_mask(prob: np.ndarray) -> np.ndarray:
+    """medfail's mask: the argmax over ``[1 - p, p]`` with the foreground ``p`` rounded to
+    float16 as ``predictions/<condition>.npz`` stores it (``rundir.label_map``); differs from
+    :func:`argmax_mask` only on pixels within a float16 step of 0.5."""
+    from medfail.engine.predictions import quantise
+    from medfail.rundir import label_map
+
+    return label_map(quantise(prob)) == 1
 
 
 def medfail_corruptor(seed: int) -> Corruptor:
@@ -161,8 +178,8 @@ SEGMENTATION = ("dice", "nsd", "boundary_f1", "hd95")
 
 
 def segmentation_suite(adapter: Any, folder: Folder, tests: Sequence[str],
-                       corruptor: Corruptor, idx: np.ndarray, batch_size: int
-                       ) -> list[dict[str, Any]]:
+                       corruptor: Corruptor, idx: np.ndarray, batch_size: int,
+                       binarise: Binariser = argmax_mask) -> list[dict[str, Any]]:
     """One row per condition and metric: mean over images and its bootstrap CI."""
     assert folder.masks is not None
     rows = []
@@ -172,7 +189,7 @@ def segmentation_suite(adapter: Any, folder: Folder, tests: Sequence[str],
         for start in range(0, len(images), batch_size):
             probs = adapter.predict_proba(images[start:start + batch_size])
             for prob, mask in zip(probs, folder.masks[start:start + batch_size], strict=True):
-                values = segmentation_metrics(mask, np.argmax(prob, axis=0) == 1)
+                values = segmentation_metrics(mask, binarise(prob))
                 for m in SEGMENTATION:
                     per_image[m].append(values[m])
         for m in SEGMENTATION:
@@ -260,14 +277,18 @@ def _name(test: str) -> str:
 
 
 def run_peer(adapter: Any, data: Path, task: str, tests: Sequence[str], corruptor: Corruptor,
-             n_bootstrap: int, seed: int, batch_size: int) -> tuple[list[dict[str, Any]], float]:
-    """The whole peer script on ``data``: (rows, wall-clock seconds), reading included."""
+             n_bootstrap: int, seed: int, batch_size: int, binarise: Binariser = argmax_mask
+             ) -> tuple[list[dict[str, Any]], float]:
+    """The whole peer script on ``data``: (rows, wall-clock seconds), reading included.
+    ``binarise``: a segmenter's probabilities -> mask (ignored for classification)."""
     from medfail.metrics.bootstrap import bootstrap_indices
     from medfail.seeding import derive_seed
 
     t0 = time.perf_counter()
     folder = read_folder(data, task)
     idx = bootstrap_indices(len(folder.ids), n_bootstrap, derive_seed(seed, "bootstrap"))
-    suite = segmentation_suite if task == "segmentation" else classification_suite
-    rows = suite(adapter, folder, tests, corruptor, idx, batch_size)
+    if task == "segmentation":
+        rows = segmentation_suite(adapter, folder, tests, corruptor, idx, batch_size, binarise)
+    else:
+        rows = classification_suite(adapter, folder, tests, corruptor, idx, batch_size)
     return rows, time.perf_counter() - t0
