@@ -64,8 +64,14 @@ def _corruption_ratios(details: dict[str, Any]) -> dict[str, Any]:
 def _suite_ratios(details: dict[str, Any]) -> dict[str, Any]:
     ray = details["ray"]
     return {
-        "suite_overhead": goal(details["overhead"]["overhead"], 1.10, False,
-                               definition="run_suite wall-clock / the same forward passes alone"),
+        "suite_overhead": goal(
+            max(v["overhead"] for k, v in details["overhead"].items() if k.startswith("bench/")),
+            1.10, False, definition="whole run_suite wall-clock (predict, analysis, evidence "
+            "and case studies, HTML + PDF report) / the seconds spent in the model's forward "
+            "passes during that run; max over tasks on the bench configuration (64 phantom "
+            "images, clean + every corruption at severity 2, demo models); per_config: each "
+            "task and the realistic-cost configuration (DenseNet121 at 224², 16 images)",
+            per_config={k: v["overhead"] for k, v in details["overhead"].items()}),
         "memory_growth_10x": goal(details["memory"]["growth"], 1.2, False,
                                   definition="peak RSS of a 10x-samples run / 1x run"),
         "ray_speedup_2_workers": goal(ray.get("speedup"), None, True,
