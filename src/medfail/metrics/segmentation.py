@@ -298,7 +298,11 @@ def _surface_counts(
     n_true = b_true.sum(axis=axes, dtype=np.int64)
     n_pred = b_pred.sum(axis=axes, dtype=np.int64)
     limit = tolerance * (1.0 + _TIE_RTOL)
-    rows = _ball_rows(limit, spacing, y_true.shape[1:])
+    # _ball_rows uses the extent only to cap the radii at n - 1: extents beyond the ball are
+    # one cache key (same rows), so crops of every size share the cached ball
+    extent = tuple(min(n, int(limit / s) + 2)
+                   for n, s in zip(y_true.shape[1:], spacing, strict=True))
+    rows = _ball_rows(limit, spacing, extent)
     if rows is not None:
         ok_pred = _within_counts(b_pred, b_true, rows)
         ok_true = _within_counts(b_true, b_pred, rows)
