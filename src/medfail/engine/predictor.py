@@ -191,7 +191,9 @@ class Predictor:
         """Predict ``cond`` over ``dataset`` batch by batch, giving each batch's part to ``sink``.
 
         The next batch is read, decoded and perturbed in a background thread meanwhile, and
-        (2D images) each batch is scored while the next one is predicted.
+        (2D images) each batch is scored and given to ``sink`` (maps compressed to disk) in the
+        scoring thread while the next one is predicted; ``sink`` sees the parts in order, from
+        that one thread.
         """
         bs = self.batch_size
         inputs = ((b, self.images(b, cond)) for b in dataset.batches(bs))
@@ -203,13 +205,18 @@ class Predictor:
                                       disable=not progress):
                 output = self.forward(batch, images, cond, postprocess)
                 if pending is not None:
-                    sink(pending.result())  # batch k-1, scored while batch k was predicted
-                pending = scorer.submit(self.score, batch, images, cond, output)
+                    pending.result()  # batch k-1, scored and stored while k was predicted
+                pending = scorer.submit(self._score_into, sink, batch, images, cond, output)
                 if not self.overlap_scoring:
-                    sink(pending.result())
+                    pending.result()
                     pending = None
             if pending is not None:
-                sink(pending.result())
+                pending.result()
+
+    def _score_into(self, sink: Callable[[Part], None], batch: list[Sample],
+                    images: list[np.ndarray], cond: Condition,
+                    output: tuple[Part, list, list]) -> None:
+        sink(self.score(batch, images, cond, output))
 
     def images(self, batch: list[Sample], cond: Condition) -> list[np.ndarray]:
         src = cond.source
