@@ -233,6 +233,7 @@ def bench_task(tmp: Path, task: str, cfg: TaskConfig, ic: Any) -> dict[str, Any]
                                             cfg.n_bootstrap)
     rows, peer_s = run_peer(model, task, data, cfg.tests, cfg.n_bootstrap,
                             peer_suite.imagecorruptions_corruptor(ic, SEED))
+    print(f"[peer] {task}: medfail {medfail_s:.1f} s, peer {peer_s:.1f} s", flush=True)
     exact = exact_tests(ic, data, task, cfg.tests)
     same_inputs = compare(rows, tables, task,
                           ["clean", *(peer_suite._name(t) for t in exact)])

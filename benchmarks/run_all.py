@@ -21,6 +21,7 @@ from benchmarks import (
     bench_boundary,
     bench_corruptions,
     bench_onnxruntime,
+    bench_peer,
     bench_suite,
     bench_volumes,
 )
@@ -98,6 +99,15 @@ STEPS: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], 
         "DenseNet121 224², probabilities asserted within 1e-4",
         speedup_2_threads=d["speedup_2_threads"], per_model={
             k: {t: v[t]["speedup"] for t in v} for k, v in d["models"].items()})}),
+    ("peer", bench_peer.run, lambda d: {"peer_pipeline_speedup": goal(
+        d["speedup"], 3.0, True, definition="wall-clock of the suite written with the peers "
+        "(imagecorruptions, adapter per batch, MONAI per-image metrics, scikit-learn + a "
+        "per-resample bootstrap loop) / medfail run (run_suite, report rendered) on the same "
+        "phantom split, conditions and resamples; min over segmentation and classification; "
+        "rows asserted equal on bit-identical inputs",
+        per_task={t: {k: v[k] for k in ("speedup", "speedup_without_evidence_and_report",
+                                         "medfail_s", "peer_s")}
+                  for t, v in d["tasks"].items()})}),
 ]
 
 
