@@ -567,20 +567,11 @@ def test_3d_full_volume_boundary_is_its_border_as_monai():
 
 
 @pytest.mark.slow
-def test_3d_96_cubed_pair_matches_monai_and_is_fast():
-    """One 96³ pair (about one FLARE-sized crop): all metrics equal MONAI, in well under a
-    second each here (the distance transforms run on the bounding box of the two boundaries,
-    and distances are taken from the feature transform at the boundary voxels only)."""
-    import time
-
+def test_3d_96_cubed_pair_matches_monai():
+    """One 96³ pair (about one FLARE-sized crop): all metrics equal MONAI (speed is measured in
+    benchmarks/, never asserted here)."""
     t, p = pair(np.random.default_rng(1), (1, 96, 96, 96), sigma=4.0)
-    start = time.perf_counter()
-    values = [f(t, p) for f in (dice, jaccard)]
-    values.append(hd95(t, p, spacing=ANISO))
-    values += [f(t, p, 2.0, ANISO) for f in (nsd, boundary_f1)]
-    elapsed = time.perf_counter() - start
     assert_all_match_monai(t, p, ANISO)
-    assert elapsed < 5.0  # measured 0.3 s on one core (MONAI's HD95 + NSD: 0.5 s)
 
 
 # ---------------------------------------------------------------- cropping to the masks
