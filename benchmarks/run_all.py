@@ -20,6 +20,7 @@ from benchmarks import (
     bench_bootstrap,
     bench_boundary,
     bench_corruptions,
+    bench_demo_cached,
     bench_onnxruntime,
     bench_peer,
     bench_suite,
@@ -93,6 +94,10 @@ STEPS: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], 
     ("volumes", bench_volumes.run, lambda d: {"volume_memory_ratio": goal(
         d["ratio"], 1.2, False, definition="peak RSS of medfail run on 10 volumes 96^3 / on 1 "
         "volume (fresh processes, 3D threshold segmenter, clean + 3 volume stress tests)")}),
+    ("demo_cached", bench_demo_cached.run, lambda d: {"demo_cached_s": goal(
+        d["seconds"], 30.0, False, definition="wall-clock seconds of `medfail demo --task all` "
+        "(a fresh process) right after an identical call: every baseline, condition and stage "
+        "reused", all_cached=d["all_cached"])}),
     ("onnxruntime", bench_onnxruntime.run, lambda d: {"onnxruntime_speedup": goal(
         d["speedup"], 1.5, True, definition="torch forward seconds / ONNX Runtime forward "
         "seconds on 1 thread each, min over the demo classifier, demo segmenter and "
