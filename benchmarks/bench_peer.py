@@ -71,9 +71,10 @@ class Tables:
 
 
 TESTS = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg")
+#: 1000 resamples: medfail's default n_bootstrap, what a user's run does
 TASKS = {
-    "segmentation": TaskConfig("segmenter.pt", 64, TESTS, 200),
-    "classification": TaskConfig("classifier.pt", 96, TESTS, 200),
+    "segmentation": TaskConfig("segmenter.pt", 64, TESTS, 1000),
+    "classification": TaskConfig("classifier.pt", 96, TESTS, 1000),
 }
 
 
