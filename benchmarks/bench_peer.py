@@ -37,10 +37,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import peer_suite
-from benchmarks.common import ratio
+from benchmarks.common import bench_model, ratio
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "runs" / "demo" / "models"
 THREADS = 1
 WARMUP_N = 8
 SEED = 0
@@ -54,9 +52,8 @@ COLUMNS = ("value", "ci_low", "ci_high")
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """One task's benchmark: model file, split size, corruptions, resamples."""
+    """One task's benchmark: split size, corruptions, resamples (the model: the demo's)."""
 
-    model_file: str
     n: int
     tests: tuple[str, ...]
     n_bootstrap: int
@@ -73,40 +70,9 @@ class Tables:
 TESTS = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg")
 #: 1000 resamples: medfail's default n_bootstrap, what a user's run does
 TASKS = {
-    "segmentation": TaskConfig("segmenter.pt", 64, TESTS, 1000),
-    "classification": TaskConfig("classifier.pt", 96, TESTS, 1000),
+    "segmentation": TaskConfig(64, TESTS, 1000),
+    "classification": TaskConfig(96, TESTS, 1000),
 }
-
-
-def make_model(tmp: Path, task: str, model_file: str, use_demo: bool = True,
-               arch: str | None = None) -> tuple[Path, str]:
-    """The demo model of ``task`` if present (and ``use_demo``), else its architecture (or
-    ``arch``) untrained (seed 0)."""
-    demo = DEMO / model_file
-    if use_demo and demo.exists():
-        return demo, f"trained demo model ({demo.relative_to(ROOT)})"
-    import torch
-
-    from medfail.models.bundle import save_model
-    from medfail.models.networks import arch_kwargs, build_network
-    from medfail.models.spec import ModelSpec
-
-    torch.manual_seed(SEED)
-    norm = {"mean": [55.5], "std": [50.3]}
-    arch = arch or ("unet" if task == "segmentation" else "densenet121")
-    kwargs = arch_kwargs(arch, 64)
-    if task == "segmentation":
-        spec = ModelSpec(task=task, target_names=["lesion"], input_size=(64, 64),
-                         normalisation=norm, arch=arch, arch_kwargs=kwargs)
-        net = build_network(arch, 1, 2, **kwargs)
-    else:
-        spec = ModelSpec(task=task, target_names=["nodule", "cavity", "effusion"],
-                         multi_label=True, input_size=(64, 64), normalisation=norm, arch=arch,
-                         arch_kwargs=kwargs)
-        net = build_network(arch, 1, 3, **kwargs)
-    path = save_model(tmp / model_file, spec, net, {})
-    why = "not found" if use_demo else "not used"
-    return path, f"untrained {spec.arch} (seed {SEED}; {demo.relative_to(ROOT)} {why})"
 
 
 def make_data(tmp: Path, task: str, n: int) -> Path:
@@ -224,7 +190,7 @@ def exact_tests(ic: Any, data: Path, task: str, tests: Sequence[str]) -> list[st
 
 
 def bench_task(tmp: Path, task: str, cfg: TaskConfig, ic: Any) -> dict[str, Any]:
-    model, model_desc = make_model(tmp, task, cfg.model_file)
+    model, model_desc = bench_model(tmp, task, seed=SEED)
     warm = make_data(tmp, task, WARMUP_N)
     run_medfail(model, task, warm, tmp / f"warmup_{task}", cfg.tests[:1], 10)
     run_peer(model, task, warm, cfg.tests[:1], 10, peer_suite.imagecorruptions_corruptor(ic, SEED))

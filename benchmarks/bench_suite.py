@@ -18,46 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ratio
+from benchmarks.common import ROOT, bench_model, ratio
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_MODELS = {task: ROOT / "runs" / "demo" / "models" / f"{name}.pt" for task, name in
-               (("segmentation", "segmenter"), ("classification", "classifier"))}
 N_OVERHEAD = 64  # two thirds of the demo's test split, to keep `make bench` short
 MEMORY_N = (16, 160)
 ROUNDS = 2
 THREADS = 1
-
-
-def _model(tmp: Path, task: str = "segmentation", size: int | None = None,
-           targets: list[str] | None = None) -> tuple[Path, str]:
-    """The demo's model of ``task`` if present (and no ``size`` asked), else the same
-    architecture untrained (seed 0): forward cost is what matters here. ``size``: the model's
-    input size (DenseNet121 at 224² for the realistic-cost configuration)."""
-    demo = DEMO_MODELS[task]
-    if demo.exists() and size is None:
-        return demo, f"trained demo {task} model ({demo.relative_to(ROOT)})"
-    import torch
-
-    from medfail.models.bundle import save_model
-    from medfail.models.networks import build_network
-    from medfail.models.spec import ModelSpec
-
-    torch.manual_seed(0)
-    side = size or 64
-    if task == "segmentation":
-        spec = ModelSpec(task=task, target_names=["lesion"], input_size=(side, side),
-                         normalisation={"mean": [55.5], "std": [50.3]}, arch="unet")
-        net = build_network("unet", 1, 2)
-    else:
-        names = list(targets or [])
-        spec = ModelSpec(task=task, target_names=names, multi_label=True,
-                         input_size=(side, side), normalisation={"mean": [55.5], "std": [50.3]},
-                         arch="densenet121")
-        net = build_network("densenet121", 1, len(names))
-    path = save_model(tmp / f"{task}_{side}.pt", spec, net, {})
-    arch = "U-Net" if task == "segmentation" else "DenseNet121"
-    return path, f"untrained {arch} at {side}² (seeded)"
 
 
 def _data(tmp: Path, n: int) -> Path:
@@ -129,10 +95,7 @@ def overhead(tmp: Path) -> dict[str, Any]:
     folders: dict[int, Path] = {}
     for name, task, size, n, rounds in CONFIGS:
         data = folders[n] = folders.get(n) or _data(tmp, n)
-        targets = None
-        if task == "classification":
-            targets = (data / "labels.csv").read_text().splitlines()[0].split(",")[1:]
-        model, desc = _model(tmp, task, size, targets)
+        model, desc = bench_model(tmp, task, size or 64)
         best: dict[str, Any] = {}
         for k in range(rounds):
             adapter = load_model(model, task)
@@ -250,7 +213,7 @@ def ray_scaling(tmp: Path, model: Path) -> dict[str, Any]:
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="medfail-bench-") as name:
         tmp = Path(name)
-        model, model_desc = _model(tmp)
+        model, model_desc = bench_model(tmp, "segmentation")
         out: dict[str, Any] = {"model": model_desc}
         out["overhead"] = overhead(tmp)
         out["memory"] = memory(tmp, model)

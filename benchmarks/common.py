@@ -7,6 +7,7 @@ import platform
 import time
 from collections.abc import Callable, Mapping
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,3 +92,39 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the demo's trained models (``make demo``), by task
+DEMO_MODELS = {task: ROOT / "runs" / "demo" / "models" / name for task, name in
+               (("segmentation", "segmenter.pt"), ("classification", "classifier.pt"))}
+#: the phantoms' classification targets (untrained stand-ins predict these)
+PHANTOM_TARGETS = ["nodule", "cavity", "effusion"]
+
+
+def bench_model(tmp: Path, task: str, size: int = 64, use_demo: bool = True,
+                arch: str | None = None, seed: int = 0) -> tuple[Path, str]:
+    """The demo's model of ``task`` when present, ``use_demo`` and ``size`` is the demo's 64,
+    else its architecture (or ``arch``) untrained with seeded weights at ``size``² (the
+    forward cost is what the benchmarks need). Returns the model file and a description."""
+    demo = DEMO_MODELS[task]
+    if use_demo and size == 64 and demo.exists():
+        return demo, f"trained demo model ({demo.relative_to(ROOT)})"
+    import torch
+
+    from medfail.models.bundle import save_model
+    from medfail.models.networks import arch_kwargs, build_network
+    from medfail.models.spec import ModelSpec
+
+    torch.manual_seed(seed)
+    norm = {"mean": [55.5], "std": [50.3]}
+    arch = arch or ("unet" if task == "segmentation" else "densenet121")
+    kwargs = arch_kwargs(arch, size)
+    names = ["lesion"] if task == "segmentation" else PHANTOM_TARGETS
+    spec = ModelSpec(task=task, target_names=names, multi_label=task == "classification",
+                     input_size=(size, size), normalisation=norm, arch=arch, arch_kwargs=kwargs)
+    out_channels = 2 if task == "segmentation" else len(names)
+    path = save_model(tmp / f"{task}_{arch}_{size}.pt", spec,
+                      build_network(arch, 1, out_channels, **kwargs), {})
+    why = "not found" if use_demo and size == 64 else "not used"
+    return path, f"untrained {arch} at {size}² (seed {seed}; {demo.relative_to(ROOT)} {why})"

@@ -13,6 +13,7 @@ pytest.importorskip("monai.metrics")
 pytest.importorskip("sklearn.metrics")
 
 from benchmarks import bench_peer, peer_suite
+from benchmarks.common import bench_model
 
 TESTS = ("gaussian_noise", "jpeg")
 N_BOOTSTRAP = 20
@@ -28,8 +29,7 @@ ARCH = {"segmentation": "unet", "classification": "resnet18"}
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     task = request.param
     tmp = tmp_path_factory.mktemp(task)
-    model, _ = bench_peer.make_model(tmp, task, bench_peer.TASKS[task].model_file,
-                                     use_demo=False, arch=ARCH[task])
+    model, _ = bench_model(tmp, task, use_demo=False, arch=ARCH[task], seed=bench_peer.SEED)
     data = bench_peer.make_data(tmp, task, N[task])
     tables, _, _ = bench_peer.run_medfail(model, task, data, tmp / "run", TESTS, N_BOOTSTRAP,
                                           render=False)
