@@ -215,6 +215,9 @@ def run(
         "directory), checked against torch on the first batch (probabilities within 1e-4, else "
         "torch is kept) and run on ONNX Runtime (CPU). Example: --runtime onnxruntime")
                        ] = "torch",
+    fail_on_checks: Annotated[bool, typer.Option(
+        help="After the run, evaluate its pass/fail checks as `medfail check` does and exit 1 "
+        "when one fails (a CI gate in one command)")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run the failure suite of a model on a dataset and write a run directory with a report.
@@ -266,6 +269,13 @@ def run(
     except MedfailInputError as exc:
         _fail(exc)
     print(f"report: {_shown(run_dir / 'report.html')} (+ report.pdf)")
+    if fail_on_checks:
+        try:
+            failed = _gate(run_dir, None, None)
+        except MedfailInputError as exc:
+            _fail(exc)
+        if failed:
+            raise typer.Exit(code=1)
 
 
 @app.command()
@@ -359,6 +369,58 @@ def _yaml_keys(path: Path) -> set[str]:
 
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     return {str(k) for k in data} if isinstance(data, dict) else set()
+
+
+@app.command()
+def check(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medfail run`. "
+                                            "Example: runs/seg")],
+    checks: Annotated[Path | None, typer.Option(
+        help="YAML with a `checks` list (a suite config's option) that replaces the run's "
+        "checks. Example: --checks checks.yaml holding `checks: [{metric: dice, max_drop: "
+        "0.05, severity: 2}]`")] = None,
+    junit: Annotated[Path | None, typer.Option(
+        help="Also write the checks as JUnit XML (one test case per check and condition). "
+        "Example: --junit medfail-checks.xml")] = None,
+) -> None:
+    """Evaluate the pass/fail checks of a run (the report's checklist) for a CI gate: one line
+    per check and stress test; exit 0 when all pass, 1 when one fails, 2 on a usage error.
+
+    Example: medfail check runs/seg --checks checks.yaml --junit medfail-checks.xml
+    """
+    try:
+        failed = _gate(run_dir, checks, junit)
+    except MedfailInputError as exc:
+        _fail(exc)
+    raise typer.Exit(code=1 if failed else 0)
+
+
+def _gate(run_dir: Path, checks: Path | None, junit: Path | None) -> bool:
+    """Print the check lines of ``run_dir`` (and write ``junit``); True when one failed."""
+    from medfail.analysis.gate import check_line, gate, junit_xml
+    from medfail.engine.suite import SuiteConfig
+    from medfail.rundir import RUN_JSON, read_run_json, table
+
+    given = None
+    if checks is not None:
+        if "checks" not in _yaml_keys(checks):
+            raise MedfailInputError(checks, "names no `checks`; expected e.g. `checks: "
+                                    "[{metric: dice, max_drop: 0.05, severity: 2}]`")
+        suite = SuiteConfig.from_yaml(checks)  # validated: metric names, bounds, severities
+        if (table(run_dir, RUN_JSON)).exists():
+            suite.check_task(str(read_run_json(table(run_dir, RUN_JSON))["task"]))
+        given = suite.checks
+    rows = gate(run_dir, given)
+    for row in rows:
+        typer.echo(check_line(row))
+    failed = sum(r["verdict"] != "pass" for r in rows)
+    typer.echo(f"{len(rows) - failed} of {len(rows)} checks passed" +
+               (f"; {failed} failed" if failed else ""))
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit_xml(rows, f"medfail checks: {run_dir.resolve().name}").write(
+            junit, encoding="utf-8", xml_declaration=True)
+    return bool(failed)
 
 
 @app.command()

@@ -17,6 +17,7 @@ Every line comes from a measured number of the run:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,13 @@ class CheckSpec:
 
 def default_checks(primary: str) -> list[CheckSpec]:
     return [CheckSpec(primary, 0.05, 2)]
+
+
+def check_specs(t: RunTables, checks: Sequence[Mapping[str, Any]] | None = None
+                ) -> list[CheckSpec]:
+    """``checks`` when given, else the run's config's ``checks``, else the default check."""
+    given = list(checks) if checks is not None else list(t.run["config"].get("checks") or [])
+    return [CheckSpec(**c) for c in given] or default_checks(t.primary)
 
 
 def evaluate_checks(t: RunTables, checks: list[CheckSpec]) -> list[dict[str, Any]]:
@@ -179,8 +187,7 @@ def _deferral(t: RunTables) -> str:
 
 def build_checklist(t: RunTables) -> dict[str, Any]:
     """The checklist's sections (see the module docstring)."""
-    specs = [CheckSpec(**c) for c in t.run["config"].get("checks") or []] \
-        or default_checks(t.primary)
+    specs = check_specs(t)
     slices = [f"{r.name}: {r.metric} {r.value:.3f} vs {r.reference:.3f} overall "
               f"(gap {r.effect:+.3f} [{r.effect_ci_low:.3f}, {r.effect_ci_high:.3f}], n = {r.n})"
               for r in t.breaking_slices.itertuples()]
