@@ -125,3 +125,24 @@ def test_list_and_help() -> None:
     for cmd in ("demo", "train", "run", "report", "list"):
         code, out = invoke(cmd, "--help")
         assert code == 0 and "Example" in out
+
+
+def test_help_keeps_extras_in_brackets() -> None:
+    """Console markup must not eat ``[ray]`` in ``pip install 'medfail[ray]'``."""
+    code, out = invoke("run", "--help")
+    assert code == 0
+    assert "medfail[ray]" in re.sub(r"[\s│]+", "", out)
+
+
+def test_run_infers_the_task_from_the_model_spec(tmp_path: Path) -> None:
+    """Without --task, the task is the one the model's spec names (said on stdout)."""
+    data = write_png_folder(tmp_path / "data", "segmentation", n=6)
+    cfg = tmp_path / "suite.yaml"
+    cfg.write_text("tests: [jpeg]\nseverities: [1]\nuncertainty: []\nmitigate: false\n"
+                   "n_bootstrap: 20\n")
+    out = tmp_path / "run"
+    code, text = invoke("run", "--model", "tests.test_check_gate:bright_segmenter", "--data",
+                        str(data), "--out", str(out), "--config", str(cfg), "--quiet")
+    assert code == 0, text
+    assert "task: segmentation (from the model's spec)" in text
+    assert json.loads((out / "run.json").read_text())["task"] == "segmentation"

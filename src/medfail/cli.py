@@ -166,7 +166,9 @@ def run(
                                        "Example: --model seg.pt")],
     data: Annotated[Path, typer.Option(help="Test folder or MedMNIST .npz. "
                                        "Example: --data my_data/test")],
-    task: Annotated[str, typer.Option(help=f"{TASK_HELP}. Example: --task segmentation")],
+    task: Annotated[str | None, typer.Option(
+        help=f"{TASK_HELP}; default: the task the model's spec names (medfail model files, "
+        "models with a spec). Example: --task segmentation")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<task>). "
                                              "Example: --out runs/seg1")] = None,
     config: Annotated[Path | None, typer.Option(help="Suite YAML selecting tests, severities, "
@@ -198,7 +200,7 @@ def run(
         "(default: cuda when available, else cpu). Example: --device cuda")] = None,
     executor: Annotated[str, typer.Option(
         help="Where predictions run: local (this process) or ray (condition × shard tasks on "
-        "Ray actors; pip install 'medfail[ray]'). Example: --executor ray")] = "local",
+        "Ray actors; pip install 'medfail\\[ray]'). Example: --executor ray")] = "local",
     address: Annotated[str | None, typer.Option(
         help="Ray cluster address for --executor ray (default: start a local Ray). "
         "Example: --address ray://head:10001")] = None,
@@ -234,6 +236,12 @@ def run(
     from medfail.rundir import check_out_dir
 
     try:
+        adapter = None
+        if task is None:  # the model's spec names it
+            adapter = load_model(model, None, spec_path=model_spec, trust_pickle=trust_pickle,
+                                 device=resolve_device(device))
+            task = adapter.spec.task
+            print(f"task: {task} (from the model's spec)")
         _check_task(task)
         out = out or Path("runs") / task
         if runtime not in ("torch", "onnxruntime"):
@@ -244,8 +252,8 @@ def run(
         overrides = {"seed": seed, "batch_size": batch_size}
         suite = SuiteConfig.from_yaml(config, **overrides)  # config None: the defaults
         suite.check_task(task)  # before the model loads
-        adapter = load_model(model, task, spec_path=model_spec, trust_pickle=trust_pickle,
-                             device=device)
+        adapter = adapter or load_model(model, task, spec_path=model_spec,
+                                        trust_pickle=trust_pickle, device=device)
         names = adapter.spec.target_names if task == "classification" else None
         dataset = open_dataset(data, task, split=_npz_split(data, split, "test"),
                                target_names=names, mask_mode=mask_mode)
