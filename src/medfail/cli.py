@@ -1,4 +1,5 @@
-"""The ``medfail`` command line: demo, train, run, analyse, report, compare, list."""
+"""The ``medfail`` command line: demo, train, run, analyse, report, check, compare, runs,
+history, list."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medfail.errors import MedfailInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(
     help="medfail: failure analysis for medical imaging AI.\n\n"
@@ -462,6 +466,104 @@ def compare(
     except ValueError as exc:
         _fail(exc)
     print(f"comparison: {path}")
+
+
+@app.command()
+def runs(
+    root: Annotated[Path, typer.Argument(help="Folder holding run directories (searched "
+                                         "recursively). Example: runs")] = Path("runs"),
+    sql: Annotated[str | None, typer.Option(
+        help="Query the views runs (one row per finished run), metrics (every run's "
+        "metrics.parquet with a run column) and run_info (run, run_json) with DuckDB SQL and "
+        "print the result. Example: --sql \"select run, value from metrics where metric = "
+        "'dice' and condition = 'clean' and slice = 'all'\"")] = None,
+) -> None:
+    """List the run directories under ROOT (task, model and data hashes, date, clean primary
+    metric with its CI, worst condition, checks passed); half-written runs are skipped with a
+    note. With --sql, print the result of a query over them instead.
+
+    Example: medfail runs runs --sql "select model_version, value from runs order by date"
+    """
+    from medfail.analysis import run_registry
+
+    try:
+        found = run_registry.scan(root)
+        if sql is not None:
+            result = run_registry.query(run_registry.connect(found), sql)
+            print(result.to_string(index=False) if len(result.columns) else "(no result)")
+            for note in found.notes:
+                typer.echo(f"note: {note}", err=True)
+            return
+        frame = run_registry.runs_frame(found)
+    except MedfailInputError as exc:
+        _fail(exc)
+    if frame.empty:
+        print(f"no finished run directory under {_shown(root)}")
+    else:
+        print(_runs_table(frame))
+    for note in found.notes:
+        print(f"note: {note}")
+
+
+def _runs_table(frame: pd.DataFrame) -> str:
+    """The ``runs`` view as printed by ``medfail runs``."""
+    import math
+
+    import pandas as pd
+
+    def num(x: float) -> str:
+        return f"{x:.3f}" if math.isfinite(x) else "nan"
+
+    shown = pd.DataFrame({
+        "run": frame["run"], "task": frame["task"], "model": frame["model_version"],
+        "data": [str(h)[:12] if h else "-" for h in frame["data_hash"]],
+        "date (UTC)": [d.strftime("%Y-%m-%d %H:%M") for d in frame["date"]],
+        "clean metric [95% CI]": [f"{r.metric} {num(r.value)} [{num(r.ci_low)}, "
+                                  f"{num(r.ci_high)}]" for r in frame.itertuples()],
+        "worst condition": frame["worst_condition"].fillna("-"),
+        "checks passed": ["-" if pd.isna(p) else f"{p}/{t}"
+                          for p, t in zip(frame["checks_passed"], frame["checks_total"],
+                                          strict=True)]})
+    return shown.to_string(index=False)
+
+
+@app.command()
+def history(
+    root: Annotated[Path, typer.Argument(help="Folder holding run directories (searched "
+                                         "recursively). Example: runs")],
+    metric: Annotated[str, typer.Option(help="Metric to draw (see `medfail list`). "
+                                        "Example: --metric dice")],
+    condition: Annotated[str, typer.Option(help="Condition: clean or <test>@<severity>. "
+                                           "Example: --condition gamma@2")] = "clean",
+    target: Annotated[str | None, typer.Option(
+        help="Target (class) to draw; default each run's primary target (macro when there are "
+        "several). Example: --target lesion")] = None,
+    order: Annotated[str, typer.Option(
+        help="date (run.json's time) or model (model name and sha256, then date). "
+        "Example: --order model")] = "date",
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for history.png and history.html (default ROOT/history; never inside a "
+        "run directory). Example: --out runs/history_dice")] = None,
+) -> None:
+    """Draw one metric with its 95 % CI across the finished runs under ROOT (slice all), ordered
+    by date or model version: history.png and a small self-contained history.html.
+
+    Example: medfail history runs --metric dice --condition gamma@2 --order model
+    """
+    from medfail.analysis import run_registry
+
+    try:
+        found = run_registry.scan(root)
+        frame = run_registry.history(found, metric, condition, target, order)
+        png, page = run_registry.write_history(frame, out or root / "history", found.notes)
+    except MedfailInputError as exc:
+        _fail(exc)
+    for r in frame.itertuples():
+        print(f"{r.run}  {r.model_version}  {r.metric} {r.value:.4f} "
+              f"[{r.ci_low:.4f}, {r.ci_high:.4f}]")
+    for note in found.notes:
+        print(f"note: {note}")
+    print(f"history: {_shown(png)} and {_shown(page)}")
 
 
 @app.command(name="list")
