@@ -9,7 +9,8 @@ Accepted references:
 * ``package.module:function`` - the function returns an ``nn.Module`` or a callable mapping a
   (N, C, H, W) tensor (volumes: (N, C, X, Y, Z), spec ``spatial_dims`` 3) to outputs; spec from
   ``--model-spec`` or a ``medfail_spec`` attribute;
-* a pickled ``nn.Module`` - refused unless ``trust_pickle=True``.
+* a pickled ``nn.Module`` - refused unless ``trust_pickle=True``;
+* a MONAI Model Zoo bundle directory (:mod:`medfail.models.monai_bundle`).
 
 The sidecar JSON is ``--model-spec FILE`` or ``<model file>.json`` beside the model. An ONNX
 model's fixed input dimensions are checked against the spec at load time (rank, channels,
@@ -223,6 +224,10 @@ def load_model(ref: str | Path, task: str | None = None, *, spec_path: str | Pat
         name = ref_s
     elif not path.exists():
         raise MedfailInputError(path, "model file not found")
+    elif path.is_dir():  # a MONAI Model Zoo bundle (configs/metadata.json, ...)
+        from medfail.models.monai_bundle import load_bundle
+
+        spec, forward, name = load_bundle(path, spec_path, device)
     elif path.suffix == ".onnx":
         forward, meta, onnx_shape = _onnx_forward(path)
         spec = _read_spec(path, spec_path, meta.get("medfail_spec"))
