@@ -1,7 +1,8 @@
 """``medfail runs`` and ``medfail history``: a registry of run directories (issue 15 item 2).
 
-Three small finished runs of two model versions, one half-written copy (metrics.parquet deleted)
-and two folders that are not runs (the data folder, a notes folder) under one ROOT.
+Three small finished runs of two model versions, two half-written runs (a copy without its
+metrics.parquet, a folder holding only the manifest) and two folders that are not runs (the data
+folder, a notes folder) under one ROOT.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.utime(root / name / "run.json", (start + 60 * k, start + 60 * k))
     shutil.copytree(root / "v1", root / "half")
     (root / "half" / "metrics.parquet").unlink()  # half written
+    (root / "killed" / ".medfail").mkdir(parents=True)  # killed before run.json was written
+    shutil.copy(root / "v1" / ".medfail" / "manifest.json", root / "killed" / ".medfail")
     (root / "notes").mkdir()
     (root / "notes" / "todo.txt").write_text("not a run\n")
     return root
@@ -98,8 +101,9 @@ def test_runs_lists_the_finished_runs_and_notes_the_half_written_one(root: Path)
         checks = gate(root / name)
         assert f"{sum(r['verdict'] == 'pass' for r in checks)}/{len(checks)}" in row
     notes = [line for line in lines if line.startswith("note:")]
-    assert len(notes) == 1
-    assert "half" in notes[0] and "metrics.parquet" in notes[0]
+    assert len(notes) == 2
+    assert "skipped half" in notes[0] and "metrics.parquet" in notes[0]
+    assert "skipped killed" in notes[1] and "run.json" in notes[1]
 
 
 def test_runs_sql_queries_the_union_of_the_runs(root: Path) -> None:

@@ -95,15 +95,17 @@ def scan(root: str | Path) -> Scan:
     out = Scan(root)
     for run_dir in find_run_dirs(root):
         name = label(root, run_dir)
+        tables = RunTables(run_dir)
         try:
             rundir.check_run_dir(run_dir)
+            _ = (tables.metrics, tables.ranking)  # read now: damage the check missed
         except MedfailInputError as exc:
             what = label(run_dir, Path(exc.path)) if exc.path else name
             out.notes.append(f"skipped {name}: half written or damaged ({what}: "
                              f"{exc.problem.split(';')[0]}); re-run its `medfail run` command "
                              "into the same --out to finish it")
             continue
-        out.finished.append((name, RunTables(run_dir)))
+        out.finished.append((name, tables))
     return out
 
 
