@@ -212,3 +212,23 @@ def test_medfail_run_on_a_bundle(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "task: segmentation (from the model's spec)" in result.output
     assert json.loads((out / "run.json").read_text())["task"] == "segmentation"
+
+
+def test_volume_bundle_spacing_and_orientation(tmp_path: Path) -> None:
+    """A 3D bundle: Orientationd RAS is accepted, Spacingd pixdim becomes the spec's spacing."""
+    inference = copy.deepcopy(INFERENCE)
+    inference["network_def"].update(spatial_dims=3)
+    inference["inferer"]["roi_size"] = [16, 16, 8]
+    inference["preprocessing"]["transforms"][:0] = [
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+        {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0]}]
+    meta = copy.deepcopy(METADATA)
+    meta["network_data_format"]["inputs"]["image"]["spatial_shape"] = [16, 16, 8]
+    adapter = load_model(write_bundle(tmp_path / "v", inference=inference, metadata=meta))
+    assert adapter.spec.spatial_dims == 3 and adapter.spec.spacing == (1.5, 1.5, 2.0)
+    volume = np.random.default_rng(6).uniform(0, 255, (1, 20, 18, 10)).astype(np.float32)
+    probs = adapter.predict_proba([volume], spacings=[(1.5, 1.5, 2.0)])[0]
+    assert probs.shape == (2, 20, 18, 10) and np.allclose(probs.sum(0), 1, atol=1e-5)
+    inference["preprocessing"]["transforms"][0]["axcodes"] = "LPS"
+    with pytest.raises(MedfailInputError, match="Orientationd.*axcodes 'LPS'"):
+        load_model(write_bundle(tmp_path / "lps", inference=inference, metadata=meta))
