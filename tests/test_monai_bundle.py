@@ -230,5 +230,5 @@ def test_volume_bundle_spacing_and_orientation(tmp_path: Path) -> None:
     probs = adapter.predict_proba([volume], spacings=[(1.5, 1.5, 2.0)])[0]
     assert probs.shape == (2, 20, 18, 10) and np.allclose(probs.sum(0), 1, atol=1e-5)
     inference["preprocessing"]["transforms"][0]["axcodes"] = "LPS"
-    with pytest.raises(MedfailInputError, match="Orientationd.*axcodes 'LPS'"):
+    with pytest.raises(MedfailInputError, match=r"Orientationd.*axcodes 'LPS'"):
         load_model(write_bundle(tmp_path / "lps", inference=inference, metadata=meta))
