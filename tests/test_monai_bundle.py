@@ -232,3 +232,13 @@ def test_volume_bundle_spacing_and_orientation(tmp_path: Path) -> None:
     inference["preprocessing"]["transforms"][0]["axcodes"] = "LPS"
     with pytest.raises(MedfailInputError, match=r"Orientationd.*axcodes 'LPS'"):
         load_model(write_bundle(tmp_path / "lps", inference=inference, metadata=meta))
+
+
+def test_postprocessing_medfail_does_not_apply_is_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inference = copy.deepcopy(INFERENCE)
+    inference["postprocessing"]["transforms"].append(
+        {"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": [1]})
+    load_model(write_bundle(tmp_path / "b", inference=inference))
+    err = capsys.readouterr().err
+    assert "KeepLargestConnectedComponentd not applied" in err and "AsDiscreted" not in err
