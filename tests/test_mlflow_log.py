@@ -78,3 +78,31 @@ def test_a_half_written_run_is_refused_before_logging(run: Path, store: str,
     with pytest.raises(MedfailInputError, match="half written"):
         log_run(copy, store)
     assert not Path(store.removeprefix("file://")).exists()  # nothing was logged
+
+
+def test_cli_run_mlflow_and_log(store: str, tmp_path: Path) -> None:
+    """``medfail run --mlflow URI`` logs the finished run; ``medfail log`` logs it again."""
+    from typer.testing import CliRunner
+
+    from medfail.cli import app
+
+    data = write_png_folder(tmp_path / "data", "segmentation", n=6)
+    cfg = tmp_path / "suite.yaml"
+    cfg.write_text("tests: [jpeg]\nseverities: [1]\nuncertainty: []\nmitigate: false\n"
+                   "n_bootstrap: 20\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "run", "--model", "tests.test_check_gate:bright_segmenter", "--data", str(data),
+        "--out", str(out), "--config", str(cfg), "--quiet", "--mlflow", store])
+    assert result.exit_code == 0, result.output
+    assert "logged to MLflow" in result.output
+    result = CliRunner().invoke(app, ["log", str(out), "--tracking-uri", store,
+                                      "--experiment", "again"])
+    assert result.exit_code == 0, result.output
+    client = mlflow.tracking.MlflowClient(store)
+    for name in ("medfail", "again"):
+        exp = client.get_experiment_by_name(name)
+        (logged,) = client.search_runs([exp.experiment_id])
+        assert logged.data.params["task"] == "segmentation"
+    result = CliRunner().invoke(app, ["log", str(tmp_path / "nowhere"), "--tracking-uri", store])
+    assert result.exit_code == 2 and "nowhere" in result.output

@@ -221,6 +221,10 @@ def run(
         "directory), checked against torch on the first batch (probabilities within 1e-4, else "
         "torch is kept) and run on ONNX Runtime (CPU). Example: --runtime onnxruntime")
                        ] = "torch",
+    mlflow: Annotated[str | None, typer.Option(
+        help="After the run, log it to this MLflow tracking URI (params, metrics with CIs, "
+        "checks, report as artifact; pip install 'medfail\\[mlflow]'). "
+        "Example: --mlflow http://mlflow:5000")] = None,
     fail_on_checks: Annotated[bool, typer.Option(
         help="After the run, evaluate its pass/fail checks as `medfail check` does and exit 1 "
         "when one fails (a CI gate in one command)")] = False,
@@ -281,6 +285,8 @@ def run(
     except MedfailInputError as exc:
         _fail(exc)
     print(f"report: {_shown(run_dir / 'report.html')} (+ report.pdf)")
+    if mlflow is not None:
+        _log_mlflow(run_dir, mlflow, "medfail")
     if fail_on_checks:
         try:
             failed = _gate(run_dir, None, None)
@@ -433,6 +439,36 @@ def _gate(run_dir: Path, checks: Path | None, junit: Path | None) -> bool:
         junit_xml(rows, f"medfail checks: {run_dir.resolve().name}").write(
             junit, encoding="utf-8", xml_declaration=True)
     return bool(failed)
+
+
+@app.command()
+def log(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medfail run`. "
+                                            "Example: runs/seg")],
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: MLflow's own, MLFLOW_TRACKING_URI or ./mlruns). "
+        "Example: --tracking-uri http://mlflow:5000")] = None,
+    experiment: Annotated[str, typer.Option(
+        help="MLflow experiment (created when missing). Example: --experiment seg-models")
+                          ] = "medfail",
+) -> None:
+    """Log a run directory to MLflow as one run: suite config, seeds and hashes as params,
+    every metric with its CI and the pass/fail checks as metrics, report and tables as
+    artifacts (pip install 'medfail\\[mlflow]').
+
+    Example: medfail log runs/seg --tracking-uri http://mlflow:5000 --experiment seg-models
+    """
+    _log_mlflow(run_dir, tracking_uri, experiment)
+
+
+def _log_mlflow(run_dir: Path, tracking_uri: str | None, experiment: str) -> None:
+    from medfail.analysis.mlflow_log import log_run
+
+    try:
+        run_id = log_run(run_dir, tracking_uri, experiment)
+    except MedfailInputError as exc:
+        _fail(exc)
+    print(f"logged to MLflow: experiment {experiment!r}, run {run_id}")
 
 
 @app.command()

@@ -28,19 +28,26 @@ def gate(run_dir: Path, checks: Sequence[dict[str, Any]] | None = None) -> list[
     """The check rows of ``run_dir`` (``checks``: replaces the run's, else the run's config's,
     else the default check). Raises MedfailInputError for a missing or damaged table, a half
     written run, or a check this run cannot evaluate (its metric or severity is absent)."""
-    tables = RunTables(Path(run_dir))
-    if not rundir.table(run_dir, rundir.RUN_JSON).exists():
-        half = (Path(run_dir) / rundir.MANIFEST).exists()
-        raise MedfailInputError(run_dir, "half written: `medfail run` did not finish (no "
-                                "run.json yet); re-run the same command to resume it" if half
-                                else "not a run directory (run.json missing)")
-    tables.check()  # a half-written or damaged run is named, never read as finished
+    tables = finished_run(run_dir)
     specs = check_specs(tables, checks)
     rows = evaluate_checks(tables, specs)
     for spec in specs:
         if not any(r["check"] == spec.describe() for r in rows):
             raise MedfailInputError(run_dir, _unevaluable(tables, spec))
     return rows
+
+
+def finished_run(run_dir: str | Path) -> RunTables:
+    """The tables of a finished run directory; MedfailInputError naming what is missing or
+    damaged otherwise (a half-written run is never read as finished)."""
+    tables = RunTables(Path(run_dir))
+    if not rundir.table(run_dir, rundir.RUN_JSON).exists():
+        half = (Path(run_dir) / rundir.MANIFEST).exists()
+        raise MedfailInputError(run_dir, "half written: `medfail run` did not finish (no "
+                                "run.json yet); re-run the same command to resume it" if half
+                                else "not a run directory (run.json missing)")
+    tables.check()
+    return tables
 
 
 def _unevaluable(tables: RunTables, spec: CheckSpec) -> str:

@@ -11,7 +11,9 @@ One MLflow run per run directory, in experiment ``experiment`` (default ``medfai
   as a file); MLflow names allow letters, digits and ``_ - . / :`` and spaces, so ``@`` in a
   condition becomes ``:s`` (``jpeg@2`` → ``jpeg:s2``) and ``|`` becomes ``:``
   (``tta|gamma@3`` → ``tta:gamma:s3``); and the pass/fail checks (:mod:`medfail.analysis.gate`)
-  as ``check_drop/<metric>/<condition>``, ``checks_passed`` and ``checks_failed``;
+  as ``check_drop/<metric>/<condition>``, ``checks_passed`` and ``checks_failed`` (left out,
+  with a ``note:`` on stderr, when a check cannot be evaluated on this run, e.g. no test at
+  its severity);
 * **artifacts**: ``report.html``, ``report.pdf``, ``run.json`` and the tables
   (``metrics``, ``ranking``, ``calibration``, ``mitigations``, ``slices``), as present;
 * **tags**: ``medfail.run_dir`` (the folder's name, never its full path).
@@ -28,13 +30,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from medfail import rundir
 from medfail.analysis.aggregate import ALL
-from medfail.analysis.gate import gate
+from medfail.analysis.gate import finished_run, gate
 from medfail.analysis.run_tables import RunTables
 from medfail.errors import MedfailInputError
 
@@ -79,8 +82,9 @@ def run_metrics(tables: RunTables, checks: list[dict[str, Any]]) -> dict[str, fl
         metric = row["check"].split(" ", 1)[0]
         if math.isfinite(row["drop"]):
             out[metric_key("check_drop", metric, str(row["condition"]))] = float(row["drop"])
-    out["checks_passed"] = float(sum(r["verdict"] == "pass" for r in checks))
-    out["checks_failed"] = float(sum(r["verdict"] != "pass" for r in checks))
+    if checks:
+        out["checks_passed"] = float(sum(r["verdict"] == "pass" for r in checks))
+        out["checks_failed"] = float(sum(r["verdict"] != "pass" for r in checks))
     return out
 
 
@@ -94,8 +98,12 @@ def log_run(run_dir: str | Path, tracking_uri: str | None = None,
         raise MedfailInputError(None, "logging to MLflow needs its client: pip install "
                                 "'medfail[mlflow]'") from None
     run_dir = Path(run_dir)
-    checks = gate(run_dir)  # a half-written or damaged run is refused here, named
-    tables = RunTables(run_dir)
+    tables = finished_run(run_dir)  # a half-written or damaged run is refused here, named
+    try:
+        checks = gate(run_dir)
+    except MedfailInputError as exc:  # a check this run cannot evaluate: logged without it
+        print(f"note: checks not logged: {exc}", file=sys.stderr, flush=True)
+        checks = []
     client = mlflow.tracking.MlflowClient(tracking_uri)
     try:
         found = client.get_experiment_by_name(experiment)
