@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from medfail.cli import app
 from medfail.errors import MedfailInputError
-from medfail.models.loading import load_model
+from medfail.models.loading import describe_model, load_model
 from medfail.models.monai_bundle import is_bundle_dir
 from tests.conftest import write_png_folder
 
@@ -211,7 +211,15 @@ def test_medfail_run_on_a_bundle(tmp_path: Path) -> None:
                                       "--out", str(out), "--config", str(cfg), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "task: segmentation (from the model's spec)" in result.output
-    assert json.loads((out / "run.json").read_text())["task"] == "segmentation"
+    info = json.loads((out / "run.json").read_text())
+    assert info["task"] == "segmentation"
+    # the folder's name only (never its path), and a hash of its configs and weights
+    assert info["model"]["name"] == "bundle" and str(tmp_path) not in (out / "run.json").read_text()
+    first = describe_model(bundle)["sha256"]
+    assert info["model"]["sha256"] == first is not None
+    weights = bundle / "models" / "model.pt"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    assert describe_model(bundle)["sha256"] != first
 
 
 def test_volume_bundle_spacing_and_orientation(tmp_path: Path) -> None:

@@ -297,14 +297,24 @@ def _entry_point_forward(obj: Any, factory: Any, ref: str, spec_path: str | Path
 
 
 def describe_model(ref: str | Path) -> dict[str, Any]:
-    """Name (file name, never the full path) and sha256 of a model reference, for run.json."""
-    path = Path(str(ref))
-    if not path.is_file():
-        return {"name": str(ref), "sha256": None}
+    """Name (file or folder name, never the full path) and sha256 of a model reference, for
+    run.json. A folder (a MONAI bundle): sha256 over the relative path and bytes of every file
+    under its ``configs/`` and ``models/``, in sorted order; an entry point: no hash."""
     import hashlib
 
+    path = Path(str(ref))
+    if path.is_dir():
+        files = sorted(p for sub in ("configs", "models") for p in (path / sub).rglob("*")
+                       if p.is_file())
+    elif path.is_file():
+        files = [path]
+    else:
+        return {"name": str(ref), "sha256": None}
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for file in files:
+        if path.is_dir():
+            h.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(chunk)
     return {"name": path.name, "sha256": h.hexdigest()}
