@@ -54,6 +54,8 @@ MITIGATIONS = "mitigations.parquet"
 EVIDENCE = "evidence.parquet"
 REPORT_HTML = "report.html"
 REPORT_PDF = "report.pdf"
+#: the failure explorer (every image × condition; thumbnails embedded, nothing beside it)
+EXPLORER_HTML = "explorer.html"
 CASES_JSON = f"{CASES}/cases.json"
 #: the split whose files carry no prefix; other splits (``shift_data``) prefix their names
 TEST_SPLIT = "test"
@@ -73,8 +75,8 @@ ANALYSIS_TABLES = (SLICES, METRICS, RANKING, CALIBRATION, MITIGATIONS)
 #: docs/run_directory.md documents exactly these (tested)
 DOCUMENTED = (
     MANIFEST, f"{ONNX_CACHE}/<key>.onnx", RUN_JSON, PER_SAMPLE, SLICES, METRICS, RANKING,
-    CALIBRATION, MITIGATIONS,
-    EVIDENCE, REPORT_HTML, REPORT_PDF, f"{FIGURES}/", CASES_JSON, f"{CASES}/case_<k>.npz",
+    CALIBRATION, MITIGATIONS, EVIDENCE, REPORT_HTML, REPORT_PDF, EXPLORER_HTML, f"{FIGURES}/",
+    CASES_JSON, f"{CASES}/case_<k>.npz",
     f"{PARTS}/<condition>.parquet", f"{PARTS}/<condition>.seconds",
     f"{PREDICTIONS}/index.parquet", f"{PREDICTIONS}/ground_truth.npz",
     f"{PREDICTIONS}/ground_truth_instances.npz", f"{PREDICTIONS}/<split>.index.parquet",
@@ -602,11 +604,12 @@ def enclosing_manifest(path: str | Path) -> Manifest | None:
 
 
 class ReportOutputs:
-    """What rendering a report writes (``figures/``, ``report.html``, ``report.pdf``): the old
-    figures medfail listed are removed first, and what the report wrote is listed after. A
-    folder without a (readable) manifest is left as is: nothing is deleted there."""
+    """What rendering a report writes (``figures/``, ``report.html``, ``report.pdf``,
+    ``explorer.html``): the old figures medfail listed are removed first, and what the report
+    wrote is listed after. A folder without a (readable) manifest is left as is: nothing is
+    deleted there."""
 
-    NAMES = (FIGURES, REPORT_HTML, REPORT_PDF)
+    NAMES = (FIGURES, REPORT_HTML, REPORT_PDF, EXPLORER_HTML)
 
     def __init__(self, run_dir: str | Path) -> None:
         run_dir = Path(run_dir)

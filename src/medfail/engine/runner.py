@@ -321,7 +321,8 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         if not _reuse_stage(manifest, "report", key, cached_stages):
             render_report(run_dir)
             manifest.record_stage("report", key, [rundir.figures_dir(run_dir)] + [
-                rundir.table(run_dir, n) for n in (rundir.REPORT_HTML, rundir.REPORT_PDF)])
+                rundir.table(run_dir, n) for n in (rundir.REPORT_HTML, rundir.REPORT_PDF,
+                                                 rundir.EXPLORER_HTML)])
         stages["report"] = time.perf_counter() - t
         _write_json(rundir.table(run_dir, rundir.RUN_JSON), run_info)
     return run_dir

@@ -26,6 +26,7 @@ from medfail.analysis.ranking import (
 from medfail.analysis.run_tables import RunTables
 from medfail.analysis.segmentation_calibration import ACCEPTABLE_DICE, image_risk_coverage
 from medfail.analysis.taxonomy import build_taxonomy
+from medfail.report.explorer import render_explorer
 from medfail.report.figures import (
     binned_reliability_plot,
     calibration_drift_plot,
@@ -49,6 +50,7 @@ from medfail.report.pdf import render_pdf
 from medfail.rundir import (
     CALIBRATION,
     CASES_JSON,
+    EXPLORER_HTML,
     MITIGATIONS,
     PER_SAMPLE,
     REPORT_HTML,
@@ -484,8 +486,8 @@ def _taxonomy_rows(entries: list[Any], numbers: dict[str, int]) -> list[dict[str
 
 
 def render_report(run_dir: str | Path) -> Path:
-    """Write ``figures/``, ``report.html`` and ``report.pdf`` into ``run_dir`` from its stored
-    results (see docs/report.md for the section order)."""
+    """Write ``figures/``, ``report.html``, ``report.pdf`` and ``explorer.html`` into
+    ``run_dir`` from its stored results (see docs/report.md for the section order)."""
     run_dir = Path(run_dir)
     tables = RunTables(run_dir)
     tables.check()  # a damaged or missing file: one error naming it and how to recover
@@ -567,9 +569,10 @@ def render_report(run_dir: str | Path) -> Path:
         epochs=[e for e in log.get("epochs") or [] if isinstance(e, dict)],
         train_seconds=log.get("wall_clock_s") or 0.0, packages=run["packages"],
         hardware=run["hardware"], data_hash=run["data"].get("content_hash", ""),
-        model_hash=run["model"].get("sha256", "n/a"))
+        model_hash=run["model"].get("sha256", "n/a"), explorer=EXPLORER_HTML)
     out = run_file(run_dir, REPORT_HTML)
     out.write_text(html, encoding="utf-8")
     render_pdf(out, run_file(run_dir, REPORT_PDF))
+    render_explorer(run_dir)
     outputs.record()
     return out
