@@ -130,8 +130,9 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (make test "
                     "installs it where it can: apt-get install chromium)")
 def test_explorer_in_headless_chromium(runs: dict[str, Path], tmp_path: Path) -> None:
-    """Load, filter by condition, sort by dice descending, open the first row; then the
-    10,000-row page filtered by slice; a non-blank screenshot."""
+    """Load, filter by condition, sort by dice descending, open the first row; the
+    10,000-row page filtered by slice and sorted, one page rendered; keyboard navigation; a
+    non-blank screenshot."""
     run = runs["segmentation"]
     base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--user-data-dir=" + str(tmp_path / "profile"), "--virtual-time-budget=10000"]
@@ -178,6 +179,25 @@ def test_explorer_in_headless_chromium(runs: dict[str, Path], tmp_path: Path) ->
     assert [int(x) for x in attrs["order"].split(",")] == want[:20]
     assert out.count('<tr data-v="') == 100  # one page rendered, not 10,000 rows
 
+    # keyboard: ↓ ↓ Enter opens the second row, → shows page 2, Esc closes
+    keys = ("<script>window.addEventListener('load', () => { const b = document.body;"
+            " const k = key => document.dispatchEvent(new KeyboardEvent('keydown', {key}));"
+            " k('ArrowDown'); k('ArrowDown'); k('Enter'); b.dataset.k1 = b.dataset.open;"
+            " k('ArrowRight'); b.dataset.k2 = document.querySelector('#body tr').dataset.row;"
+            " k('Escape'); b.dataset.k3 = b.dataset.open + '/' +"
+            " document.getElementById('detail').className; });</script>")
+    probe = tmp_path / "keys.html"
+    probe.write_text(big.read_text(encoding="utf-8").replace("</body>", keys + "</body>"),
+                     encoding="utf-8")
+    out, err = dom(probe.as_uri())
+    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', re.search(r"<body([^>]*)>", out).group(1)))
+    second = synthetic["rows"][1]
+    assert attrs["k1"] == f"{second[0]}|{second[1]}"
+    assert attrs["k2"] == "100"
+    assert attrs["k3"] == "/"
+    console = [ln for ln in err.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+    assert not console, console
+
     shot = tmp_path / "explorer.png"
     subprocess.run([*base, "--window-size=1280,900", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120, check=True)
@@ -187,3 +207,25 @@ def test_explorer_in_headless_chromium(runs: dict[str, Path], tmp_path: Path) ->
 
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 5, "blank screenshot"
+
+
+def test_thumbnails_colour_errors_and_pick_the_volume_slice_with_ground_truth() -> None:
+    """Error overlay: TP white, FP red, FN blue; a volume shows the slice with the most ground
+    truth; large images are scaled down to about THUMB_PX."""
+    from medfail.report.explorer import THUMB_PX, _thumbs
+
+    gt = np.zeros((5, 8, 8), dtype=np.uint8)
+    gt[3, 2:4, 2:4] = 1  # TP at (2:3, 2:3), FN at row 3
+    pred = np.zeros((1, 5, 8, 8), dtype=np.float16)
+    pred[0, 3, 2, 2:4] = 0.9
+    pred[0, 3, 6, 6] = 0.8  # FP
+    err = _thumbs(pred, gt)["error (FP red, FN blue)"]
+    f = err.shape[0] // 8
+    px = {name: tuple(err[r * f, c * f]) for name, (r, c) in
+          {"tp": (2, 2), "fn": (3, 2), "fp": (6, 6), "bg": (0, 0)}.items()}
+    assert px["tp"][0] > 200 and px["tp"][2] > 200
+    assert px["fp"][0] > 200 > px["fp"][2]
+    assert px["fn"][2] > 200 > px["fn"][0]
+    assert px["bg"] == (0, 0, 0)
+    big = _thumbs(np.zeros((1, 600, 400), np.float16), np.zeros((600, 400), np.uint8))
+    assert all(max(v.shape[:2]) <= THUMB_PX for v in big.values())

@@ -76,8 +76,12 @@ def _plane(a: np.ndarray, pick: np.ndarray | None = None) -> np.ndarray:
 
 
 def _scaled(rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    f = max(1, THUMB_PX // max(h, w))
+    """Nearest-neighbour to about :data:`THUMB_PX` on the longer side (up or down)."""
+    side = max(rgb.shape[:2])
+    if side > THUMB_PX:
+        step = math.ceil(side / THUMB_PX)
+        return np.ascontiguousarray(rgb[::step, ::step])
+    f = max(1, THUMB_PX // side)
     return np.repeat(np.repeat(rgb, f, axis=0), f, axis=1)
 
 
