@@ -30,6 +30,7 @@ from medfail.rundir import (
     SLICES,
     case_path,
     condition_file,
+    condition_path,
     read_table,
     split_paths,
     write_atomic,
@@ -153,13 +154,13 @@ def _extra(tables: RunTables, conditions: list[str]) -> pd.DataFrame | None:
     parts = []
     for cond in conditions:
         try:
-            if tables.task == "classification":
-                p = tables.predictions(cond)
-            else:
-                path = condition_file(tables.run_dir, cond, ".confidence.parquet")
-                if not path.exists():
-                    continue
-                p = tables.confidence(cond)
+            path = condition_path(tables.run_dir, cond, "classification") \
+                if tables.task == "classification" \
+                else condition_file(tables.run_dir, cond, ".confidence.parquet")
+            if not path.exists():
+                continue
+            p = tables.predictions(cond) if tables.task == "classification" \
+                else tables.confidence(cond)
         except MedfailInputError:
             continue
         if tables.task == "classification":
