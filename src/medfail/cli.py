@@ -21,6 +21,9 @@ app = typer.Typer(
     "Quick start: `medfail demo` runs the embedded synthetic default end to end.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 TASK_HELP = "classification | segmentation | promptable"
+#: the RUN_DIR argument of the commands that read a run directory
+RunDir = Annotated[Path, typer.Argument(help="A run directory written by `medfail run`. "
+                                        "Example: runs/seg")]
 MASK_MODE_HELP = ("How mask values are read: auto (0/1 or 0/255 binary, instance maps or class "
                   "labels, decided from the masks and printed), binary (foreground = any non-zero "
                   "value), classes (label k = class k), instances (foreground, one object per "
@@ -298,8 +301,7 @@ def run(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medfail run`. "
-                                            "Example: runs/seg")],
+    run_dir: RunDir,
 ) -> None:
     """Re-render the report from a run directory alone (the model is not needed).
 
@@ -326,8 +328,7 @@ def report(
 
 @app.command()
 def analyse(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medfail run`. "
-                                            "Example: runs/seg")],
+    run_dir: RunDir,
     config: Annotated[Path | None, typer.Option(
         help="Suite YAML whose analysis options (n_bootstrap, threshold, min_slice_n, "
         "size_threshold_px, slices, checks) replace the run's; options it does not name keep "
@@ -391,8 +392,7 @@ def _yaml_keys(path: Path) -> set[str]:
 
 @app.command()
 def check(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medfail run`. "
-                                            "Example: runs/seg")],
+    run_dir: RunDir,
     checks: Annotated[Path | None, typer.Option(
         help="YAML with a `checks` list (a suite config's option) that replaces the run's "
         "checks. Example: --checks checks.yaml holding `checks: [{metric: dice, max_drop: "
@@ -443,8 +443,7 @@ def _gate(run_dir: Path, checks: Path | None, junit: Path | None) -> bool:
 
 @app.command()
 def log(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `medfail run`. "
-                                            "Example: runs/seg")],
+    run_dir: RunDir,
     tracking_uri: Annotated[str | None, typer.Option(
         help="MLflow tracking URI (default: MLflow's own, MLFLOW_TRACKING_URI or ./mlruns). "
         "Example: --tracking-uri http://mlflow:5000")] = None,
