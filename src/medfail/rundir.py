@@ -52,6 +52,11 @@ RANKING = "ranking.parquet"
 CALIBRATION = "calibration.parquet"
 MITIGATIONS = "mitigations.parquet"
 EVIDENCE = "evidence.parquet"
+#: slice discovery (analysis/discovery.py): the slices found and confirmed, the per-sample
+#: features and errors they were searched over, and the label-issue candidates (cleanlab)
+DISCOVERY = "discovery.parquet"
+DISCOVERY_FEATURES = "discovery_features.parquet"
+LABEL_ISSUES = "label_issues.parquet"
 REPORT_HTML = "report.html"
 REPORT_PDF = "report.pdf"
 #: the failure explorer (every image × condition; thumbnails embedded, nothing beside it)
@@ -68,21 +73,24 @@ CONDITION_SUFFIXES = {
                      ".evidence.parquet"),
 }
 #: the top-level tables ``medfail run`` writes (listed in the manifest before they are written)
-TABLES = (PER_SAMPLE, METRICS, RANKING, CALIBRATION, MITIGATIONS, RUN_JSON, EVIDENCE)
+TABLES = (PER_SAMPLE, METRICS, RANKING, CALIBRATION, MITIGATIONS, RUN_JSON, EVIDENCE,
+          DISCOVERY, DISCOVERY_FEATURES, LABEL_ISSUES)
 #: the tables ``medfail analyse`` rebuilds from the stored predictions
-ANALYSIS_TABLES = (SLICES, METRICS, RANKING, CALIBRATION, MITIGATIONS)
+ANALYSIS_TABLES = (SLICES, METRICS, RANKING, CALIBRATION, MITIGATIONS, DISCOVERY,
+                   DISCOVERY_FEATURES, LABEL_ISSUES)
 #: every path pattern of a run directory (``<condition>``, ``<k>``, ``<split>`` placeholders);
 #: docs/run_directory.md documents exactly these (tested)
 DOCUMENTED = (
     MANIFEST, f"{ONNX_CACHE}/<key>.onnx", RUN_JSON, PER_SAMPLE, SLICES, METRICS, RANKING,
-    CALIBRATION, MITIGATIONS, EVIDENCE, REPORT_HTML, REPORT_PDF, EXPLORER_HTML, f"{FIGURES}/",
+    CALIBRATION, MITIGATIONS, DISCOVERY, DISCOVERY_FEATURES, LABEL_ISSUES, EVIDENCE,
+    REPORT_HTML, REPORT_PDF, EXPLORER_HTML, f"{FIGURES}/",
     CASES_JSON, f"{CASES}/case_<k>.npz",
     f"{PARTS}/<condition>.parquet", f"{PARTS}/<condition>.seconds",
     f"{PREDICTIONS}/index.parquet", f"{PREDICTIONS}/ground_truth.npz",
     f"{PREDICTIONS}/ground_truth_instances.npz", f"{PREDICTIONS}/<split>.index.parquet",
     f"{PREDICTIONS}/<split>.ground_truth.npz", f"{PREDICTIONS}/<split>.ground_truth_instances.npz",
     f"{PREDICTIONS}/prompts.parquet", f"{PREDICTIONS}/{CALIBRATION_SPLIT}.parquet",
-    f"{PREDICTIONS}/metadata_slices.parquet",
+    f"{PREDICTIONS}/metadata_slices.parquet", f"{PREDICTIONS}/embeddings.npz",
     f"{PREDICTIONS}/<condition>.parquet", f"{PREDICTIONS}/<condition>.npz",
     f"{PREDICTIONS}/<condition>.prompts.parquet", f"{PREDICTIONS}/<condition>.confidence.parquet",
     f"{PREDICTIONS}/<condition>.pixel_bins.parquet",
@@ -158,6 +166,12 @@ def split_paths(run_dir: str | Path, split: str = TEST_SPLIT) -> dict[str, Path]
 
 def prompts_path(run_dir: str | Path) -> Path:
     return predictions_dir(run_dir) / "prompts.parquet"
+
+
+def embeddings_path(run_dir: str | Path) -> Path:
+    """``predictions/embeddings.npz``: the model's penultimate features per test sample
+    (``ids``, ``features``, ``layer``: :mod:`medfail.engine.embeddings`)."""
+    return predictions_dir(run_dir) / "embeddings.npz"
 
 
 def metadata_slices_path(run_dir: str | Path) -> Path:

@@ -36,6 +36,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from medfail import rundir
@@ -47,6 +48,7 @@ from medfail.analysis.aggregate import (
     undefined_targets,
 )
 from medfail.analysis.calibration import calibration_table, fit_temperatures
+from medfail.analysis.discovery import discovery_tables
 from medfail.analysis.mitigation import mitigation_table
 from medfail.analysis.ranking import breaking_table
 from medfail.analysis.run_tables import read_run_json, read_table
@@ -307,9 +309,16 @@ def analyse(run_dir: str | Path, config: Any | None = None,
         _warn_worst(run_dir, task, multi_label, main, per_sample, membership, thresholds, cfg,
                     mitigation["worst_condition"])
 
+    discovery, discovery_features = discovery_tables(
+        run_dir, task, multi_label, per_sample, membership, int(cfg["seed"]),
+        int(cfg["n_bootstrap"]))
+    issues = label_issue_table(run_dir, task, multi_label, cal_preds)
+
     for name, frame in ((rundir.SLICES, membership), (rundir.METRICS, metrics),
                         (rundir.RANKING, ranking), (rundir.CALIBRATION, cal_table),
-                        (rundir.MITIGATIONS, mitigations)):
+                        (rundir.MITIGATIONS, mitigations), (rundir.DISCOVERY, discovery),
+                        (rundir.DISCOVERY_FEATURES, discovery_features),
+                        (rundir.LABEL_ISSUES, issues)):
         rundir.write_table(frame, rundir.table(run_dir, name))
     stages = dict((run.get("wall_clock_s") or {}).get("stages", {}))
     stages["aggregate"] = time.perf_counter() - t0
@@ -327,6 +336,29 @@ def analyse(run_dir: str | Path, config: Any | None = None,
     }
     rundir.write_atomic(run_path, json.dumps({**run, **updates}, indent=2, default=str))
     return updates
+
+
+def label_issue_table(run_dir: Path, task: str, multi_label: bool,
+                      cal_preds: pd.DataFrame | None) -> pd.DataFrame:
+    """``label_issues.parquet``: cleanlab's label-issue ranking (:mod:`.label_issues`) of the
+    calibration split's labels (classification with a calibration split), else of the test
+    labels (classification) or masks (segmentation, from the stored clean maps); the model
+    never trained on either, so the probabilities are out of sample. Column ``split`` says
+    which."""
+    from medfail.analysis.label_issues import (
+        classification_label_issues,
+        segmentation_label_issues,
+    )
+
+    if task == "classification":
+        split = rundir.CALIBRATION_SPLIT if cal_preds is not None else rundir.TEST_SPLIT
+        preds = cal_preds if cal_preds is not None else read_table(
+            rundir.condition_path(run_dir, "clean", task))
+        return classification_label_issues(preds, multi_label).assign(split=split)
+    with np.load(rundir.condition_path(run_dir, "clean", task)) as probs, \
+            np.load(rundir.split_paths(run_dir)["ground_truth"]) as masks:
+        found = segmentation_label_issues(probs, masks)
+    return found.assign(split=rundir.TEST_SPLIT)
 
 
 def _warn_worst(run_dir: Path, task: str, multi_label: bool,

@@ -41,6 +41,7 @@ from medfail.analysis.ranking import breaking_table
 from medfail.analysis.segmentation_calibration import BAND_PX
 from medfail.data.datasets import Dataset
 from medfail.engine.allocator import return_freed_volumes
+from medfail.engine.embeddings import store_embeddings
 from medfail.engine.evidence import write_evidence
 from medfail.engine.executors import Executor, Job, ModelLoader, make_executor
 from medfail.engine.predictions import (
@@ -478,6 +479,10 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
             _run_conditions(jobs, engine, manifest, task, record, progress)
     finally:
         engine.close()
+    t = time.perf_counter()
+    embeddings = _embeddings(adapter, dataset, run_dir, manifest, config, data_hash,
+                             cached_stages, progress)
+    stages["embeddings"] = time.perf_counter() - t
     per_condition_s, cached, done = record.seconds, record.cached, record.done
     stages["predict"] = sum(v for k, v in per_condition_s.items() if k not in cached)
 
@@ -518,9 +523,29 @@ def predict(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
         "mitigation": mitigation_info,
         "undefined_targets": {},
         "intensity": intensity,
+        "embeddings": embeddings,
     }
     _write_json(rundir.table(run_dir, rundir.RUN_JSON), run_info)
     return Predicted(run_dir, manifest, run_info, all_conditions)
+
+
+def _embeddings(adapter: ModelAdapter, dataset: Dataset, run_dir: Path, manifest: Manifest,
+                config: SuiteConfig, data_hash: str, cached_stages: list[str],
+                progress: bool) -> dict[str, Any]:
+    """``predictions/embeddings.npz`` (reused while the stored file is intact: the run
+    directory's configuration fixes the model and the data); returns ``run.json:
+    embeddings``."""
+    path = rundir.embeddings_path(run_dir)
+    key = stage_key("embeddings", data_hash)
+    info = manifest.cached_stage("embeddings", key)
+    if info is not None:
+        cached_stages.append("embeddings")
+        return info
+    manifest.drop_stage("embeddings")
+    manifest.claim(path)
+    info = store_embeddings(adapter, dataset, run_dir, config, progress)
+    manifest.record_stage("embeddings", key, [path] if path.exists() else [], info)
+    return info
 
 
 def _metadata_slices(metadata: pd.DataFrame | None) -> pd.DataFrame:

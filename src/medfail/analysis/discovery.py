@@ -1,0 +1,416 @@
+"""Slice discovery: high-error groups nobody named, found on one half and confirmed on the other.
+
+Every other slice of a run is named in advance (a metadata column, a ground-truth rule). This
+module searches for the ones nobody named, from the run directory alone:
+
+1. **Error per test sample** (clean condition): segmentation ``1 − Dice`` (mean over the
+   foreground targets); classification the per-sample log loss, mean over targets of
+   ``−[y log p + (1−y) log(1−p)]`` for multi-label models and ``−log p_true`` for multi-class
+   (``p`` clipped to [1e-6, 1 − 1e-6]). Higher is worse; always ≥ 0.
+2. **Features** (categorical, one column each; missing values are ``"missing"``): every stored
+   slice column (``gt.size``, ``meta.site``...: ``slices.parquet``), the clean input-quality
+   features of ``evidence.parquet`` cut into tertiles (``quality.<feature>`` = low/mid/high, by
+   the 1/3 and 2/3 quantiles of all test samples), a confidence tertile (``conf.level``:
+   classification mean over targets of ``max(p, 1 − p)``, multi-class ``max p``; segmentation
+   the stored ``mask_confidence`` of the first target), the labels (classification:
+   ``label.<target>`` = 0/1, multi-class ``label`` = the class) and the embedding group
+   (``emb.group``, step 3).
+3. **Embedding groups** (Domino-style): the stored penultimate features
+   (``predictions/embeddings.npz``) are reduced by PCA (fitted on all test samples, at most
+   :data:`PCA_DIMS` components, each standardised), then a diagonal Gaussian mixture is fitted on
+   the *discovery half* over ``[components, w · standardised error]`` with ``w = sqrt(d) / 2``
+   (so the error carries a quarter of the total variance); every sample (both halves) is then
+   assigned to the group of highest posterior under the *embedding dimensions only* (the
+   mixture's marginal), so a confirm-half sample's group never depends on its error. Each group is
+   described by the features over-represented in it (lift = share in group / share overall).
+4. **Search** on the discovery half with SliceLine (Sagadeeva & Boehm, SIGMOD 2021; the
+   ``sliceline`` package): conjunctions of up to :data:`MAX_LEVEL` predicates, score weight
+   ``alpha`` = :data:`ALPHA`, minimum support ``max(5, 10 % of the half)``, top :data:`TOP_K`
+   slices (a slice holding the same discovery-half samples as a better-ranked one is dropped);
+   the highest-error embedding group joins them when SliceLine did not return it.
+5. **Confirmation** on the other half: for each of the ``m`` candidates, gap = mean error in the
+   slice − mean error outside it, with a percentile bootstrap CI (in and out resampled
+   separately, ``n_bootstrap`` draws, seed ``derive_seed(seed, "discovery", slice)``) at level
+   ``1 − 0.05 / m`` (Bonferroni: the family of candidates is tested at 5 %). A slice is
+   **confirmed** when that CI's lower end is above 0 and it has ≥ 2 samples on each side.
+
+Halves: the test ids are permuted by ``numpy.random.default_rng(derive_seed(seed, "discovery",
+"halves"))`` (ids sorted first); the first ``ceil(n / 2)`` are the discovery half.
+The discovery-half figures of a slice are biased upwards (it was chosen for them); only the
+confirm-half gap is evidence.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medfail import rundir
+from medfail.errors import MedfailInputError
+from medfail.rundir import read_table
+from medfail.seeding import derive_seed
+
+DISCOVER, CONFIRM = "discover", "confirm"
+CLEAN = "clean"
+MAX_LEVEL = 2
+ALPHA = 0.95
+TOP_K = 5
+PCA_DIMS = 8
+FWER = 0.05
+MISSING = "missing"
+EMB_GROUP = "emb.group"
+MIN_SIDE = 2
+#: discovery.parquet's columns
+COLUMNS = ["rank", "slice", "source", "n_predicates", "description", "score", "n_discover",
+           "error_discover", "gap_discover", "n_confirm", "error_confirm", "error_rest",
+           "gap", "ci_low", "ci_high", "ci_level", "confirmed"]
+EPS = 1e-6
+
+
+def classification_errors(preds: pd.DataFrame, multi_label: bool) -> pd.Series:
+    """Per-sample log loss (module docstring) from a long predictions table
+    (``id, target, prob, label``); indexed by id."""
+    p = preds["prob"].to_numpy(np.float64).clip(EPS, 1 - EPS)
+    y = preds["label"].to_numpy(np.float64)
+    if multi_label:
+        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    else:
+        loss = np.where(y > 0.5, -np.log(p), 0.0)  # one-hot: only the true class counts
+    frame = pd.DataFrame({"id": preds["id"].astype(str).to_numpy(), "loss": loss})
+    grouped = frame.groupby("id", sort=True)["loss"]
+    return grouped.mean() if multi_label else grouped.sum()
+
+
+def segmentation_errors(per_sample: pd.DataFrame, condition: str = "clean") -> pd.Series:
+    """``1 − dice`` per sample (mean over targets) of ``condition``; indexed by id."""
+    rows = per_sample[(per_sample["condition"] == condition) & (per_sample["metric"] == "dice")]
+    return 1.0 - rows.assign(id=rows["id"].astype(str)).groupby("id", sort=True)["value"].mean()
+
+
+def split_halves(ids: Sequence[str], seed: int) -> pd.Series:
+    """``discover`` / ``confirm`` per id (module docstring), indexed by id."""
+    ordered = sorted(str(i) for i in ids)
+    perm = np.random.default_rng(derive_seed(seed, "discovery", "halves")).permutation(
+        len(ordered))
+    n_disc = math.ceil(len(ordered) / 2)
+    half = np.where(np.argsort(perm) < n_disc, DISCOVER, CONFIRM)
+    return pd.Series(half, index=pd.Index(ordered, name="id"), name="half")
+
+
+def tertiles(values: pd.Series) -> pd.Series:
+    """``low`` / ``mid`` / ``high`` by the 1/3 and 2/3 quantiles (≤ q1 low, > q2 high);
+    NaN → missing; a constant feature is all ``mid``."""
+    v = pd.to_numeric(values, errors="coerce")
+    q1, q2 = v.quantile([1 / 3, 2 / 3])
+    out = pd.Series(np.where(v <= q1, "low", np.where(v > q2, "high", "mid")), index=v.index)
+    if q1 == q2 == v.min() == v.max():
+        out[:] = "mid"
+    return out.where(v.notna(), MISSING)
+
+
+def slice_columns(membership: pd.DataFrame) -> pd.DataFrame:
+    """``slices.parquet`` (``id, slice`` = ``source.key=value``) as one column per
+    ``source.key`` (first value when a sample has several); indexed by id."""
+    named = membership[membership["slice"].astype(str).str.contains("=", regex=False)]
+    if named.empty:
+        return pd.DataFrame(index=pd.Index([], name="id"))
+    parts = named["slice"].astype(str).str.split("=", n=1, expand=True)
+    frame = pd.DataFrame({"id": named["id"].astype(str).to_numpy(),
+                          "column": parts[0].to_numpy(), "value": parts[1].to_numpy()})
+    return frame.drop_duplicates(["id", "column"]).pivot(index="id", columns="column",
+                                                         values="value")
+
+
+@dataclass
+class EmbeddingGroups:
+    """Group per id, the 2 leading standardised components (for the figure) and the
+    number of groups."""
+
+    group: pd.Series
+    pcs: pd.DataFrame
+    k: int
+
+
+def embedding_groups(ids: Sequence[str], features: np.ndarray, errors: pd.Series,
+                     halves: pd.Series, seed: int) -> EmbeddingGroups | None:
+    """Domino-style groups (module docstring, step 3); None with fewer than 8 discovery
+    samples or a constant embedding."""
+    from scipy.stats import norm
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
+    ids = [str(i) for i in ids]
+    x = np.asarray(features, np.float64)
+    disc = (halves.reindex(ids) == DISCOVER).to_numpy()
+    d = min(PCA_DIMS, x.shape[1], len(ids) - 1)
+    if disc.sum() < 8 or d < 1 or not np.isfinite(x).all() or np.allclose(x.std(0), 0):
+        return None
+    pcs = PCA(n_components=d, random_state=0).fit_transform(x)
+    sd = pcs.std(0)
+    pcs = pcs[:, sd > 1e-12] / sd[sd > 1e-12]
+    d = pcs.shape[1]
+    if d == 0:
+        return None
+    err = errors.reindex(ids).to_numpy(np.float64)
+    e_sd = err[disc].std()
+    w = math.sqrt(d) / 2
+    z_err = (err - err[disc].mean()) / (e_sd if e_sd > 0 else 1.0) * w
+    k = int(np.clip(disc.sum() // 10, 2, 8))
+    gmm = GaussianMixture(n_components=k, covariance_type="diag", random_state=seed % 2**32,
+                          n_init=3, reg_covar=1e-3)
+    gmm.fit(np.column_stack([pcs[disc], z_err[disc]]))
+    means, var = gmm.means_[:, :d], gmm.covariances_[:, :d]
+    log_post = np.log(gmm.weights_)[None, :] + norm.logpdf(
+        pcs[:, None, :], means[None], np.sqrt(var)[None]).sum(-1)
+    group = log_post.argmax(1)
+    order = {g: i + 1 for i, g in enumerate(sorted(set(group)))}
+    labels = pd.Series([f"g{order[g]}" for g in group], index=pd.Index(ids, name="id"))
+    lead = pd.DataFrame(pcs[:, :2], index=labels.index,
+                        columns=[f"emb.pc{i + 1}" for i in range(min(2, d))])
+    return EmbeddingGroups(labels, lead, len(order))
+
+
+def feature_table(membership: pd.DataFrame, quality: pd.DataFrame | None,
+                  confidence: pd.Series | None, labels: pd.DataFrame | None,
+                  groups: EmbeddingGroups | None, ids: Sequence[str]) -> pd.DataFrame:
+    """The categorical features of step 2 for ``ids`` (one column each; index id).
+    ``quality``: index id, one numeric column per input-quality feature; ``confidence``:
+    numeric per id; ``labels``: index id, columns ``label.<target>``."""
+    index = pd.Index([str(i) for i in ids], name="id")
+    parts = [slice_columns(membership).reindex(index)]
+    if quality is not None:
+        parts.append(pd.DataFrame({f"quality.{c}": tertiles(quality[c].reindex(index))
+                                   for c in quality.columns}, index=index))
+    if confidence is not None:
+        parts.append(pd.DataFrame({"conf.level": tertiles(confidence.reindex(index))}))
+    if labels is not None:
+        parts.append(labels.reindex(index).astype("string"))
+    if groups is not None:
+        parts.append(pd.DataFrame({EMB_GROUP: groups.group.reindex(index)}))
+    out = pd.concat(parts, axis=1).astype(object)
+    out = out.where(out.notna(), MISSING).astype(str)
+    keep = [c for c in out.columns if out[c].nunique() > 1]  # a constant column slices nothing
+    return out[sorted(keep)]
+
+
+def members(features: pd.DataFrame, predicates: Mapping[str, str]) -> np.ndarray:
+    """Boolean membership of the conjunction ``column = value`` for every predicate."""
+    mask = np.ones(len(features), bool)
+    for col, val in predicates.items():
+        mask &= (features[col] == val).to_numpy()
+    return mask
+
+
+def slice_name(predicates: Mapping[str, str]) -> str:
+    """``col=value & col=value`` (columns sorted)."""
+    return " & ".join(f"{c}={predicates[c]}" for c in sorted(predicates))
+
+
+def sliceline_candidates(features: pd.DataFrame, errors: np.ndarray,
+                         k: int = TOP_K) -> list[tuple[dict[str, str], float]]:
+    """SliceLine's top-``k`` slices of ``features`` by ``errors`` (step 4): (predicates,
+    score) pairs, best first; none when every error is equal or no feature varies."""
+    from sliceline import Slicefinder
+
+    if features.shape[1] == 0 or len(features) < 10 or np.ptp(errors) <= 0:
+        return []
+    min_sup = max(5, math.ceil(0.1 * len(features)))
+    finder = Slicefinder(alpha=ALPHA, k=k, max_l=MAX_LEVEL, min_sup=min_sup, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            finder.fit(features.to_numpy(dtype=object), errors)
+        except (ValueError, IndexError):  # no slice reaches the support
+            return []
+    out = []
+    for row, stats in zip(finder.top_slices_, finder.top_slices_statistics_, strict=True):
+        preds = {str(c): str(v) for c, v in zip(features.columns, row, strict=True)
+                 if v is not None}
+        if preds:
+            out.append((preds, float(stats["slice_score"])))
+    return out[:k]
+
+
+def gap_interval(inside: np.ndarray, outside: np.ndarray, n_boot: int, level: float,
+                 seed: int) -> tuple[float, float, float]:
+    """``mean(inside) − mean(outside)`` and its percentile bootstrap CI at ``level``
+    (each side resampled with replacement separately)."""
+    rng = np.random.default_rng(seed)
+    gap = float(inside.mean() - outside.mean())
+    a = inside[rng.integers(0, len(inside), (n_boot, len(inside)))].mean(1)
+    b = outside[rng.integers(0, len(outside), (n_boot, len(outside)))].mean(1)
+    lo, hi = np.quantile(a - b, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return gap, float(lo), float(hi)
+
+
+def describe_group(features: pd.DataFrame, group: str, top: int = 3) -> str:
+    """The features over-represented in embedding group ``group``: ``col=value`` with its
+    share in the group vs overall, by lift, at most ``top`` (support ≥ 3 in the group)."""
+    inside = (features[EMB_GROUP] == group).to_numpy() if EMB_GROUP in features else None
+    if inside is None or not inside.any():
+        return ""
+    rows = []
+    for col in features.columns:
+        if col == EMB_GROUP:
+            continue
+        for val, n_in in features.loc[inside, col].value_counts().items():
+            if val == MISSING or n_in < 3:
+                continue
+            share_in = n_in / inside.sum()
+            share_all = float((features[col] == val).mean())
+            rows.append((share_in / share_all, f"{col}={val} ({share_in:.0%} vs {share_all:.0%})"))
+    rows.sort(key=lambda r: -r[0])
+    return "; ".join(text for lift, text in rows[:top] if lift > 1.2)
+
+
+def discover(features: pd.DataFrame, errors: pd.Series, halves: pd.Series, n_boot: int,
+             seed: int) -> pd.DataFrame:
+    """Steps 4 and 5: candidates on the discovery half, confirmed on the other
+    (``discovery.parquet``; columns :data:`COLUMNS`, best SliceLine score first)."""
+    ids = features.index
+    err = errors.reindex(ids).to_numpy(np.float64)
+    half = halves.reindex(ids).to_numpy()
+    disc, conf = half == DISCOVER, half == CONFIRM
+    candidates: list[tuple[dict[str, str], float, str]] = []
+    seen: set[bytes] = set()
+    for preds, score in sliceline_candidates(features[disc], err[disc]):
+        key = np.packbits(members(features[disc], preds)).tobytes()
+        if key not in seen:  # the same discovery-half samples as a better-ranked slice
+            seen.add(key)
+            candidates.append((preds, score, "sliceline"))
+    if EMB_GROUP in features:
+        means = pd.Series(err[disc]).groupby(features[EMB_GROUP].to_numpy()[disc]).mean()
+        worst = {EMB_GROUP: str(means.idxmax())} if len(means) else None
+        if worst and all(p != worst for p, _, _ in candidates):
+            candidates.append((worst, float("nan"), "embedding_group"))
+    m = max(len(candidates), 1)
+    level = 1 - FWER / m
+    rows = []
+    for rank, (preds, score, source) in enumerate(candidates, start=1):
+        inside = members(features, preds)
+        d_in, d_out = err[disc & inside], err[disc & ~inside]
+        c_in, c_out = err[conf & inside], err[conf & ~inside]
+        name = slice_name(preds)
+        gap = lo = hi = float("nan")
+        if len(c_in) >= MIN_SIDE and len(c_out) >= MIN_SIDE:
+            gap, lo, hi = gap_interval(c_in, c_out, n_boot, level,
+                                       derive_seed(seed, "discovery", name))
+        description = " and ".join(
+            f"{c}={v}" + (f" [{describe_group(features, v)}]" if c == EMB_GROUP else "")
+            for c, v in sorted(preds.items()))
+        rows.append({
+            "rank": rank, "slice": name, "source": source, "n_predicates": len(preds),
+            "description": description, "score": score, "n_discover": len(d_in),
+            "error_discover": float(d_in.mean()) if len(d_in) else float("nan"),
+            "gap_discover": float(d_in.mean() - d_out.mean()) if len(d_in) and len(d_out)
+            else float("nan"),
+            "n_confirm": len(c_in),
+            "error_confirm": float(c_in.mean()) if len(c_in) else float("nan"),
+            "error_rest": float(c_out.mean()) if len(c_out) else float("nan"),
+            "gap": gap, "ci_low": lo, "ci_high": hi, "ci_level": level,
+            "confirmed": bool(np.isfinite(lo) and lo > 0)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# From the run directory
+
+
+def _clean_quality(run_dir: Path) -> pd.DataFrame | None:
+    """Input-quality features of the clean test images (``predictions/clean.evidence.parquet``,
+    written by the predict stage), one column per feature; None when absent."""
+    from medfail.analysis.input_quality import FEATURES
+
+    path = rundir.condition_file(run_dir, CLEAN, ".evidence.parquet")
+    if not path.exists():
+        return None
+    rows = read_table(path)
+    rows = rows[rows["feature"].isin(FEATURES)]
+    if rows.empty:
+        return None
+    return rows.assign(id=rows["id"].astype(str)).pivot_table(
+        index="id", columns="feature", values="value", aggfunc="first")
+
+
+def _confidence(run_dir: Path, task: str, preds: pd.DataFrame | None,
+                multi_label: bool) -> pd.Series | None:
+    """Per-sample confidence (module docstring, step 2)."""
+    if task == "classification":
+        assert preds is not None
+        p = preds["prob"].astype(float)
+        conf = np.maximum(p, 1 - p) if multi_label else p
+        frame = preds.assign(id=preds["id"].astype(str), conf=conf)
+        return frame.groupby("id")["conf"].mean() if multi_label \
+            else frame.groupby("id")["conf"].max()
+    path = rundir.condition_file(run_dir, CLEAN, ".confidence.parquet")
+    if not path.exists():
+        return None
+    conf = read_table(path)
+    conf = conf[conf["signal"] == "mask_confidence"]
+    if conf.empty:
+        return None
+    first = conf["target"].iloc[0]
+    conf = conf[conf["target"] == first]
+    return conf.assign(id=conf["id"].astype(str)).set_index("id")["value"].astype(float)
+
+
+def _labels(preds: pd.DataFrame, multi_label: bool) -> pd.DataFrame:
+    frame = preds.assign(id=preds["id"].astype(str))
+    if multi_label:
+        wide = frame.pivot_table(index="id", columns="target", values="label", aggfunc="first")
+        return wide.astype(int).rename(columns=lambda t: f"label.{t}")
+    true = frame[frame["label"] > 0.5].drop_duplicates("id").set_index("id")["target"]
+    return pd.DataFrame({"label": true.astype(str)})
+
+
+def read_embeddings(run_dir: Path) -> tuple[list[str], np.ndarray] | None:
+    """``predictions/embeddings.npz`` as (ids, features), or None when the run has none."""
+    path = rundir.embeddings_path(run_dir)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            return [str(i) for i in z["ids"]], np.asarray(z["features"], np.float64)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise MedfailInputError(path, f"cannot read the stored embeddings ({exc}); "
+                                f"{rundir.RECOVER}") from None
+
+
+def discovery_tables(run_dir: Path, task: str, multi_label: bool, per_sample: pd.DataFrame,
+                     membership: pd.DataFrame, seed: int,
+                     n_boot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``discovery.parquet`` and ``discovery_features.parquet`` (``id, half, error``, the
+    two leading embedding components ``emb.pc1/2`` when there are embeddings, then every
+    categorical feature) of a run directory."""
+    preds = None
+    if task == "classification":
+        preds = read_table(rundir.condition_path(run_dir, CLEAN, task))
+        errors = classification_errors(preds, multi_label)
+    else:
+        errors = segmentation_errors(per_sample)
+    ids = list(errors.index)
+    halves = split_halves(ids, seed)
+    stored = read_embeddings(run_dir)
+    groups = None
+    if stored is not None:
+        emb_ids, emb = stored
+        known = set(emb_ids)
+        if all(i in known for i in ids):
+            pos = {i: k for k, i in enumerate(emb_ids)}
+            groups = embedding_groups(ids, emb[[pos[i] for i in ids]], errors, halves, seed)
+    features = feature_table(
+        membership, _clean_quality(run_dir), _confidence(run_dir, task, preds, multi_label),
+        _labels(preds, multi_label) if preds is not None else None, groups, ids)
+    found = discover(features, errors, halves, n_boot, seed)
+    table = pd.concat([halves, errors.rename("error")], axis=1)
+    if groups is not None:
+        table = table.join(groups.pcs)
+    table = table.join(features).reset_index()
+    return found, table
