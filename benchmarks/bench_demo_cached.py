@@ -21,7 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "demo"
 #: stages every cached demo task reuses (``calibration``: classification only)
-STAGES = {"analyse", "evidence", "report"}
+STAGES = {"embeddings", "analyse", "evidence", "report"}
 
 
 def _medfail() -> str:

@@ -51,8 +51,8 @@ def test_segmentation_rerun_reuses_every_stage_byte_identically(tmp_path: Path) 
     assert first["cached_stages"] == [] and first["cached_conditions"] == []
     before = _digests(run)
     second = go(cfg)
-    assert sorted(second["cached_stages"]) == ["analyse", "evidence", "mitigation_choice",
-                                               "report"]
+    assert sorted(second["cached_stages"]) == ["analyse", "embeddings", "evidence",
+                                               "mitigation_choice", "report"]
     assert "shift_data" in second["cached_conditions"]
     assert sorted(second["cached_conditions"]) == sorted(first["conditions"])
     assert _digests(run) == before
@@ -92,9 +92,10 @@ def test_classification_rerun_reuses_calibration_and_a_check_change_rerenders(
     go(cfg)
     before = _digests(run)
     again = go(cfg)
-    assert sorted(again["cached_stages"]) == ["analyse", "calibration", "evidence"]
+    assert sorted(again["cached_stages"]) == ["analyse", "calibration", "embeddings",
+                                              "evidence"]
     assert _digests(run) == before
     checked = go(SuiteConfig(tests=["jpeg"], severities=[2], uncertainty=[], mitigate=False,
                              n_bootstrap=20, checks=[{"metric": "auroc", "max_drop": 0.01}]))
-    assert checked["cached_stages"] == ["calibration"]
+    assert checked["cached_stages"] == ["calibration", "embeddings"]
     assert sorted(checked["cached_conditions"]) == ["clean", "jpeg@2"]

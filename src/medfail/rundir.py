@@ -62,6 +62,8 @@ REPORT_PDF = "report.pdf"
 #: the failure explorer (every image × condition; thumbnails embedded, nothing beside it)
 EXPLORER_HTML = "explorer.html"
 CASES_JSON = f"{CASES}/cases.json"
+#: small grey thumbnails of the samples the report shows for discovered slices and label issues
+EXAMPLES = f"{CASES}/examples.npz"
 #: the split whose files carry no prefix; other splits (``shift_data``) prefix their names
 TEST_SPLIT = "test"
 #: the stored predictions of the calibration split (classification), as a condition name
@@ -84,7 +86,7 @@ DOCUMENTED = (
     MANIFEST, f"{ONNX_CACHE}/<key>.onnx", RUN_JSON, PER_SAMPLE, SLICES, METRICS, RANKING,
     CALIBRATION, MITIGATIONS, DISCOVERY, DISCOVERY_FEATURES, LABEL_ISSUES, EVIDENCE,
     REPORT_HTML, REPORT_PDF, EXPLORER_HTML, f"{FIGURES}/",
-    CASES_JSON, f"{CASES}/case_<k>.npz",
+    CASES_JSON, f"{CASES}/case_<k>.npz", EXAMPLES,
     f"{PARTS}/<condition>.parquet", f"{PARTS}/<condition>.seconds",
     f"{PREDICTIONS}/index.parquet", f"{PREDICTIONS}/ground_truth.npz",
     f"{PREDICTIONS}/ground_truth_instances.npz", f"{PREDICTIONS}/<split>.index.parquet",

@@ -27,6 +27,7 @@ import pandas as pd
 from medfail import rundir
 from medfail.analysis.aggregate import ALL, LOWER_IS_BETTER
 from medfail.analysis.calibration import DEFERRED
+from medfail.analysis.discovery import finding_text, unnamed
 from medfail.analysis.input_quality import best_monitor
 from medfail.analysis.run_tables import RunTables
 
@@ -191,6 +192,8 @@ def build_checklist(t: RunTables) -> dict[str, Any]:
     slices = [f"{r.name}: {r.metric} {r.value:.3f} vs {r.reference:.3f} overall "
               f"(gap {r.effect:+.3f} [{r.effect_ci_low:.3f}, {r.effect_ci_high:.3f}], n = {r.n})"
               for r in t.breaking_slices.itertuples()]
+    slices += [f"discovered (confirmed on held-out data): {finding_text(r, t.task)}"
+               for _, r in t.confirmed_slices.iterrows() if unnamed(str(r["slice"]))]
     return {"data": _data_assumptions(t), "monitors": _monitors(t),
             "drift": _confidence_drift(t), "deferral": _deferral(t),
             "deferral_threshold": deferral_threshold(t),

@@ -384,17 +384,22 @@ def read_embeddings(run_dir: Path) -> tuple[list[str], np.ndarray] | None:
 
 
 def discovery_tables(run_dir: Path, task: str, multi_label: bool, per_sample: pd.DataFrame,
-                     membership: pd.DataFrame, seed: int,
-                     n_boot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     membership: pd.DataFrame, seed: int, n_boot: int,
+                     null_seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``discovery.parquet`` and ``discovery_features.parquet`` (``id, half, error``, the
     two leading embedding components ``emb.pc1/2`` when there are embeddings, then every
-    categorical feature) of a run directory."""
+    categorical feature) of a run directory. ``null_seed``: the false-discovery check of
+    ``benchmarks/bench_discovery.py`` (errors permuted across samples by that seed, so no
+    feature or embedding carries an effect); None for the real analysis."""
     preds = None
     if task == "classification":
         preds = read_table(rundir.condition_path(run_dir, CLEAN, task))
         errors = classification_errors(preds, multi_label)
     else:
         errors = segmentation_errors(per_sample)
+    if null_seed is not None:
+        errors = pd.Series(np.random.default_rng(null_seed).permutation(errors.to_numpy()),
+                           index=errors.index)
     ids = list(errors.index)
     halves = split_halves(ids, seed)
     stored = read_embeddings(run_dir)
@@ -414,3 +419,56 @@ def discovery_tables(run_dir: Path, task: str, multi_label: bool, per_sample: pd
         table = table.join(groups.pcs)
     table = table.join(features).reset_index()
     return found, table
+
+
+#: examples the report shows: per confirmed slice (at most MAX_SLICES_SHOWN) its worst
+#: confirm-half members, and the top label-issue candidates
+MAX_SLICES_SHOWN = 3
+EXAMPLES_PER_SLICE = 4
+LABEL_ISSUES_SHOWN = 6
+
+
+def example_ids(found: pd.DataFrame | None, features: pd.DataFrame | None,
+                issues: pd.DataFrame | None) -> dict[str, list[str]]:
+    """``{split: [ids]}`` whose thumbnails the evidence stage stores (``cases/examples.npz``):
+    for each of the :data:`MAX_SLICES_SHOWN` confirmed slices with the largest gap, its
+    :data:`EXAMPLES_PER_SLICE` highest-error confirm-half members (test split); and the
+    :data:`LABEL_ISSUES_SHOWN` top-ranked label-issue candidates (their ``split``)."""
+    out: dict[str, list[str]] = {}
+    if found is not None and features is not None and len(found):
+        table = features.set_index("id")
+        conf = found[found["confirmed"].astype(bool)].sort_values("gap", ascending=False)
+        for name in conf["slice"].head(MAX_SLICES_SHOWN):
+            inside = members(table, parse_slice(str(name))) & (table["half"] == CONFIRM)
+            worst = table[inside].sort_values("error", ascending=False).index[
+                :EXAMPLES_PER_SLICE]
+            out.setdefault("test", []).extend(str(i) for i in worst)
+    if issues is not None and len(issues):
+        for r in issues.sort_values("rank").head(LABEL_ISSUES_SHOWN).itertuples():
+            out.setdefault(str(r.split), []).append(str(r.id))
+    return {k: list(dict.fromkeys(v)) for k, v in out.items()}
+
+
+def parse_slice(name: str) -> dict[str, str]:
+    """The predicates of a slice name written by :func:`slice_name`."""
+    return dict(part.split("=", 1) for part in name.split(" & "))
+
+
+#: slice sources that name a slice in advance (a single such predicate is no discovery)
+NAMED_SOURCES = ("gt.", "meta.", "scan.")
+
+
+def unnamed(name: str) -> bool:
+    """Whether a discovered slice is one no configured slice already names: a conjunction,
+    or one predicate that is not a ``gt.``/``meta.``/``scan.`` slice."""
+    preds = parse_slice(name)
+    return len(preds) > 1 or not next(iter(preds)).startswith(NAMED_SOURCES)
+
+
+def finding_text(row: pd.Series, task: str) -> str:
+    """One line for a confirmed slice (taxonomy, checklist)."""
+    error = "1 − Dice" if task != "classification" else "log loss"
+    return (f"{row['description']}: {error} {row['error_confirm']:.3f} vs "
+            f"{row['error_rest']:.3f} for the rest of the held-out half (n = "
+            f"{int(row['n_confirm'])}), gap {row['gap']:+.3f} [{row['ci_low']:.3f}, "
+            f"{row['ci_high']:.3f}] ({row['ci_level']:.1%} Bonferroni CI)")

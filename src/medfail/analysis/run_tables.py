@@ -95,6 +95,27 @@ class RunTables:
         return _optional(rundir.table(self.run_dir, rundir.EVIDENCE))
 
     @cached_property
+    def discovery(self) -> pd.DataFrame | None:
+        """``discovery.parquet`` (None for run directories made before slice discovery)."""
+        return _optional(rundir.table(self.run_dir, rundir.DISCOVERY))
+
+    @cached_property
+    def discovery_features(self) -> pd.DataFrame | None:
+        return _optional(rundir.table(self.run_dir, rundir.DISCOVERY_FEATURES))
+
+    @cached_property
+    def label_issues(self) -> pd.DataFrame | None:
+        return _optional(rundir.table(self.run_dir, rundir.LABEL_ISSUES))
+
+    @cached_property
+    def confirmed_slices(self) -> pd.DataFrame:
+        """The discovered slices confirmed on the held-out half, largest confirmed gap first."""
+        d = self.discovery
+        if d is None or d.empty:
+            return pd.DataFrame(columns=[] if d is None else d.columns)
+        return d[d["confirmed"].astype(bool)].sort_values("gap", ascending=False)
+
+    @cached_property
     def index(self) -> pd.DataFrame:
         return read_table(rundir.split_paths(self.run_dir)["index"])
 

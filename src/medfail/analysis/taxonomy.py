@@ -24,6 +24,7 @@ import pandas as pd
 from medfail import rundir
 from medfail.analysis.aggregate import ALL, harmful
 from medfail.analysis.causes import cause_of
+from medfail.analysis.discovery import finding_text, unnamed
 from medfail.analysis.run_tables import RunTables
 
 BUCKETS = ("data", "model", "evaluation", "human factors")
@@ -146,7 +147,29 @@ def _imbalance(t: RunTables) -> Entry:
                  f"foreground; the model predicts a lesion on {fp_rate:.0%} of them (clean)")
 
 
+def _cleanlab_noise(t: RunTables, issues: pd.DataFrame) -> Entry:
+    """The label-noise entry from ``label_issues.parquet`` (cleanlab)."""
+    split = str(issues["split"].iloc[0])
+    flagged = issues[issues["issue"].astype(bool)]
+    top = issues.sort_values("rank").head(5)
+    if t.task == "classification":
+        unit = "labels"
+        names = ", ".join(f"{r.id}/{r.target} (given {int(r.given_label)}, p {r.prob:.2f})"
+                          for r in top.itertuples())
+    else:
+        unit = "masks"
+        names = ", ".join(f"{r.id} (quality {r.quality:.2f})" for r in top.itertuples())
+    finding = (f"cleanlab (confident learning on out-of-sample probabilities) flags "
+               f"{len(flagged)} of {len(issues)} {unit} on the {split} split as likely label "
+               f"errors; lowest label quality, to re-read first: {names}")
+    return Entry("data", "label noise", "measured", f"cleanlab label issues, {split} split",
+                 finding, float(len(flagged)))
+
+
 def _label_noise(t: RunTables) -> Entry:
+    issues = t.label_issues
+    if issues is not None and len(issues):
+        return _cleanlab_noise(t, issues)
     if t.task == "classification":
         split = "calibration"
         path = rundir.condition_path(t.run_dir, rundir.CALIBRATION_SPLIT, "classification")
@@ -249,6 +272,17 @@ def _boundary(t: RunTables) -> Entry:
 
 
 def _spurious(t: RunTables) -> Entry:
+    found = t.confirmed_slices
+    found = found[[unnamed(str(n)) for n in found["slice"]]] if len(found) else found
+    if len(found):
+        top = found.iloc[0]
+        n_all = 0 if t.discovery is None else len(t.discovery)
+        return Entry("model", "spurious cues", "breaks",
+                     "slice discovery (SliceLine + embedding groups, confirmed on the held-out "
+                     "half); location and metadata slices",
+                     f"discovered slice {finding_text(top, t.task)}; {len(found)} unnamed of "
+                     f"{n_all} candidates confirmed", float(top["gap"]), float(top["ci_low"]),
+                     float(top["ci_high"]), "embedding_map")
     rows = _slice_rows(t, LOCATION_SLICES)
     r = t.ranking
     named = r["name"].str

@@ -28,15 +28,26 @@ import pandas as pd
 from scipy import ndimage
 
 from medfail.analysis.case_studies import select_cases
-from medfail.analysis.input_quality import quality_features
+from medfail.analysis.discovery import example_ids
+from medfail.analysis.input_quality import quality_features, scaled
+from medfail.analysis.run_tables import RunTables
 from medfail.data.datasets import Dataset
 from medfail.data.sample import Sample
 from medfail.engine.predictions import condition_path, npz_array, write_table
 from medfail.engine.suite import Condition, SuiteConfig
 from medfail.metrics.segmentation import dice
 from medfail.models.adapters import ModelAdapter
-from medfail.rundir import CASES_JSON, EVIDENCE, case_path, cases_dir, condition_file, table
+from medfail.rundir import (
+    CASES_JSON,
+    EVIDENCE,
+    EXAMPLES,
+    case_path,
+    cases_dir,
+    condition_file,
+    table,
+)
 from medfail.stress.registry import perturb_samples
+from medfail.stress.spec import slice_axis
 
 IMAGE_FAMILIES = ("corruption", "domain_shift")
 OCCLUSION_GRID = 8
@@ -145,8 +156,43 @@ def write_cases(run_dir: Path, dataset: Dataset, adapter: ModelAdapter,
 
 
 def write_evidence(run_dir: Path, dataset: Dataset, adapter: ModelAdapter, config: SuiteConfig,
-                   conditions: Sequence[Condition]) -> None:
-    """Write ``evidence.parquet`` (from the conditions' evidence files) and ``cases/``."""
+                   conditions: Sequence[Condition], calibration: Dataset | None = None) -> None:
+    """Write ``evidence.parquet`` (from the conditions' evidence files) and ``cases/``
+    (case studies and the discovery / label-issue example thumbnails)."""
     write_table(evidence_table(run_dir, conditions, adapter.spec.task),
                 table(run_dir, EVIDENCE))
     write_cases(run_dir, dataset, adapter, config)
+    write_examples(run_dir, {"test": dataset, "calibration": calibration})
+
+
+#: longest side of an example thumbnail (pixels)
+THUMB_PX = 96
+
+
+def thumbnail(sample: Sample) -> np.ndarray:
+    """A small grey uint8 picture of a sample: the first channel scaled to [0, 255] by its
+    value range (clipped); volumes: the middle plane across the slice axis; at most
+    :data:`THUMB_PX` on the longer side (bilinear)."""
+    from PIL import Image
+
+    x = np.clip(scaled(sample.image, sample.value_range), 0.0, 1.0)
+    if x.ndim == 3:
+        axis = slice_axis(sample.spacing)
+        x = np.take(x, x.shape[axis] // 2, axis=axis)
+    img = Image.fromarray(np.round(x * 255).astype(np.uint8))
+    scale = THUMB_PX / max(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))),
+                         Image.Resampling.BILINEAR)
+    return np.asarray(img)
+
+
+def write_examples(run_dir: Path, datasets: dict[str, Dataset | None]) -> None:
+    """``cases/examples.npz``: one thumbnail per sample chosen by
+    :func:`medfail.analysis.discovery.example_ids`, keyed ``<split>__<id>``."""
+    tables = RunTables(run_dir)
+    chosen = example_ids(tables.discovery, tables.discovery_features, tables.label_issues)
+    arrays = {f"{split}__{sid}": thumbnail(ds.load(sid))
+              for split, ids in chosen.items() if (ds := datasets.get(split)) is not None
+              for sid in ids}
+    np.savez_compressed(table(run_dir, EXAMPLES), **arrays)

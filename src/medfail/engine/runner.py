@@ -309,7 +309,7 @@ def run_suite(adapter: ModelAdapter, dataset: Dataset, out_dir: str | Path,
     if not _reuse_stage(manifest, "evidence", key, cached_stages):
         manifest.claim(rundir.table(run_dir, rundir.CASES_JSON))
         before = snapshot(run_dir, rundir.CASES)
-        write_evidence(run_dir, dataset, adapter, config, stored.conditions)
+        write_evidence(run_dir, dataset, adapter, config, stored.conditions, calibration)
         manifest.record_changed(before, rundir.CASES)  # case_<k>.npz: named while chosen
         manifest.record_stage("evidence", key, [rundir.table(run_dir, rundir.EVIDENCE),
                                                 rundir.cases_dir(run_dir)])
