@@ -549,3 +549,73 @@ def classification_case_figure(case: dict[str, np.ndarray], probs: pd.DataFrame,
     ax.set_xlabel("probability", fontsize=8)
     _legend(ax, fontsize=7, loc="lower right")
     return _save(fig, path)
+
+
+def embedding_map_plot(features: pd.DataFrame, path: Path, error_label: str,
+                       highlight: np.ndarray | None = None,
+                       highlight_label: str = "") -> Path | None:
+    """Every test sample at its two leading embedding components (``emb.pc1``, ``emb.pc2`` of
+    ``discovery_features.parquet``), coloured by its error; ``highlight`` (boolean per row)
+    outlines samples in red (the confirm-half members of the top confirmed slice).
+
+    None (nothing written) when the table has no embedding columns or no finite point."""
+    if features is None or not {"emb.pc1", "emb.pc2"} <= set(features.columns):
+        return None
+    x, y = num(features["emb.pc1"]), num(features["emb.pc2"])
+    err = num(features["error"]) if "error" in features else np.full(len(x), np.nan)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return None
+    fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=110)
+    colored = ok & np.isfinite(err)
+    if colored.any():
+        sc = ax.scatter(x[colored], y[colored], c=err[colored], cmap="viridis", s=14,
+                        linewidths=0, zorder=2)
+        bar = fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+        bar.set_label(error_label, fontsize=7)
+        bar.ax.tick_params(labelsize=7)
+    if (ok & ~colored).any():
+        ax.scatter(x[ok & ~colored], y[ok & ~colored], s=14, color="#bbbbbb", zorder=2,
+                   label="error n/a")
+    if highlight is not None:
+        mark = ok & np.asarray(highlight, bool)
+        if mark.any():
+            ax.scatter(x[mark], y[mark], s=46, facecolors="none", edgecolors="#b00020",
+                       linewidths=1.1, zorder=3, label=highlight_label or "highlighted")
+    ax.set_xlabel("embedding component 1 (standardised)", fontsize=8)
+    ax.set_ylabel("embedding component 2", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title("embedding map: every test sample, colour = error", fontsize=8)
+    _legend(ax, fontsize=6.5, loc="best")
+    return _save(fig, path, [_skipped_note(int((~ok).sum()), "point")])
+
+
+def thumbnail_grid(rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, str]]]], path: Path,
+                   title: str = "", size: float = 0.95) -> Path:
+    """Small grey thumbnails (uint8, 2D or HWC), one row per group: ``(row label, [(image,
+    caption), ...])``; each thumbnail is titled with its caption (the sample id)."""
+    n_cols = max((len(items) for _, items in rows), default=0)
+    if not rows or n_cols == 0:
+        return placeholder_figure(path, title, "no thumbnail stored for these samples")
+    fig, axes = plt.subplots(len(rows), n_cols, squeeze=False, dpi=110,
+                             figsize=(size * n_cols + 0.2, (size + 0.3) * len(rows)
+                                      + (0.2 if title else 0)))
+    for r, (label, items) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(items):
+                ax.set_axis_off()
+                continue
+            image, caption = items[c]
+            ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(caption, fontsize=5.5)
+            for spine in ax.spines.values():
+                spine.set_linewidth(0.4)
+            if c == 0 and label:
+                ax.set_ylabel(label, fontsize=5.5)
+    if title:
+        fig.suptitle(title, fontsize=7)
+    return _save(fig, path)

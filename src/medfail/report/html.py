@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ from medfail.analysis.aggregate import ALL, MACRO, harmful, macro_coverage
 from medfail.analysis.calibration import DEFERRED, decision_risk_coverage, pooled_decisions
 from medfail.analysis.case_studies import diagnose
 from medfail.analysis.checklist import build_checklist
+from medfail.analysis.discovery import (
+    CONFIRM,
+    DISCOVER,
+    EXAMPLES_PER_SLICE,
+    MAX_SLICES_SHOWN,
+    members,
+    parse_slice,
+)
 from medfail.analysis.ranking import (
     breaking_sentence,
 )
@@ -32,11 +41,13 @@ from medfail.report.figures import (
     calibration_drift_plot,
     classification_case_figure,
     degradation_plot,
+    embedding_map_plot,
     prompt_sensitivity_plot,
     reliability_plot,
     risk_coverage_plot,
     segmentation_case_figure,
     slice_forest_plot,
+    thumbnail_grid,
 )
 from medfail.report.formatting import (
     ci_excludes,
@@ -50,11 +61,13 @@ from medfail.report.pdf import render_pdf
 from medfail.rundir import (
     CALIBRATION,
     CASES_JSON,
+    EXAMPLES,
     EXPLORER_HTML,
     MITIGATIONS,
     PER_SAMPLE,
     REPORT_HTML,
     REPORT_PDF,
+    TEST_SPLIT,
     ReportOutputs,
     case_path,
     condition_file,
@@ -485,6 +498,151 @@ def _taxonomy_rows(entries: list[Any], numbers: dict[str, int]) -> list[dict[str
     return rows
 
 
+# ------------------------------------------------------------------ discovered slices (issue 16)
+#: at most this many confirmed slices in the main text's table (the rest: Appendix A)
+MAIN_CONFIRMED = 5
+LABEL_ISSUES_TABLE = 10
+
+
+def _error_text(task: str, run: dict[str, Any]) -> str:
+    """What "error" means in discovery (medfail.analysis.discovery, step 1)."""
+    if task == "classification":
+        multi = bool(((run.get("model") or {}).get("spec") or {}).get("multi_label"))
+        return ("per-sample log loss (mean over targets of −[y log p + (1−y) log(1−p)])"
+                if multi else "per-sample log loss (−log p of the true class)")
+    return "1 − Dice per image (mean over the foreground targets)"
+
+
+def _examples(run_dir: Path) -> dict[str, np.ndarray]:
+    """``cases/examples.npz`` (``<split>__<id>`` → uint8 thumbnail); {} when absent or
+    unreadable (old runs, or a run that stored only some ids)."""
+    path = run_file(run_dir, EXAMPLES)
+    if not path.exists():
+        return {}
+    try:
+        with np.load(path) as z:
+            return {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return {}
+
+
+def _confirm_members(features: pd.DataFrame | None, name: str) -> pd.DataFrame:
+    """The confirm-half rows of ``discovery_features`` inside slice ``name``, worst first."""
+    if features is None or features.empty or not {"half", "error"} <= set(features.columns):
+        return pd.DataFrame()
+    table = features.assign(id=features["id"].astype(str)).set_index("id")
+    try:
+        preds = parse_slice(name)
+        inside = members(table, preds) if set(preds) <= set(table.columns) else None
+    except ValueError:
+        inside = None
+    if inside is None:
+        return pd.DataFrame()
+    rows = table[inside & (table["half"] == CONFIRM).to_numpy()]
+    return rows.sort_values("error", ascending=False)
+
+
+def _candidate_row(r: Any) -> dict[str, Any]:
+    ci = fmt_ci(r.ci_low, r.ci_high, r.gap)
+    described = isinstance(r.description, str) and r.description
+    return {"rank": int(r.rank), "slice": str(r.slice),
+            "description": r.description if described else str(r.slice),
+            "source": str(r.source), "n_discover": int(r.n_discover),
+            "error_discover": fmt(r.error_discover), "gap_discover": fmt_delta(r.gap_discover),
+            "n_confirm": int(r.n_confirm), "error_confirm": fmt(r.error_confirm),
+            "error_rest": fmt(r.error_rest), "gap": fmt_delta(r.gap), "ci": ci,
+            "level": f"{r.ci_level:.2%}" if math.isfinite(r.ci_level) else "n/a",
+            "confirmed": "yes" if bool(r.confirmed) else "no",
+            "cls": "drop" if bool(r.confirmed) else ""}
+
+
+def _label_issue_rows(issues: pd.DataFrame | None, task: str, shown: set[str],
+                      limit: int = LABEL_ISSUES_TABLE) -> list[dict[str, Any]]:
+    if issues is None or issues.empty:
+        return []
+    rows = []
+    for r in issues.sort_values("rank").head(limit).to_dict("records"):
+        key = f"{r.get('split', TEST_SPLIT)}__{r['id']}"
+        row = {"rank": int(r["rank"]), "id": str(r["id"]), "split": str(r.get("split", "")),
+               "quality": fmt(float(r["quality"])), "issue": "yes" if bool(r["issue"]) else "no",
+               "cls": "drop" if bool(r["issue"]) else "", "thumb": "yes" if key in shown else ""}
+        if task == "classification":
+            row.update(target=str(r["target"]), given=str(r["given_label"]),
+                       prob=fmt(float(r["prob"])))
+        else:
+            row.update(pixels=str(int(r["n_issue_pixels"])))
+        rows.append(row)
+    return rows
+
+
+def _discovery_section(tables: RunTables, run_dir: Path, figdir: Path,
+                       ) -> dict[str, Any]:
+    """Section 3's "Discovered slices" part, its Appendix A tables and figures.
+
+    ``ran`` False for run directories made before slice discovery (no discovery.parquet)."""
+    run, task = tables.run, tables.task
+    found, features, issues = tables.discovery, tables.discovery_features, tables.label_issues
+    out: dict[str, Any] = {"ran": found is not None, "error": _error_text(task, run),
+                           "seed": run.get("seed"), "main_figures": [],
+                           "appendix_figures": [], "label_figures": [],
+                           "issues_ran": issues is not None}
+    thumbs = _examples(run_dir)
+    if issues is not None:
+        out["label_issues"] = _label_issue_rows(issues, task, set(thumbs))
+        out["n_flagged"] = int(issues["issue"].astype(bool).sum()) if len(issues) else 0
+        out["n_ranked"] = len(issues)
+        items = [(thumbs[k], f"#{r['rank']} {r['id']}")
+                 for r in out["label_issues"] if (k := f"{r['split']}__{r['id']}") in thumbs]
+        if items:
+            path = thumbnail_grid([("", items[:6])], figdir / "label_issue_examples.png")
+            out["label_figures"].append(_sized(figure(
+                path, run_dir, "label-issue candidates, lowest label quality first "
+                "(#rank id)"), "half"))
+    if found is None:
+        return out
+    if features is not None and "half" in features:
+        halves = features["half"].value_counts()
+        out["n_discover"] = int(halves.get(DISCOVER, 0))
+        out["n_confirm"] = int(halves.get(CONFIRM, 0))
+    out["n_tested"] = len(found)
+    out["level"] = (f"{float(found['ci_level'].iloc[0]):.2%}" if len(found) else "")
+    out["candidates"] = [_candidate_row(r) for r in found.sort_values("rank").itertuples()]
+    confirmed = tables.confirmed_slices
+    out["confirmed"] = [_candidate_row(r) for r in confirmed.head(MAIN_CONFIRMED).itertuples()]
+    out["n_confirmed"] = len(confirmed)
+    rows = []
+    for k, name in enumerate(confirmed["slice"].head(MAX_SLICES_SHOWN), start=1):
+        inside = _confirm_members(features, str(name))
+        items = [(thumbs[f"{TEST_SPLIT}__{i}"], f"{i} ({e:.2f})")
+                 for i, e in zip(inside.index, inside["error"], strict=True)
+                 if f"{TEST_SPLIT}__{i}" in thumbs][:EXAMPLES_PER_SLICE]
+        if items:
+            rows.append((f"#{k}", items))
+    if rows:
+        names = "; ".join(f"#{k} {n}" for k, n in
+                          enumerate(confirmed["slice"].head(len(rows)), start=1))
+        path = thumbnail_grid(rows, figdir / "discovered_slice_examples.png")
+        out["main_figures"].append(_sized(figure(
+            path, run_dir, f"highest-error confirm-half members of the confirmed slices "
+            f"({names}); id (error)"), "third"))
+    highlight, label = None, ""
+    if features is not None and len(confirmed):
+        top = str(confirmed["slice"].iloc[0])
+        ids = set(_confirm_members(features, top).index)
+        highlight = features["id"].astype(str).isin(ids).to_numpy()
+        label = f"confirm half of {top}" if len(top) <= 40 else "confirm half of the top slice"
+    short = "error: log loss" if task == "classification" else "error: 1 − Dice"
+    path = embedding_map_plot(features, figdir / "embedding_map.png", short, highlight,
+                              label) if features is not None else None
+    if path is not None:
+        out["main_figures"].append(_sized(figure(
+            path, run_dir, "embedding map: the two leading components of the model's "
+            "penultimate features, every test sample coloured by its error"
+            + ("; red rings: the top confirmed slice's confirm-half members"
+               if highlight is not None and highlight.any() else "")), "third"))
+    return out
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``figures/``, ``report.html``, ``report.pdf`` and ``explorer.html`` into
     ``run_dir`` from its stored results (see docs/report.md for the section order)."""
@@ -535,7 +693,10 @@ def render_report(run_dir: str | Path) -> Path:
     main_cal = [_sized(f, "third") for f in (calibration or {}).get("figures", [])]
     checklist = build_checklist(tables)
     cases = _case_studies(tables, checklist, figdir, run_dir)
-    numbers = _figures_in_order([main_stress, main_cal, [c["figure"] for c in cases], appendix])
+    discovery = _discovery_section(tables, run_dir, figdir)
+    numbers = _figures_in_order([main_stress, discovery["main_figures"], main_cal,
+                                 [c["figure"] for c in cases], discovery["label_figures"],
+                                 appendix])
     shift = metrics[(metrics["condition"] == "shift_data") & (metrics["target"] == target)
                     & (metrics["slice"] == ALL)]
     mitigations = _mitigation_rows(run_dir)
@@ -553,7 +714,8 @@ def render_report(run_dir: str | Path) -> Path:
         main_calibration_figures=main_cal, appendix_figures=appendix, calibration=calibration,
         mitigations=[r for r in mitigations if r["slice"] == "all"][:10],
         mitigation_notes=sorted({f"{r['mitigation']}: {r['note']}" for r in mitigations}),
-        cases=cases, checklist=_checklist_view(checklist), n_bootstrap=run["config"]["n_bootstrap"],
+        cases=cases, checklist=_checklist_view(checklist), discovery=discovery,
+        n_bootstrap=run["config"]["n_bootstrap"],
         shift=[{"metric": metric_label(r.metric, run.get("metric_units")),
                 "value": fmt(r.value), "delta": fmt_delta(r.delta_vs_clean),
                 "ci": fmt_ci(r.delta_ci_low, r.delta_ci_high, r.delta_vs_clean), "n": r.n,
