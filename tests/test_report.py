@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from medfail.analysis.analyse import analyse
 from medfail.analysis.case_studies import select_cases
 from medfail.analysis.causes import cause_of
 from medfail.analysis.checklist import CheckSpec, build_checklist, evaluate_checks
@@ -108,7 +109,9 @@ def test_taxonomy_is_filled_from_evidence_or_says_not_probed(seg_run: Path) -> N
     assert f"{erode:.3f}" in by_name["annotation variability"].finding
 
 
-def test_label_noise_flags_confident_disagreement(cls_run: Path, tmp_path: Path) -> None:
+def test_label_noise_lists_cleanlab_candidates(cls_run: Path, tmp_path: Path) -> None:
+    """The entry reads label_issues.parquet (cleanlab); without it (an older run directory)
+    it falls back to the confident-disagreement rule."""
     run = tmp_path / "run"
     shutil.copytree(cls_run, run)
     clean = pd.read_parquet(run / "predictions" / "clean.parquet")
@@ -117,6 +120,13 @@ def test_label_noise_flags_confident_disagreement(cls_run: Path, tmp_path: Path)
     flagged = ((clean["label"] == 0) & (clean["prob"] >= 0.95)) | \
         ((clean["label"] == 1) & (clean["prob"] <= 0.05))
     clean.to_parquet(run / "predictions" / "clean.parquet")
+    analyse(run, progress=False)
+    issues = pd.read_parquet(run / "label_issues.parquet")
+    entry = next(e for e in build_taxonomy(RunTables(run)) if e.entry == "label noise")
+    assert entry.effect == float(issues["issue"].sum())
+    first = issues.sort_values("rank").iloc[0]
+    assert "cleanlab" in entry.finding and f"{first['id']}/{first['target']}" in entry.finding
+    (run / "label_issues.parquet").unlink()
     entry = next(e for e in build_taxonomy(RunTables(run)) if e.entry == "label noise")
     assert entry.effect == float(flagged.sum()) and entry.effect >= 3
 
