@@ -22,7 +22,20 @@ Planted effects (true by construction, for later analysis to find):
 * small nodules are a few pixels wide, so blur, noise and down-sampling erase them first;
 * site ``D`` (``other_vendor``, the ``shift`` split) never appears in training or test: lower
   contrast, more noise and half the resolution - a real second-site shift;
-* hollow lesions have thin ring masks, so boundary errors cost them more Dice.
+* hollow lesions have thin ring masks, so boundary errors cost them more Dice;
+* an *unnamed* marker - a bright rectangle, like a burned-in film label, in one image corner
+  outside the body - that no metadata column records: in ``train`` it is drawn on most effusion
+  images and few others (``PhantomConfig.marker_given_effusion_train`` /
+  ``marker_given_no_effusion_train``), so a classifier learns it as a shortcut for effusion; in
+  the other splits it appears at ``marker_rate_eval`` whatever the labels (slice discovery
+  should find the images where marker and effusion disagree);
+* ``label_flips`` labels of the ``calibration`` split (one target each, distinct images) are
+  written flipped in labels.csv (label-issue analyses should find them).
+
+``planted.json`` beside ``phantoms.json`` is the answer key of the last two (marker ids per split,
+the flipped (id, target, true_label, written_label)); it is for tests and docs - medfail never
+reads it during a run. The marker and the flips have their own random streams, so with the
+marker rates and ``label_flips`` at 0 every image and label is the same as without them.
 
 Everything is drawn from ``numpy.random.default_rng`` seeded by (seed, split, index): the same
 arguments always give the same bytes on disk.
@@ -34,6 +47,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,6 +97,15 @@ class PhantomConfig:
     site_mix_test: dict[str, float] = field(
         default_factory=lambda: {"A": 0.4, "B": 0.3, "C": 0.3}
     )
+    #: the unnamed marker (a burned-in film label, see ``_draw_marker``): in ``train`` it is drawn
+    #: with these probabilities given effusion / no effusion (a spurious correlation); in every
+    #: other split with ``marker_rate_eval`` whatever the labels. All three 0 = no marker.
+    marker_given_effusion_train: float = 0.98
+    marker_given_no_effusion_train: float = 0.02
+    marker_rate_eval: float = 0.5
+    #: this many (image, target) labels of the ``calibration`` split are flipped in labels.csv
+    #: (at distinct images); ``planted.json`` records them
+    label_flips: int = 6
 
     def to_json(self) -> str:
         """The config and the site table (what the images depend on): stamps and cache keys."""
@@ -98,6 +121,7 @@ class Phantom:
     mask: np.ndarray  # uint8 (H, W), 1 = lesion
     labels: dict[str, int]
     metadata: dict[str, object]
+    marker: bool = False  # the unnamed marker was drawn (never in labels or metadata)
 
 
 def _ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
@@ -119,9 +143,46 @@ def _lesion_centre(
     return cy + rho * ry * shrink_y * np.sin(theta), cx + rho * rx * shrink_x * np.cos(theta)
 
 
+#: the marker's height and width ranges (px at size 128) and intensity range (before the site's
+#: contrast): large and white enough that the demo classifier learns it as a shortcut for effusion
+#: (smaller or dimmer labels were learned only in part, depending on torch's thread count)
+MARKER_HEIGHT = (10.0, 12.0)
+MARKER_WIDTH = (20.0, 28.0)
+MARKER_LEVEL = (1.0, 1.0)
+
+
+def _draw_marker(image: np.ndarray, rng: np.random.Generator, size: int,
+                 body: np.ndarray) -> np.ndarray:
+    """A bright rectangle - a burned-in film label - in one image corner, outside the body (its
+    inner corner is cut off where it would reach the body, so it never touches anatomy).
+
+    Every draw comes from ``rng`` (the marker's own stream), so the rest of the image is the same
+    with or without it."""
+    s = size / 128.0
+    h = rng.uniform(*MARKER_HEIGHT) * s
+    w = rng.uniform(*MARKER_WIDTH) * s
+    y0 = rng.uniform(2.0, 5.0) * s
+    x0 = rng.uniform(2.0, 5.0) * s
+    top, left = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+    if not top:
+        y0 = size - y0 - h
+    if not left:
+        x0 = size - x0 - w
+    yy, xx = np.mgrid[:size, :size]
+    box = (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w) & ~body
+    return np.where(box, rng.uniform(*MARKER_LEVEL), image)
+
+
 def generate_phantom(rng: np.random.Generator, size: int, site_name: str,
-                     prevalence: Sequence[float]) -> Phantom:
-    """Draw one synthetic chest-like slice at ``site_name`` (see the module docstring)."""
+                     prevalence: Sequence[float], *,
+                     marker_rng: np.random.Generator | None = None,
+                     marker_rates: tuple[float, float] = (0.0, 0.0)) -> Phantom:
+    """Draw one synthetic chest-like slice at ``site_name`` (see the module docstring).
+
+    ``marker_rates`` = the probability of the unnamed marker given (no effusion, effusion), drawn
+    from ``marker_rng`` only: every label, metadata value and pixel away from the marker comes
+    from ``rng`` and is the same whether or not the marker is drawn (the 2x down/up-sampling of
+    sites C and D spreads its edge by a pixel or two, outside the lungs)."""
     site = SITES[site_name]
     shape = (size, size)
     s = size / 128.0
@@ -180,7 +241,12 @@ def generate_phantom(rng: np.random.Generator, size: int, site_name: str,
         fluid = (_ellipse(shape, cy, cx, ry, rx) <= 1) & (yy >= meniscus) & (mask == 0)
         image = np.where(fluid, 0.42, image)
 
-    mean = image[body].mean()
+    mean = image[body].mean()  # the marker lies outside the body: it does not move the mean
+    marker = False
+    if marker_rng is not None:
+        marker = bool(marker_rng.random() < marker_rates[labels["effusion"]])
+        if marker:
+            image = _draw_marker(image, marker_rng, size, body)
     image = mean + (image - mean) * site.contrast
     if site.downsample > 1:
         k = site.downsample
@@ -201,7 +267,7 @@ def generate_phantom(rng: np.random.Generator, size: int, site_name: str,
         "shape": "none" if not shapes else (shapes[0] if len(set(shapes)) == 1 else "mixed"),
         "n_lesions": len(shapes),
     }
-    return Phantom(image=image, mask=mask, labels=labels, metadata=metadata)
+    return Phantom(image=image, mask=mask, labels=labels, metadata=metadata, marker=marker)
 
 
 def _sites_for(n: int, mix: dict[str, float], rng: np.random.Generator) -> list[str]:
@@ -212,33 +278,83 @@ def _sites_for(n: int, mix: dict[str, float], rng: np.random.Generator) -> list[
     return [sites[i] for i in rng.permutation(n)]
 
 
-def write_split(out_dir: Path, split: str, n: int, config: PhantomConfig) -> Path:
-    """Write one split in the folder format: images/, masks/, labels.csv, metadata.csv."""
+def _marker_rates(split: str, config: PhantomConfig) -> tuple[float, float]:
+    """P(marker | no effusion), P(marker | effusion) in ``split``."""
+    if split == "train":
+        return config.marker_given_no_effusion_train, config.marker_given_effusion_train
+    return config.marker_rate_eval, config.marker_rate_eval
+
+
+def _flip_labels(label_rows: list[dict[str, Any]], split: str,
+                 config: PhantomConfig) -> list[dict[str, object]]:
+    """Flip ``config.label_flips`` labels (distinct images, one target each) of the calibration
+    split in place, from their own seeded stream; returns the answer key."""
+    if split != "calibration" or config.label_flips <= 0 or not label_rows:
+        return []
+    rng = np.random.default_rng(derive_seed(config.seed, split, "label_flips"))
+    rows = sorted(int(i) for i in rng.permutation(len(label_rows))[: config.label_flips])
+    flips = []
+    for i in rows:
+        target = FINDINGS[int(rng.integers(len(FINDINGS)))]
+        true = int(label_rows[i][target])
+        label_rows[i][target] = 1 - true
+        flips.append({"id": label_rows[i]["id"], "target": target, "true_label": true,
+                      "written_label": 1 - true})
+    return flips
+
+
+def _write_split(out_dir: Path, split: str, n: int, config: PhantomConfig
+                 ) -> tuple[Path, list[str], list[dict[str, object]]]:
     root = Path(out_dir) / split
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     mix = {"train": config.site_mix_train, "shift": {"D": 1.0}}.get(split, config.site_mix_test)
     sites = _sites_for(n, mix, np.random.default_rng(derive_seed(config.seed, split, "sites")))
-    label_rows, meta_rows = [], []
+    rates = _marker_rates(split, config)
+    label_rows, meta_rows, marked = [], [], []
     for i, site in enumerate(sites):
         rng = np.random.default_rng(derive_seed(config.seed, split, str(i)))
-        ph = generate_phantom(rng, config.size, site, config.prevalence)
+        marker_rng = np.random.default_rng(derive_seed(config.seed, split, str(i), "marker"))
+        ph = generate_phantom(rng, config.size, site, config.prevalence, marker_rng=marker_rng,
+                              marker_rates=rates)
         sid = f"{split}_{i:04d}"
         Image.fromarray(np.round(ph.image * 255).astype(np.uint8)).save(
             root / "images" / f"{sid}.png")
         Image.fromarray(ph.mask).save(root / "masks" / f"{sid}.png")
         label_rows.append({"id": sid, **ph.labels})
         meta_rows.append({"id": sid, **ph.metadata})
+        if ph.marker:
+            marked.append(sid)
+    flips = _flip_labels(label_rows, split, config)
     (root / "classes.txt").write_text("\n".join(MASK_CLASSES) + "\n")
     pd.DataFrame(label_rows).to_csv(root / "labels.csv", index=False)
     pd.DataFrame(meta_rows).to_csv(root / "metadata.csv", index=False)
-    return root
+    return root, marked, flips
+
+
+def write_split(out_dir: Path, split: str, n: int, config: PhantomConfig) -> Path:
+    """Write one split in the folder format: images/, masks/, labels.csv, metadata.csv (the
+    planted marker and label flips included; their answer key is ``write_phantom_splits``')."""
+    return _write_split(out_dir, split, n, config)[0]
+
+
+PLANTED_DESCRIPTION = (
+    "Answer key of the effects no metadata column names (for tests and docs; medfail never "
+    "reads it). marker: per split, the ids whose image carries a bright rectangle (a burned-in "
+    "film label) in a corner outside the body; in train it is drawn with "
+    "P(marker | effusion) = {pe} and P(marker | no effusion) = {pn} - a spurious correlation a "
+    "classifier can learn as a shortcut - and in the other splits with P = {pv} whatever the "
+    "labels. label_flips: (id, target) labels of the calibration split written flipped in "
+    "labels.csv (true_label = what the image shows)."
+)
 
 
 def write_phantom_splits(out_dir: Path, config: PhantomConfig | None = None) -> dict[str, Path]:
     """Write train/calibration/test/shift splits under ``out_dir`` (skipped when already written).
 
     A ``phantoms.json`` file records the config; a folder written with another config is rewritten.
+    ``planted.json`` beside it is the answer key of the unnamed marker and the flipped
+    calibration labels (tests and docs only: nothing in medfail reads it).
     """
     config = config or PhantomConfig()
     out_dir = Path(out_dir)
@@ -246,11 +362,20 @@ def write_phantom_splits(out_dir: Path, config: PhantomConfig | None = None) -> 
     splits = {"train": config.n_train, "calibration": config.n_calibration, "test": config.n_test,
               "shift": config.n_shift}
     paths = {name: out_dir / name for name in splits}
-    if stamp.exists() and stamp.read_text() == config.to_json():
+    if stamp.exists() and stamp.read_text() == config.to_json() and (
+            out_dir / "planted.json").exists():
         return paths
     out_dir.mkdir(parents=True, exist_ok=True)
+    markers: dict[str, list[str]] = {}
+    label_flips: list[dict[str, object]] = []
     for name, n in splits.items():
-        write_split(out_dir, name, n, config)
+        _, markers[name], flips = _write_split(out_dir, name, n, config)
+        label_flips += flips
+    planted = {"marker": markers, "label_flips": label_flips,
+               "description": PLANTED_DESCRIPTION.format(
+                   pe=config.marker_given_effusion_train,
+                   pn=config.marker_given_no_effusion_train, pv=config.marker_rate_eval)}
+    (out_dir / "planted.json").write_text(json.dumps(planted, indent=1) + "\n")
     (out_dir / "README.txt").write_text(
         "SYNTHETIC phantom images generated by medfail.data.phantoms - not patient data.\n")
     stamp.write_text(config.to_json())
