@@ -12,8 +12,9 @@ activation belongs to that sample):
   sample, globally average-pooled over its spatial axes; with sliding windows every window's
   pooled vector is averaged.
 
-Models that are not torch modules (ONNX, TorchScript through ``--runtime onnxruntime``, Python
-callables) have no hookable layer: no file is written and ``run.json: embeddings`` says why.
+Models that are not torch modules (ONNX, ``--runtime onnxruntime``, Python callables) and
+TorchScript models (no forward hooks) have no hookable layer: no file is written and
+``run.json: embeddings`` says why.
 The file holds ``ids`` (unicode, test order), ``features`` (float32 ``(N, D)``) and ``layer``
 (the hooked module's qualified name and rule).
 """
@@ -101,10 +102,20 @@ def sample_embeddings(adapter: ModelAdapter, dataset: Dataset, config: SuiteConf
                       progress: bool = False) -> tuple[list[str], np.ndarray, str] | str:
     """``(ids, features (N, D) float32, layer)`` for the clean test samples, or the reason
     there are none (a string). Forward calls go through the predictor (prompts, spacings)."""
+    try:
+        return _embeddings(adapter, dataset, config, progress)
+    except RuntimeError as exc:  # a module that refuses hooks
+        return f"forward hooks failed on this model ({exc})"
+
+
+def _embeddings(adapter: ModelAdapter, dataset: Dataset, config: SuiteConfig,
+                progress: bool) -> tuple[list[str], np.ndarray, str] | str:
     module = torch_module(adapter)
     if module is None:
         return ("the model is not a torch module (ONNX, onnxruntime or a Python callable): "
                 "no layer to hook")
+    if isinstance(module, torch.jit.ScriptModule):
+        return "the model is TorchScript, whose modules take no forward hooks"
     predictor = Predictor([adapter], config, spacing_mm=False)
     cond: Condition = CLEAN_CONDITION
     samples = iter(dataset.batches(1))
