@@ -76,7 +76,7 @@ def false_discoveries(run: Path, seeds: int) -> dict[str, Any]:
     hits = []
     for s in range(seeds):
         found, _ = discovery_tables(run, task, multi, per_sample, membership, s, 1000,
-                                    null_seed=10_000 + s)
+                                    info.get("thresholds"), null_seed=10_000 + s)
         hits.append(int(found["confirmed"].sum()))
     return {"task": task, "seeds": seeds, "seeds_with_a_confirmed_slice":
             sum(h > 0 for h in hits), "confirmed_per_seed": hits}

@@ -1,6 +1,6 @@
 """Slice discovery (issue 16): SliceLine on one half, confirmation on the other, embedding groups.
 
-References: the ``sliceline`` package called directly, scikit-learn's ``log_loss``, scipy's
+References: the ``sliceline`` package called directly, scikit-learn's ``zero_one_loss``, scipy's
 ``bootstrap``; a planted conjunction is found and confirmed, shuffled errors are not (over 30
 seeds), and confirm-half errors never move a sample's group.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from sklearn.metrics import log_loss
+from sklearn.metrics import zero_one_loss
 
 from medfail.analysis import discovery as dv
 
@@ -44,6 +44,24 @@ def test_planted_conjunction_is_found_and_confirmed() -> None:
     row = top.set_index("slice").loc["f0=a & f3=b"]
     assert row["ci_low"] > 0 and row["n_predicates"] == 2
     assert row["ci_level"] == pytest.approx(1 - 0.05 / len(found))
+
+
+def test_each_target_is_searched_alone_and_confirmed_in_one_family() -> None:
+    """An effect on one target's error, invisible in the mean over five noisy targets, is
+    found under that target; every candidate shares one Bonferroni level."""
+    x, e = synthetic()
+    rng = np.random.default_rng(5)
+    errors = pd.DataFrame({f"t{k}": rng.gamma(1.0, 0.6, len(x)) for k in range(5)},
+                          index=x.index)
+    errors["t2"] = e + 0.8 * ((x["f1"] == "b") & (x["f4"] == "a"))
+    found = dv.discover(x, errors, dv.split_halves(list(x.index), 0), 500, 0)
+    assert set(found["target"]) <= set(errors.columns)
+    assert found["ci_level"].nunique() == 1
+    assert found["ci_level"].iloc[0] == pytest.approx(1 - 0.05 / len(found))
+    hit = found[found["confirmed"] & (found["target"] == "t2")]
+    assert "f1=b & f4=a" in set(hit["slice"])
+    assert not found[found["confirmed"] & (found["target"] != "t2")]["slice"].eq(
+        "f1=b & f4=a").any()
 
 
 def test_shuffled_errors_rarely_confirm_anything() -> None:
@@ -94,53 +112,69 @@ def test_gap_interval_against_scipy_bootstrap() -> None:
     assert hi == pytest.approx(ref.confidence_interval.high, abs=0.08)
 
 
-def test_classification_errors_are_sklearn_log_loss() -> None:
+def test_classification_errors_are_per_target_misclassification() -> None:
+    """Multi-label: 1[(p ≥ τ_t) ≠ y] per target (sklearn's zero_one_loss per target counts the
+    same); multi-class: argmax ≠ true class."""
     rng = np.random.default_rng(0)
-    ids, targets = [f"i{k}" for k in range(20)], ["a", "b", "c"]
-    p = rng.uniform(0.01, 0.99, (20, 3))
-    y = rng.integers(0, 2, (20, 3))
+    ids, targets = [f"i{k}" for k in range(30)], ["a", "b", "c"]
+    p = rng.uniform(0.01, 0.99, (30, 3))
+    y = rng.integers(0, 2, (30, 3))
+    tau = {"a": 0.5, "b": 0.3, "c": 0.8}
     long = pd.DataFrame([{"id": i, "target": t, "prob": p[r, k], "label": y[r, k]}
                          for r, i in enumerate(ids) for k, t in enumerate(targets)])
-    ours = dv.classification_errors(long, multi_label=True)
-    for r, i in enumerate(ids):
-        ref = np.mean([log_loss([y[r, k]], [p[r, k]], labels=[0, 1]) for k in range(3)])
-        assert ours[i] == pytest.approx(ref)
+    ours = dv.classification_errors(long, True, tau)
+    assert list(ours.columns) == targets and set(np.unique(ours.to_numpy())) <= {0.0, 1.0}
+    for k, t in enumerate(targets):
+        ref = zero_one_loss(y[:, k], (p[:, k] >= tau[t]).astype(int), normalize=False)
+        assert ours[t].sum() == ref
+        assert ours.loc["i3", t] == float((p[3, k] >= tau[t]) != y[3, k])
     soft = p / p.sum(1, keepdims=True)
-    cls = rng.integers(0, 3, 20)
+    cls = rng.integers(0, 3, 30)
     onehot = pd.DataFrame([{"id": i, "target": t, "prob": soft[r, k], "label": int(cls[r] == k)}
                            for r, i in enumerate(ids) for k, t in enumerate(targets)])
-    ours = dv.classification_errors(onehot, multi_label=False)
-    for r, i in enumerate(ids):
-        assert ours[i] == pytest.approx(log_loss([cls[r]], soft[r:r + 1], labels=[0, 1, 2]))
+    ours = dv.classification_errors(onehot, False, {})
+    assert list(ours.columns) == [dv.ALL_TARGETS]
+    assert ours[dv.ALL_TARGETS].sum() == zero_one_loss(cls, soft.argmax(1), normalize=False)
 
 
-def test_segmentation_errors_are_one_minus_mean_dice() -> None:
+def test_segmentation_errors_are_one_minus_dice_per_target() -> None:
     rows = pd.DataFrame({"id": ["a", "a", "b", "a"], "condition": ["clean"] * 3 + ["x@1"],
                          "metric": ["dice"] * 4, "target": ["t1", "t2", "t1", "t1"],
                          "value": [0.8, 0.6, 1.0, 0.0]})
     e = dv.segmentation_errors(rows)
-    assert e["a"] == pytest.approx(0.3) and e["b"] == pytest.approx(0.0)
+    assert e.loc["a", "t1"] == pytest.approx(0.2) and e.loc["a", "t2"] == pytest.approx(0.4)
+    assert e.loc["b", "t1"] == pytest.approx(0.0) and np.isnan(e.loc["b", "t2"])
 
 
-def test_embedding_groups_ignore_confirm_half_errors() -> None:
+def test_embedding_groups_are_error_blind_and_follow_the_clusters() -> None:
     rng = np.random.default_rng(0)
     n = 80
     ids = [f"s{i}" for i in range(n)]
     emb = np.concatenate([rng.normal(0, 1, (40, 6)), rng.normal(4, 1, (40, 6))])
-    err = pd.Series(np.r_[np.full(40, 0.1), np.full(40, 0.9)] + rng.uniform(0, .05, n),
-                    index=ids)
-    halves = dv.split_halves(ids, 0)
-    g = dv.embedding_groups(ids, emb, err, halves, 0)
-    assert g is not None and g.k >= 2
-    changed = err.copy()
-    changed[halves[halves == dv.CONFIRM].index] = rng.uniform(0, 5, (halves == dv.CONFIRM).sum())
-    g2 = dv.embedding_groups(ids, emb, changed, halves, 0)
-    assert g2 is not None
-    pd.testing.assert_series_equal(g.group, g2.group)
-    # the two embedding clusters never share a group
+    g = dv.embedding_groups(ids, emb, 0)
+    assert g is not None and g.k == 2 and list(g.pcs.columns) == ["emb.pc1", "emb.pc2"]
     first, second = set(g.group.iloc[:40]), set(g.group.iloc[40:])
-    assert not first & second
-    assert dv.embedding_groups(ids[:10], emb[:10], err[:10], halves[:10], 0) is None
+    assert len(first) == len(second) == 1 and not first & second
+    pd.testing.assert_series_equal(g.group, dv.embedding_groups(ids, emb, 0).group)
+    assert dv.embedding_groups(ids[:6], emb[:6], 0) is None
+    assert dv.embedding_groups(ids, np.ones((n, 6)), 0) is None
+
+
+def test_worst_cell_crosses_group_and_label() -> None:
+    """SliceLine never extends a predicate whose own error is below average; the embedding
+    candidate is the worst group × label cell instead (a shortcut's errors sit in one label
+    value of one group)."""
+    rng = np.random.default_rng(0)
+    n = 96
+    ids = pd.Index([f"s{i}" for i in range(n)], name="id")
+    x = pd.DataFrame({"emb.group": rng.choice(["g1", "g2"], n),
+                      "label.t": rng.choice(["0", "1"], n)}, index=ids)
+    err = ((x["emb.group"] == "g2") & (x["label.t"] == "0")).to_numpy(float)
+    cell = dv.worst_cell(x, err, np.ones(n, bool), ["emb.group", "label.t"])
+    assert cell == {"emb.group": "g2", "label.t": "0"}
+    found = dv.discover(x, pd.Series(err, index=ids, name="t"),
+                        dv.split_halves(list(ids), 0), 200, 0)
+    assert found[found["confirmed"]]["slice"].eq("emb.group=g2 & label.t=0").any()
 
 
 def test_tertiles_and_slice_columns() -> None:

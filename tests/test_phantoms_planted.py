@@ -26,7 +26,7 @@ from medfail.data.phantoms import (
 from medfail.seeding import derive_seed
 
 SPLITS = ("train", "calibration", "test", "shift")
-TINY = PhantomConfig(size=64, n_train=60, n_calibration=16, n_test=24, n_shift=8)
+TINY = PhantomConfig(size=64, n_train=60, n_calibration=60, n_test=24, n_shift=8)
 NO_MARKER = {"marker_given_effusion_train": 0.0, "marker_given_no_effusion_train": 0.0,
              "marker_rate_eval": 0.0}
 PLAIN = replace(TINY, label_flips=0, **NO_MARKER)
@@ -121,6 +121,13 @@ def test_flips_are_applied_as_recorded(written: dict[str, Path]) -> None:
     for f in flips:
         assert plain.loc[f["id"], f["target"]] == f["true_label"]
         assert calibration.loc[f["id"], f["target"]] == f["written_label"] == 1 - f["true_label"]
+    # unambiguous errors: site A, no other lesion; both directions
+    meta = pd.read_csv(written["tiny"] / "calibration" / "metadata.csv").set_index("id")
+    for f in flips:
+        assert f["target"] in TINY.label_flip_targets and meta.loc[f["id"], "site"] == "A"
+        other = "nodule" if f["target"] == "cavity" else "cavity"
+        assert plain.loc[f["id"], other] == 0
+    assert {f["true_label"] for f in flips} == {0, 1}
 
 
 def _digest(root: Path) -> str:

@@ -311,7 +311,7 @@ def analyse(run_dir: str | Path, config: Any | None = None,
 
     discovery, discovery_features = discovery_tables(
         run_dir, task, multi_label, per_sample, membership, int(cfg["seed"]),
-        int(cfg["n_bootstrap"]))
+        int(cfg["n_bootstrap"]), thresholds)
     issues = label_issue_table(run_dir, task, multi_label, cal_preds)
 
     for name, frame in ((rundir.SLICES, membership), (rundir.METRICS, metrics),

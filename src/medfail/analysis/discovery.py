@@ -3,10 +3,14 @@
 Every other slice of a run is named in advance (a metadata column, a ground-truth rule). This
 module searches for the ones nobody named, from the run directory alone:
 
-1. **Error per test sample** (clean condition): segmentation ``1 − Dice`` (mean over the
-   foreground targets); classification the per-sample log loss, mean over targets of
-   ``−[y log p + (1−y) log(1−p)]`` for multi-label models and ``−log p_true`` for multi-class
-   (``p`` clipped to [1e-6, 1 − 1e-6]). Higher is worse; always ≥ 0.
+1. **Error per test sample and target** (clean condition): segmentation ``1 − Dice`` of each
+   foreground target; multi-label classification the misclassification of each target at the
+   run's decision threshold, ``1[(p ≥ τ_target) ≠ y]`` (``run.json: thresholds``); multi-class
+   one error (target ``all``), ``1[argmax p ≠ true class]``. Higher is worse, in [0, 1]. Each
+   target is searched on its own (a shortcut for one finding is diluted in an average over
+   findings); all targets' candidates are confirmed as one family. (The log loss was tried
+   first: its unbounded per-sample values, up to 14 for a confident mistake, left the held-out
+   gaps too noisy to confirm on the demo's 48 held-out images.)
 2. **Features** (categorical, one column each; missing values are ``"missing"``): every stored
    slice column (``gt.size``, ``meta.site``...: ``slices.parquet``), the clean input-quality
    features of ``evidence.parquet`` cut into tertiles (``quality.<feature>`` = low/mid/high, by
@@ -15,24 +19,34 @@ module searches for the ones nobody named, from the run directory alone:
    the stored ``mask_confidence`` of the first target), the labels (classification:
    ``label.<target>`` = 0/1, multi-class ``label`` = the class) and the embedding group
    (``emb.group``, step 3).
-3. **Embedding groups** (Domino-style): the stored penultimate features
-   (``predictions/embeddings.npz``) are reduced by PCA (fitted on all test samples, at most
-   :data:`PCA_DIMS` components, each standardised), then a diagonal Gaussian mixture is fitted on
-   the *discovery half* over ``[components, w · standardised error]`` with ``w = sqrt(d) / 2``
-   (so the error carries a quarter of the total variance); every sample (both halves) is then
-   assigned to the group of highest posterior under the *embedding dimensions only* (the
-   mixture's marginal), so a confirm-half sample's group never depends on its error. Each group is
-   described by the features over-represented in it (lift = share in group / share overall).
-4. **Search** on the discovery half with SliceLine (Sagadeeva & Boehm, SIGMOD 2021; the
-   ``sliceline`` package): conjunctions of up to :data:`MAX_LEVEL` predicates, score weight
-   ``alpha`` = :data:`ALPHA`, minimum support ``max(5, 10 % of the half)``, top :data:`TOP_K`
-   slices (a slice holding the same discovery-half samples as a better-ranked one is dropped);
-   the highest-error embedding group joins them when SliceLine did not return it.
-5. **Confirmation** on the other half: for each of the ``m`` candidates, gap = mean error in the
-   slice − mean error outside it, with a percentile bootstrap CI (in and out resampled
-   separately, ``n_bootstrap`` draws, seed ``derive_seed(seed, "discovery", slice)``) at level
-   ``1 − 0.05 / m`` (Bonferroni: the family of candidates is tested at 5 %). A slice is
-   **confirmed** when that CI's lower end is above 0 and it has ≥ 2 samples on each side.
+3. **Embedding groups**: the stored penultimate features (``predictions/embeddings.npz``) are
+   reduced by PCA (fitted on all test samples, at most :data:`PCA_DIMS` components, each
+   standardised) and clustered by a diagonal Gaussian mixture (``k = round(n / 32)`` between 2
+   and :data:`MAX_GROUPS`, :data:`N_INIT` initialisations, seeded), groups named ``g1``,
+   ``g2``... by size.
+   The clustering never sees an error, so both halves may use it; SliceLine (step 4) picks the
+   groups (alone or with a label, site, quality...) where the error is high. A Domino-style
+   mixture over embeddings *and* error was tried first: its error-shaped groups did not
+   transfer to the held-out half (on the demo a 10-sample discovery group got 1 held-out
+   member), so it is not used. Each group is described by the features over-represented in it
+   (lift = share in group / share overall).
+4. **Search**, per target, on the discovery half with SliceLine (Sagadeeva & Boehm, SIGMOD
+   2021; the ``sliceline`` package): conjunctions of up to :data:`MAX_LEVEL` predicates, score
+   weight ``alpha`` = :data:`ALPHA`, minimum support ``max(5, 10 % of the half)``, top
+   :data:`TOP_K` slices (a slice holding the same discovery-half samples as a better-ranked one
+   is dropped); the target's highest-error embedding group joins them when SliceLine did not
+   return it: for classification the highest-error *cell* of group × the target's label
+   (``emb.group=g1 & label.effusion=0``: SliceLine never extends a predicate whose own error is
+   below average, and a shortcut's errors sit in one label value per group), with at least the
+   minimum support on the discovery half.
+5. **Confirmation** on the other half: for each of the ``m`` candidates (all targets), gap =
+   mean error of its target in the slice − mean error outside it, with a percentile bootstrap
+   CI (in and out resampled separately, ``n_bootstrap`` draws, seed
+   ``derive_seed(seed, "discovery", target, slice)``) at level ``1 − 0.05 / m`` (Bonferroni:
+   the family of all candidates is tested at 5 %). A slice is **confirmed** when that CI's
+   lower end is above 0 and it has ≥ :data:`MIN_SIDE` (5) held-out samples on each side (a
+   percentile bootstrap of fewer is not trustworthy). Samples whose error is undefined
+   (NaN) are left out of that target's search and gap.
 
 Halves: the test ids are permuted by ``numpy.random.default_rng(derive_seed(seed, "discovery",
 "halves"))`` (ids sorted first); the first ``ceil(n / 2)`` are the discovery half.
@@ -66,32 +80,60 @@ PCA_DIMS = 8
 FWER = 0.05
 MISSING = "missing"
 EMB_GROUP = "emb.group"
-MIN_SIDE = 2
+#: the error "target" of multi-class classifiers (one misclassification over the classes)
+ALL_TARGETS = "all"
+MIN_SIDE = 5
+#: embedding groups: about this many test samples per group, at most MAX_GROUPS groups
+SAMPLES_PER_GROUP = 32
+MAX_GROUPS = 8
+#: mixture initialisations (EM from one k-means start often stops at a poor local optimum)
+N_INIT = 10
 #: discovery.parquet's columns
-COLUMNS = ["rank", "slice", "source", "n_predicates", "description", "score", "n_discover",
-           "error_discover", "gap_discover", "n_confirm", "error_confirm", "error_rest",
-           "gap", "ci_low", "ci_high", "ci_level", "confirmed"]
-EPS = 1e-6
+COLUMNS = ["rank", "target", "slice", "source", "n_predicates", "description", "score",
+           "n_discover", "error_discover", "gap_discover", "n_confirm", "error_confirm",
+           "error_rest", "gap", "ci_low", "ci_high", "ci_level", "confirmed"]
 
 
-def classification_errors(preds: pd.DataFrame, multi_label: bool) -> pd.Series:
-    """Per-sample log loss (module docstring) from a long predictions table
-    (``id, target, prob, label``); indexed by id."""
-    p = preds["prob"].to_numpy(np.float64).clip(EPS, 1 - EPS)
-    y = preds["label"].to_numpy(np.float64)
+def classification_errors(preds: pd.DataFrame, multi_label: bool,
+                          thresholds: Mapping[str, float]) -> pd.DataFrame:
+    """Per-sample misclassification (module docstring) from a long predictions table
+    (``id, target, prob, label``): multi-label one 0/1 column per target,
+    ``1[(p ≥ thresholds[target]) ≠ y]``; multi-class one column :data:`ALL_TARGETS`,
+    ``1[argmax p ≠ true class]`` (ties: the first target in table order). Indexed by id."""
+    frame = preds.assign(id=preds["id"].astype(str), target=preds["target"].astype(str))
+    targets = list(dict.fromkeys(frame["target"]))
     if multi_label:
-        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+        cut = frame["target"].map({str(k): float(v) for k, v in thresholds.items()})
+        wrong = (frame["prob"].to_numpy(np.float64) >= cut.to_numpy(np.float64)) != (
+            frame["label"].to_numpy(np.float64) > 0.5)
+        wide = frame.assign(wrong=wrong.astype(float)).pivot_table(
+            index="id", columns="target", values="wrong", aggfunc="first")[targets]
     else:
-        loss = np.where(y > 0.5, -np.log(p), 0.0)  # one-hot: only the true class counts
-    frame = pd.DataFrame({"id": preds["id"].astype(str).to_numpy(), "loss": loss})
-    grouped = frame.groupby("id", sort=True)["loss"]
-    return grouped.mean() if multi_label else grouped.sum()
+        probs = frame.pivot_table(index="id", columns="target", values="prob",
+                                  aggfunc="first")[targets]
+        labels = frame.pivot_table(index="id", columns="target", values="label",
+                                   aggfunc="first")[targets]
+        wrong = probs.to_numpy().argmax(1) != labels.to_numpy().argmax(1)
+        wide = pd.DataFrame({ALL_TARGETS: wrong.astype(float)}, index=probs.index)
+    wide.columns.name = None
+    return wide.sort_index()
 
 
-def segmentation_errors(per_sample: pd.DataFrame, condition: str = "clean") -> pd.Series:
-    """``1 − dice`` per sample (mean over targets) of ``condition``; indexed by id."""
+def segmentation_errors(per_sample: pd.DataFrame, condition: str = "clean") -> pd.DataFrame:
+    """``1 − dice`` per sample of ``condition``, one column per foreground target; indexed
+    by id."""
     rows = per_sample[(per_sample["condition"] == condition) & (per_sample["metric"] == "dice")]
-    return 1.0 - rows.assign(id=rows["id"].astype(str)).groupby("id", sort=True)["value"].mean()
+    rows = rows.assign(id=rows["id"].astype(str), target=rows["target"].astype(str))
+    wide = 1.0 - rows.pivot_table(index="id", columns="target", values="value",
+                                  aggfunc="first")
+    wide = wide[list(dict.fromkeys(rows["target"]))]
+    wide.columns.name = None
+    return wide.sort_index()
+
+
+def error_column(target: str) -> str:
+    """The column of ``discovery_features.parquet`` holding ``target``'s error."""
+    return f"error.{target}"
 
 
 def split_halves(ids: Sequence[str], seed: int) -> pd.Series:
@@ -138,42 +180,32 @@ class EmbeddingGroups:
     k: int
 
 
-def embedding_groups(ids: Sequence[str], features: np.ndarray, errors: pd.Series,
-                     halves: pd.Series, seed: int) -> EmbeddingGroups | None:
-    """Domino-style groups (module docstring, step 3); None with fewer than 8 discovery
-    samples or a constant embedding."""
-    from scipy.stats import norm
+def embedding_groups(ids: Sequence[str], features: np.ndarray,
+                     seed: int) -> EmbeddingGroups | None:
+    """Groups of samples the model sees alike (module docstring, step 3): error-blind, so
+    either half may use them; None with fewer than 8 samples or a constant embedding."""
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
 
     ids = [str(i) for i in ids]
     x = np.asarray(features, np.float64)
-    disc = (halves.reindex(ids) == DISCOVER).to_numpy()
     d = min(PCA_DIMS, x.shape[1], len(ids) - 1)
-    if disc.sum() < 8 or d < 1 or not np.isfinite(x).all() or np.allclose(x.std(0), 0):
+    if len(ids) < 8 or d < 1 or not np.isfinite(x).all() or np.allclose(x.std(0), 0):
         return None
     pcs = PCA(n_components=d, random_state=0).fit_transform(x)
     sd = pcs.std(0)
     pcs = pcs[:, sd > 1e-12] / sd[sd > 1e-12]
-    d = pcs.shape[1]
-    if d == 0:
+    if pcs.shape[1] == 0:
         return None
-    err = errors.reindex(ids).to_numpy(np.float64)
-    e_sd = err[disc].std()
-    w = math.sqrt(d) / 2
-    z_err = (err - err[disc].mean()) / (e_sd if e_sd > 0 else 1.0) * w
-    k = int(np.clip(disc.sum() // 10, 2, 8))
+    k = int(np.clip(round(len(ids) / SAMPLES_PER_GROUP), 2, MAX_GROUPS))
     gmm = GaussianMixture(n_components=k, covariance_type="diag", random_state=seed % 2**32,
-                          n_init=3, reg_covar=1e-3)
-    gmm.fit(np.column_stack([pcs[disc], z_err[disc]]))
-    means, var = gmm.means_[:, :d], gmm.covariances_[:, :d]
-    log_post = np.log(gmm.weights_)[None, :] + norm.logpdf(
-        pcs[:, None, :], means[None], np.sqrt(var)[None]).sum(-1)
-    group = log_post.argmax(1)
-    order = {g: i + 1 for i, g in enumerate(sorted(set(group)))}
+                          n_init=N_INIT, reg_covar=1e-3)
+    group = gmm.fit_predict(pcs)
+    sizes = pd.Series(group).value_counts()
+    order = {g: i + 1 for i, g in enumerate(sorted(sizes.index, key=lambda g: (-sizes[g], g)))}
     labels = pd.Series([f"g{order[g]}" for g in group], index=pd.Index(ids, name="id"))
     lead = pd.DataFrame(pcs[:, :2], index=labels.index,
-                        columns=[f"emb.pc{i + 1}" for i in range(min(2, d))])
+                        columns=[f"emb.pc{i + 1}" for i in range(min(2, pcs.shape[1]))])
     return EmbeddingGroups(labels, lead, len(order))
 
 
@@ -182,7 +214,8 @@ def feature_table(membership: pd.DataFrame, quality: pd.DataFrame | None,
                   groups: EmbeddingGroups | None, ids: Sequence[str]) -> pd.DataFrame:
     """The categorical features of step 2 for ``ids`` (one column each; index id).
     ``quality``: index id, one numeric column per input-quality feature; ``confidence``:
-    numeric per id; ``labels``: index id, columns ``label.<target>``."""
+    numeric per id; ``labels``: index id, columns ``label.<target>``; ``groups``: the
+    embedding groups (column ``emb.group``)."""
     index = pd.Index([str(i) for i in ids], name="id")
     parts = [slice_columns(membership).reindex(index)]
     if quality is not None:
@@ -221,7 +254,7 @@ def sliceline_candidates(features: pd.DataFrame, errors: np.ndarray,
 
     if features.shape[1] == 0 or len(features) < 10 or np.ptp(errors) <= 0:
         return []
-    min_sup = max(5, math.ceil(0.1 * len(features)))
+    min_sup = min_support(len(features))
     finder = Slicefinder(alpha=ALPHA, k=k, max_l=MAX_LEVEL, min_sup=min_sup, verbose=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -250,15 +283,18 @@ def gap_interval(inside: np.ndarray, outside: np.ndarray, n_boot: int, level: fl
     return gap, float(lo), float(hi)
 
 
-def describe_group(features: pd.DataFrame, group: str, top: int = 3) -> str:
-    """The features over-represented in embedding group ``group``: ``col=value`` with its
-    share in the group vs overall, by lift, at most ``top`` (support ≥ 3 in the group)."""
-    inside = (features[EMB_GROUP] == group).to_numpy() if EMB_GROUP in features else None
-    if inside is None or not inside.any():
+def describe_group(features: pd.DataFrame, column: str, group: str, top: int = 3) -> str:
+    """The features over-represented in embedding group ``column = group``: ``col=value``
+    with its share in the group vs overall, by lift, at most ``top`` (support ≥ 3 in the
+    group; lift > 1.2)."""
+    if column not in features:
+        return ""
+    inside = (features[column] == group).to_numpy()
+    if not inside.any():
         return ""
     rows = []
     for col in features.columns:
-        if col == EMB_GROUP:
+        if col.startswith(EMB_GROUP):
             continue
         for val, n_in in features.loc[inside, col].value_counts().items():
             if val == MISSING or n_in < 3:
@@ -270,44 +306,84 @@ def describe_group(features: pd.DataFrame, group: str, top: int = 3) -> str:
     return "; ".join(text for lift, text in rows[:top] if lift > 1.2)
 
 
-def discover(features: pd.DataFrame, errors: pd.Series, halves: pd.Series, n_boot: int,
-             seed: int) -> pd.DataFrame:
-    """Steps 4 and 5: candidates on the discovery half, confirmed on the other
-    (``discovery.parquet``; columns :data:`COLUMNS`, best SliceLine score first)."""
-    ids = features.index
-    err = errors.reindex(ids).to_numpy(np.float64)
-    half = halves.reindex(ids).to_numpy()
-    disc, conf = half == DISCOVER, half == CONFIRM
-    candidates: list[tuple[dict[str, str], float, str]] = []
+def target_candidates(features: pd.DataFrame, err: np.ndarray, disc: np.ndarray,
+                      group: str | None, label: str | None = None,
+                      ) -> list[tuple[dict[str, str], float, str]]:
+    """One target's candidates on the discovery half: SliceLine's (duplicates by
+    discovery-half membership dropped) and the highest-error embedding group (within one
+    value of the target's ``label`` column when given: :func:`worst_cell`)."""
+    out: list[tuple[dict[str, str], float, str]] = []
     seen: set[bytes] = set()
     for preds, score in sliceline_candidates(features[disc], err[disc]):
         key = np.packbits(members(features[disc], preds)).tobytes()
         if key not in seen:  # the same discovery-half samples as a better-ranked slice
             seen.add(key)
-            candidates.append((preds, score, "sliceline"))
-    if EMB_GROUP in features:
-        means = pd.Series(err[disc]).groupby(features[EMB_GROUP].to_numpy()[disc]).mean()
-        worst = {EMB_GROUP: str(means.idxmax())} if len(means) else None
-        if worst and all(p != worst for p, _, _ in candidates):
-            candidates.append((worst, float("nan"), "embedding_group"))
-    m = max(len(candidates), 1)
+            out.append((preds, score, "sliceline"))
+    if group is not None and group in features:
+        worst = worst_cell(features, err, disc, [group, *([label] if label else [])])
+        if worst and all(p != worst for p, _, _ in out):
+            out.append((worst, float("nan"), "embedding_group"))
+    return out
+
+
+def worst_cell(features: pd.DataFrame, err: np.ndarray, disc: np.ndarray,
+               columns: Sequence[str]) -> dict[str, str] | None:
+    """The combination of ``columns``' values with the highest mean discovery-half error
+    among those with at least ``min_support`` discovery-half samples (None if none has)."""
+    cells = features.loc[disc, list(columns)].astype(str).agg("\x1f".join, axis=1)
+    stats = pd.Series(err[disc], index=cells.index).groupby(cells.to_numpy()).agg(
+        ["mean", "count"])
+    stats = stats[stats["count"] >= min_support(int(disc.sum()))]
+    if stats.empty:
+        return None
+    best = str(stats["mean"].idxmax()).split("\x1f")
+    return dict(zip(columns, best, strict=True))
+
+
+def min_support(n: int) -> int:
+    """SliceLine's minimum slice size on a discovery half of ``n``: max(5, 10 % of n)."""
+    return max(5, math.ceil(0.1 * n))
+
+
+def discover(features: pd.DataFrame, errors: pd.Series | pd.DataFrame, halves: pd.Series,
+             n_boot: int, seed: int) -> pd.DataFrame:
+    """Steps 4 and 5: each target's candidates on the discovery half (``errors``: one column
+    per target, or a Series = one target named by its ``name`` or :data:`ALL_TARGETS`), all
+    confirmed together on the other half with one Bonferroni family
+    (``discovery.parquet``; columns :data:`COLUMNS`)."""
+    if isinstance(errors, pd.Series):
+        errors = errors.to_frame(str(errors.name) if errors.name is not None else ALL_TARGETS)
+    ids = features.index
+    half = halves.reindex(ids).to_numpy()
+    disc, conf = half == DISCOVER, half == CONFIRM
+    group = EMB_GROUP if EMB_GROUP in features else None
+    found: list[tuple[str, dict[str, str], float, str]] = []
+    for target in errors.columns:
+        err = errors[target].reindex(ids).to_numpy(np.float64)
+        label = next((c for c in (f"label.{target}", "label") if c in features), None)
+        found += [(str(target), p, s, src) for p, s, src in
+                  target_candidates(features, err, disc & np.isfinite(err), group, label)]
+    m = max(len(found), 1)
     level = 1 - FWER / m
     rows = []
-    for rank, (preds, score, source) in enumerate(candidates, start=1):
+    for rank, (target, preds, score, source) in enumerate(found, start=1):
+        err = errors[target].reindex(ids).to_numpy(np.float64)
         inside = members(features, preds)
-        d_in, d_out = err[disc & inside], err[disc & ~inside]
-        c_in, c_out = err[conf & inside], err[conf & ~inside]
+        ok = np.isfinite(err)
+        d_in, d_out = err[ok & disc & inside], err[ok & disc & ~inside]
+        c_in, c_out = err[ok & conf & inside], err[ok & conf & ~inside]
         name = slice_name(preds)
         gap = lo = hi = float("nan")
         if len(c_in) >= MIN_SIDE and len(c_out) >= MIN_SIDE:
             gap, lo, hi = gap_interval(c_in, c_out, n_boot, level,
-                                       derive_seed(seed, "discovery", name))
+                                       derive_seed(seed, "discovery", target, name))
         description = " and ".join(
-            f"{c}={v}" + (f" [{describe_group(features, v)}]" if c == EMB_GROUP else "")
-            for c, v in sorted(preds.items()))
+            f"{c}={v}" + (f" [{describe_group(features, c, v)}]" if c.startswith(EMB_GROUP)
+                          else "") for c, v in sorted(preds.items()))
         rows.append({
-            "rank": rank, "slice": name, "source": source, "n_predicates": len(preds),
-            "description": description, "score": score, "n_discover": len(d_in),
+            "rank": rank, "target": target, "slice": name, "source": source,
+            "n_predicates": len(preds), "description": description, "score": score,
+            "n_discover": len(d_in),
             "error_discover": float(d_in.mean()) if len(d_in) else float("nan"),
             "gap_discover": float(d_in.mean() - d_out.mean()) if len(d_in) and len(d_out)
             else float("nan"),
@@ -385,36 +461,40 @@ def read_embeddings(run_dir: Path) -> tuple[list[str], np.ndarray] | None:
 
 def discovery_tables(run_dir: Path, task: str, multi_label: bool, per_sample: pd.DataFrame,
                      membership: pd.DataFrame, seed: int, n_boot: int,
+                     thresholds: Mapping[str, float] | None = None,
                      null_seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``discovery.parquet`` and ``discovery_features.parquet`` (``id, half, error``, the
-    two leading embedding components ``emb.pc1/2`` when there are embeddings, then every
-    categorical feature) of a run directory. ``null_seed``: the false-discovery check of
+    """``discovery.parquet`` and ``discovery_features.parquet`` of a run directory: ``id,
+    half``, ``error`` (mean over targets, for the figure), ``error.<target>``, the two leading
+    embedding components ``emb.pc1/2`` when there are embeddings, then every categorical
+    feature. ``thresholds``: the run's decision thresholds per target (classification;
+    ``run.json: thresholds``). ``null_seed``: the false-discovery check of
     ``benchmarks/bench_discovery.py`` (errors permuted across samples by that seed, so no
     feature or embedding carries an effect); None for the real analysis."""
     preds = None
     if task == "classification":
         preds = read_table(rundir.condition_path(run_dir, CLEAN, task))
-        errors = classification_errors(preds, multi_label)
+        errors = classification_errors(preds, multi_label, thresholds or {})
     else:
         errors = segmentation_errors(per_sample)
     if null_seed is not None:
-        errors = pd.Series(np.random.default_rng(null_seed).permutation(errors.to_numpy()),
-                           index=errors.index)
+        order = np.random.default_rng(null_seed).permutation(len(errors))
+        errors = pd.DataFrame(errors.to_numpy()[order], index=errors.index,
+                              columns=errors.columns)
     ids = list(errors.index)
     halves = split_halves(ids, seed)
     stored = read_embeddings(run_dir)
     groups = None
     if stored is not None:
         emb_ids, emb = stored
-        known = set(emb_ids)
-        if all(i in known for i in ids):
-            pos = {i: k for k, i in enumerate(emb_ids)}
-            groups = embedding_groups(ids, emb[[pos[i] for i in ids]], errors, halves, seed)
+        pos = {i: k for k, i in enumerate(emb_ids)}
+        if all(i in pos for i in ids):
+            groups = embedding_groups(ids, emb[[pos[i] for i in ids]], seed)
     features = feature_table(
         membership, _clean_quality(run_dir), _confidence(run_dir, task, preds, multi_label),
         _labels(preds, multi_label) if preds is not None else None, groups, ids)
     found = discover(features, errors, halves, n_boot, seed)
-    table = pd.concat([halves, errors.rename("error")], axis=1)
+    table = pd.concat([halves, errors.mean(axis=1).rename("error"),
+                       errors.rename(columns=lambda t: error_column(str(t)))], axis=1)
     if groups is not None:
         table = table.join(groups.pcs)
     table = table.join(features).reset_index()
@@ -438,10 +518,11 @@ def example_ids(found: pd.DataFrame | None, features: pd.DataFrame | None,
     if found is not None and features is not None and len(found):
         table = features.set_index("id")
         conf = found[found["confirmed"].astype(bool)].sort_values("gap", ascending=False)
-        for name in conf["slice"].head(MAX_SLICES_SHOWN):
-            inside = members(table, parse_slice(str(name))) & (table["half"] == CONFIRM)
-            worst = table[inside].sort_values("error", ascending=False).index[
-                :EXAMPLES_PER_SLICE]
+        for r in conf.head(MAX_SLICES_SHOWN).itertuples():
+            inside = members(table, parse_slice(str(r.slice))) & (table["half"] == CONFIRM)
+            col = error_column(str(r.target))
+            worst = table[inside].sort_values(col if col in table else "error",
+                                              ascending=False).index[:EXAMPLES_PER_SLICE]
             out.setdefault("test", []).extend(str(i) for i in worst)
     if issues is not None and len(issues):
         for r in issues.sort_values("rank").head(LABEL_ISSUES_SHOWN).itertuples():
@@ -467,7 +548,9 @@ def unnamed(name: str) -> bool:
 
 def finding_text(row: pd.Series, task: str) -> str:
     """One line for a confirmed slice (taxonomy, checklist)."""
-    error = "1 − Dice" if task != "classification" else "log loss"
+    error = "1 − Dice" if task != "classification" else "error rate"
+    if str(row.get("target", ALL_TARGETS)) != ALL_TARGETS:
+        error += f" of {row['target']}"
     return (f"{row['description']}: {error} {row['error_confirm']:.3f} vs "
             f"{row['error_rest']:.3f} for the rest of the held-out half (n = "
             f"{int(row['n_confirm'])}), gap {row['gap']:+.3f} [{row['ci_low']:.3f}, "

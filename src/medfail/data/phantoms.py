@@ -29,8 +29,10 @@ Planted effects (true by construction, for later analysis to find):
   ``marker_given_no_effusion_train``), so a classifier learns it as a shortcut for effusion; in
   the other splits it appears at ``marker_rate_eval`` whatever the labels (slice discovery
   should find the images where marker and effusion disagree);
-* ``label_flips`` labels of the ``calibration`` split (one target each, distinct images) are
-  written flipped in labels.csv (label-issue analyses should find them).
+* ``label_flips`` labels of the ``calibration`` split (distinct images; targets among
+  ``label_flip_targets``, default ``cavity``) are written flipped in labels.csv (label-issue
+  analyses should find them): unambiguous errors at site A, alternately a cavity written absent
+  on an image with no other lesion and one written present on an image with no lesion.
 
 ``planted.json`` beside ``phantoms.json`` is the answer key of the last two (marker ids per split,
 the flipped (id, target, true_label, written_label)); it is for tests and docs - medfail never
@@ -57,6 +59,9 @@ from scipy import ndimage
 from medfail.seeding import derive_seed
 
 FINDINGS: tuple[str, ...] = ("nodule", "cavity", "effusion")
+#: bumped when the generator draws other images or labels for the same config, so folders
+#: (and demo baselines) written by an older medfail are rewritten (2: marker, label flips)
+GENERATOR_VERSION = 2
 MASK_CLASSES: tuple[str, ...] = ("lesion",)
 
 
@@ -106,11 +111,16 @@ class PhantomConfig:
     #: this many (image, target) labels of the ``calibration`` split are flipped in labels.csv
     #: (at distinct images); ``planted.json`` records them
     label_flips: int = 6
+    #: the targets flips are drawn among: ``cavity``, the finding the demo classifier reads
+    #: reliably; flipped effusion labels would hide among the model's own confident effusion
+    #: mistakes (the marker shortcut), which no label-issue method can tell from label errors
+    label_flip_targets: tuple[str, ...] = ("cavity",)
 
     def to_json(self) -> str:
-        """The config and the site table (what the images depend on): stamps and cache keys."""
-        return json.dumps({**asdict(self), "sites": {k: asdict(v) for k, v in SITES.items()}},
-                          sort_keys=True)
+        """The config, the site table and :data:`GENERATOR_VERSION` (what the images depend
+        on): stamps and cache keys."""
+        return json.dumps({**asdict(self), "sites": {k: asdict(v) for k, v in SITES.items()},
+                           "generator": GENERATOR_VERSION}, sort_keys=True)
 
 
 @dataclass
@@ -285,22 +295,36 @@ def _marker_rates(split: str, config: PhantomConfig) -> tuple[float, float]:
     return config.marker_rate_eval, config.marker_rate_eval
 
 
-def _flip_labels(label_rows: list[dict[str, Any]], split: str,
-                 config: PhantomConfig) -> list[dict[str, object]]:
-    """Flip ``config.label_flips`` labels (distinct images, one target each) of the calibration
-    split in place, from their own seeded stream; returns the answer key."""
+def _flip_labels(label_rows: list[dict[str, Any]], meta_rows: list[dict[str, Any]],
+                 split: str, config: PhantomConfig) -> list[dict[str, object]]:
+    """Flip ``config.label_flips`` labels of the calibration split in place, from their own
+    seeded stream; returns the answer key. Flips are unambiguous annotation errors, half in
+    each direction: a present finding written absent on an image with no other lesion, and an
+    absent one written present on an image with no lesion at all, both at the clean site A
+    (the errors a reader would call obvious; a flip on an image the model itself gets wrong
+    could not be told from the model's error by any label-issue method)."""
     if split != "calibration" or config.label_flips <= 0 or not label_rows:
         return []
     rng = np.random.default_rng(derive_seed(config.seed, split, "label_flips"))
-    rows = sorted(int(i) for i in rng.permutation(len(label_rows))[: config.label_flips])
-    flips = []
-    for i in rows:
-        target = FINDINGS[int(rng.integers(len(FINDINGS)))]
+    lesions = ("nodule", "cavity")
+    flips: list[dict[str, object]] = []
+    used: set[int] = set()
+    for k in range(config.label_flips):
+        target = config.label_flip_targets[int(rng.integers(len(config.label_flip_targets)))]
+        present = k % 2 == 0  # alternate directions: 1 -> 0, then 0 -> 1
+        others = [t for t in lesions if t != target]
+        fits = [i for i, (lab, meta) in enumerate(zip(label_rows, meta_rows, strict=True))
+                if i not in used and meta["site"] == "A" and lab[target] == int(present)
+                and not any(lab[t] for t in others)]
+        if not fits:
+            continue
+        i = fits[int(rng.integers(len(fits)))]
+        used.add(i)
         true = int(label_rows[i][target])
         label_rows[i][target] = 1 - true
         flips.append({"id": label_rows[i]["id"], "target": target, "true_label": true,
                       "written_label": 1 - true})
-    return flips
+    return sorted(flips, key=lambda f: str(f["id"]))
 
 
 def _write_split(out_dir: Path, split: str, n: int, config: PhantomConfig
@@ -325,7 +349,7 @@ def _write_split(out_dir: Path, split: str, n: int, config: PhantomConfig
         meta_rows.append({"id": sid, **ph.metadata})
         if ph.marker:
             marked.append(sid)
-    flips = _flip_labels(label_rows, split, config)
+    flips = _flip_labels(label_rows, meta_rows, split, config)
     (root / "classes.txt").write_text("\n".join(MASK_CLASSES) + "\n")
     pd.DataFrame(label_rows).to_csv(root / "labels.csv", index=False)
     pd.DataFrame(meta_rows).to_csv(root / "metadata.csv", index=False)

@@ -508,9 +508,11 @@ def _error_text(task: str, run: dict[str, Any]) -> str:
     """What "error" means in discovery (medfail.analysis.discovery, step 1)."""
     if task == "classification":
         multi = bool(((run.get("model") or {}).get("spec") or {}).get("multi_label"))
-        return ("per-sample log loss (mean over targets of −[y log p + (1−y) log(1−p)])"
-                if multi else "per-sample log loss (−log p of the true class)")
-    return "1 − Dice per image (mean over the foreground targets)"
+        return ("misclassification per sample and target at the run's decision threshold "
+                "(1 = wrong; a slice's error is its error rate)" if multi else
+                "misclassification per sample (argmax ≠ true class; a slice's error is its "
+                "error rate)")
+    return "1 − Dice per image and foreground target"
 
 
 def _examples(run_dir: Path) -> dict[str, np.ndarray]:
@@ -631,7 +633,8 @@ def _discovery_section(tables: RunTables, run_dir: Path, figdir: Path,
         ids = set(_confirm_members(features, top).index)
         highlight = features["id"].astype(str).isin(ids).to_numpy()
         label = f"confirm half of {top}" if len(top) <= 40 else "confirm half of the top slice"
-    short = "error: log loss" if task == "classification" else "error: 1 − Dice"
+    short = ("error: misclassified targets (share)" if task == "classification"
+             else "error: 1 − Dice")
     path = embedding_map_plot(features, figdir / "embedding_map.png", short, highlight,
                               label) if features is not None else None
     if path is not None:
