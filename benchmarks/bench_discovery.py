@@ -7,7 +7,8 @@
   members' share of images with the marker and of *shortcut-misled* images (marker without
   effusion, or effusion without marker), against the held-out base rates;
 * **flipped calibration labels**: precision and recall of cleanlab's flagged (id, target) pairs
-  (``label_issues.parquet``) against the flips, and how many flips rank in the top ``n_flips``;
+  (``label_issues.parquet``) against the flips, how many flips rank in the top ``n_flips``,
+  their ranks, and the same within the flipped target;
 * **false discoveries**: for ``--seeds`` seeds, the whole discovery (embedding groups, SliceLine,
   held-out confirmation) is re-run on the stored run with the per-sample errors permuted across
   samples (``discovery_tables(..., null_seed=s)``; halves and bootstrap seeded by ``s`` too):
@@ -61,9 +62,17 @@ def planted_marker(run: Path, key: dict[str, Any]) -> list[dict[str, Any]]:
 def flipped_labels(run: Path, key: dict[str, Any]) -> dict[str, Any]:
     issues = pd.read_parquet(run / rundir.LABEL_ISSUES)
     truth = [(f["id"], f["target"]) for f in key["label_flips"]]
-    rec = recovery(issues, truth)
+    rec: dict[str, Any] = dict(recovery(issues, truth))
     top = issues.sort_values("rank").head(len(truth))
     rec["in_top_n"] = int(sum((r.id, r.target) in set(truth) for r in top.itertuples()))
+    rec["ranks"] = sorted(int(r.rank) for r in issues.itertuples() if (r.id, r.target) in truth)
+    for target in sorted({t for _, t in truth}):  # within the flipped target
+        own = issues[issues["target"] == target].sort_values("quality")
+        sub = recovery(own, [p for p in truth if p[1] == target])
+        rec[f"{target}_precision"] = sub["precision"]
+        rec[f"{target}_n_flagged"] = sub["n_flagged"]
+        rec[f"{target}_ranks"] = [k + 1 for k, r in enumerate(own.itertuples())
+                                  if (r.id, r.target) in truth]
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()}
 
 

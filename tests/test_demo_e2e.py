@@ -4,10 +4,11 @@ check that the analysis recovers the effects the phantoms plant (slow: trains th
 The trained models differ with torch's thread count (float reductions in another order), so each
 statistical assertion rests on an effect with a margin measured on models trained with 1 and 2
 threads (2026-12, phantoms with site B noise 0.14, site C contrast 0.6, site D noise 0.08 and
-contrast 0.5). Observed value at 1 / 2 threads -> asserted limit:
+contrast 0.5; the marker and flip rows and site C's: 2026-12-02, phantoms with the marker
+shortcut). Observed value at 1 / 2 threads -> asserted limit:
 
 ==========================================================  ===============  ==========
-site C clean macro AUROC below site A                        0.228 / 0.141    > 0.08
+site C clean macro AUROC below site A                        0.212 / 0.105    > 0.08
 site B Dice drop under gaussian_noise@3 minus site A's       0.126 / 0.140    > 0.05
 gt.size=small Dice gap CI high under gaussian_blur@3         -0.270 / -0.267  < -0.10
 large minus small lesion sensitivity under gaussian_blur@3   0.217 / 0.200    > 0.10
@@ -15,6 +16,9 @@ gt.shape=hollow Dice gap CI high under gaussian_blur@3       -0.316 / -0.307  < 
 shift_data Δ CI high: classification AUROC / segmentation    -0.093 / -0.177  < 0
 Dice                                                         -0.162 / -0.091  < 0
 box_shift@3 Δ Dice CI high (promptable)                      -0.088 / -0.087  < 0
+unnamed marker: held-out marker share of the best confirmed   1.00 / 1.00      >= 0.8
+effusion slice (issue 16)
+flipped calibration labels flagged by cleanlab (recall)      1.00 / 1.00      >= 0.5
 ==========================================================  ===============  ==========
 
 Claims whose significance did not hold at both thread counts (site C's gap to the whole set,
@@ -27,9 +31,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from medfail.analysis.discovery import CONFIRM, members, parse_slice
+from medfail.analysis.label_issues import recovery
 from medfail.demo import IMAGE_TASKS, run_demo
 from medfail.engine.suite import SuiteConfig
 
@@ -82,6 +89,22 @@ def test_demo_recovers_the_planted_weaknesses(tmp_path: Path) -> None:
         assert _row(metrics, "shift_data", "all", metric, target)["delta_ci_high"] < 0
     # prompts: a box shifted by half its size hurts the promptable model
     assert _row(prm, "box_shift@3", "all", "dice", "lesion")["delta_ci_high"] < 0
+
+    # planted and unnamed (issue 16): the marker shortcut is found on one half and confirmed
+    # on the other (phantoms' answer key: data/planted.json), and cleanlab flags the flipped
+    # calibration labels
+    key = json.loads((tmp_path / "data" / "planted.json").read_text())
+    marker = set(key["marker"]["test"])
+    found = pd.read_parquet(tmp_path / "classification" / "discovery.parquet")
+    feats = pd.read_parquet(tmp_path / "classification" / "discovery_features.parquet")
+    held = feats[feats["half"] == CONFIRM].set_index("id")
+    shares = [float(np.mean([i in marker for i in held.index[members(held, parse_slice(s))]]))
+              for s in found[found["confirmed"] & (found["target"] == "effusion")]["slice"]]
+    assert max(shares, default=0.0) >= 0.8, found
+    issues = pd.read_parquet(tmp_path / "classification" / "label_issues.parquet")
+    flips = recovery(issues, [(f["id"], f["target"]) for f in key["label_flips"]])
+    assert flips["recall"] >= 0.5, flips
+    assert (tmp_path / "segmentation" / "predictions" / "embeddings.npz").exists()
 
     ranking = pd.read_parquet(tmp_path / "segmentation" / "ranking.parquet")
     assert ranking["significant"].iloc[0] and ranking["kind"].iloc[0] == "condition"
