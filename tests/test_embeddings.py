@@ -87,7 +87,7 @@ def test_run_stores_embeddings_and_analyse_rebuilds_discovery(tmp_path: Path) ->
     before = {n: pd.read_parquet(run / n) for n in (rundir.DISCOVERY,
                                                      rundir.DISCOVERY_FEATURES,
                                                      rundir.LABEL_ISSUES)}
-    assert {"id", "half", "error", "error.disc", "emb.group.disc", "emb.pc1"} <= set(before[
+    assert {"id", "half", "error", "error.disc", "emb.group", "emb.pc1"} <= set(before[
         rundir.DISCOVERY_FEATURES].columns)
     for name in before:
         (run / name).unlink()

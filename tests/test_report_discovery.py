@@ -115,7 +115,7 @@ def test_confirmed_slice_with_its_ci_thumbnails_and_embedding_map(base_run: Path
     assert "meta.site=s2" in main and "[0.610, 0.830]" in main and "+0.720" in main
     assert "meta.site=s1" not in main  # not confirmed: appendix only
     assert "97.50%" in main and "2 candidates" in main and "seed" in main
-    assert "per-sample log loss" in main  # the error's definition (classification)
+    assert "misclassification per sample and target" in main  # the error (classification)
     figures = run / "figures"
     assert (figures / "embedding_map.png").exists()
     assert (figures / "discovered_slice_examples.png").exists()
