@@ -338,8 +338,9 @@ def analyse(
         "Example: --metadata extra.csv")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Rebuild the slices, metrics, ranking, calibration and mitigation tables from the stored
-    predictions, then re-render the report (no model, no images needed).
+    """Rebuild the slices, metrics, ranking, calibration, mitigation, slice-discovery and
+    label-issue tables from the stored predictions, then re-render the report (no model, no
+    images needed).
 
     Example: medfail analyse runs/seg --config suite.yaml --metadata extra.csv
     """
