@@ -195,3 +195,23 @@ def test_feature_table_drops_constant_columns_and_fills_missing() -> None:
                          None, ["a", "b", "c"])
     assert f.loc["c", "meta.site"] == dv.MISSING and "gt.size" in f and "conf.level" in f
     assert f.loc["a", "conf.level"] == "low"
+
+
+def test_a_target_without_finite_errors_gives_no_candidate() -> None:
+    x, e = synthetic(30)
+    x["emb.group"] = np.where(np.arange(30) % 2, "g1", "g2")
+    errors = pd.DataFrame({"none": np.nan, "some": e}, index=x.index)
+    found = dv.discover(x, errors, dv.split_halves(list(x.index), 0), 50, 0)
+    assert "none" not in set(found["target"])
+
+
+def test_slice_names_round_trip_values_with_ampersands() -> None:
+    preds = {"meta.scanner": "GE & Philips", "label.x": "1", "label": "a=b"}
+    assert dv.parse_slice(dv.slice_name(preds)) == preds
+    assert dv.unnamed(dv.slice_name({"meta.scanner": "GE & Philips"})) is False
+
+
+def test_missing_thresholds_default_to_one_half() -> None:
+    long = pd.DataFrame({"id": ["a", "b"], "target": ["t", "t"], "prob": [0.9, 0.4],
+                         "label": [1, 1]})
+    assert list(dv.classification_errors(long, True, {})["t"]) == [0.0, 1.0]

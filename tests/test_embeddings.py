@@ -103,3 +103,30 @@ def test_empty_like_inputs(tmp_path: Path, n: int) -> None:
     out = sample_embeddings(adapter, open_dataset(folder, "classification",
                                                   target_names=["disc", "bar"]), FAST)
     assert not isinstance(out, str) and out[1].shape == (1, 8)
+
+
+def test_two_class_segmentation_run_discovers_per_class_and_renders(tmp_path: Path) -> None:
+    """Errors per foreground class (``error.a``, ``error.b``), and the report renders (the
+    checklist's confidences fall back to the per-image mean over classes for the macro
+    target)."""
+    from PIL import Image
+
+    from medfail.report.html import render_report
+
+    folder = write_png_folder(tmp_path / "d", "segmentation", n=16)
+    for i, p in enumerate(sorted((folder / "masks").glob("*.png"))):
+        m = np.asarray(Image.open(p)).copy()
+        m[:4, :4] = 2
+        if i % 2:
+            m[m == 1] = 2
+        Image.fromarray(m).save(p)
+    torch.manual_seed(0)
+    spec = ModelSpec(task="segmentation", target_names=["a", "b"], output="logits",
+                     input_size=(32, 32))
+    run = run_suite(Segmenter(spec, _torch_forward(UNet(2, 1, 3, (4, 8, 16), (2, 2)), "cpu")),
+                    open_dataset(folder, "segmentation", target_names=["a", "b"]),
+                    tmp_path / "run", FAST, progress=False, render=False)
+    feats = pd.read_parquet(run / rundir.DISCOVERY_FEATURES)
+    assert {"error.a", "error.b"} <= set(feats.columns)
+    render_report(run)
+    assert (run / "report.html").exists()

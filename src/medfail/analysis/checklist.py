@@ -82,7 +82,11 @@ def _confidences(t: RunTables, condition: str) -> np.ndarray:
         p = t.predictions(condition)["prob"].to_numpy(float)
         return np.maximum(p, 1 - p)
     c = t.confidence(condition)
-    return c[(c["signal"] == "mask_confidence") & (c["target"] == t.target)]["value"].to_numpy()
+    c = c[c["signal"] == "mask_confidence"]
+    own = c[c["target"] == t.target]
+    if own.empty:  # the primary target is the macro average: mean over the classes per image
+        return c.groupby("id", sort=False)["value"].mean().to_numpy()
+    return own["value"].to_numpy()
 
 
 def _lowest_breaking(t: RunTables) -> pd.DataFrame:
@@ -152,7 +156,8 @@ def _monitors(t: RunTables) -> list[dict[str, str]]:
 
 def _confidence_drift(t: RunTables) -> dict[str, Any]:
     clean = _confidences(t, "clean")
-    mean, sd = float(clean.mean()), float(clean.std(ddof=1))
+    mean = float(clean.mean()) if len(clean) else float("nan")
+    sd = float(clean.std(ddof=1)) if len(clean) > 1 else float("nan")
     limit = mean - 3 * sd / np.sqrt(WINDOW)
     rows = []
     for r in _lowest_breaking(t).itertuples():
@@ -162,8 +167,10 @@ def _confidence_drift(t: RunTables) -> dict[str, Any]:
 
 
 def deferral_threshold(t: RunTables) -> float:
-    """Confidence under which a case is referred: the clean 20th percentile."""
-    return float(np.quantile(_confidences(t, "clean"), DEFER))
+    """Confidence under which a case is referred: the clean 20th percentile (NaN with no
+    clean confidence)."""
+    clean = _confidences(t, "clean")
+    return float(np.quantile(clean, DEFER)) if len(clean) else float("nan")
 
 
 def _deferral(t: RunTables) -> str:

@@ -57,6 +57,7 @@ confirm-half gap is evidence.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -80,6 +81,8 @@ PCA_DIMS = 8
 FWER = 0.05
 MISSING = "missing"
 EMB_GROUP = "emb.group"
+#: the decision threshold of a target ``thresholds`` does not name (the suite's default)
+DEFAULT_THRESHOLD = 0.5
 #: the error "target" of multi-class classifiers (one misclassification over the classes)
 ALL_TARGETS = "all"
 MIN_SIDE = 5
@@ -98,12 +101,14 @@ def classification_errors(preds: pd.DataFrame, multi_label: bool,
                           thresholds: Mapping[str, float]) -> pd.DataFrame:
     """Per-sample misclassification (module docstring) from a long predictions table
     (``id, target, prob, label``): multi-label one 0/1 column per target,
-    ``1[(p ≥ thresholds[target]) ≠ y]``; multi-class one column :data:`ALL_TARGETS`,
-    ``1[argmax p ≠ true class]`` (ties: the first target in table order). Indexed by id."""
+    ``1[(p ≥ thresholds[target]) ≠ y]`` (a target without a threshold: 0.5); multi-class one
+    column :data:`ALL_TARGETS`, ``1[argmax p ≠ true class]`` (ties: the first target in table
+    order). Indexed by id."""
     frame = preds.assign(id=preds["id"].astype(str), target=preds["target"].astype(str))
     targets = list(dict.fromkeys(frame["target"]))
     if multi_label:
-        cut = frame["target"].map({str(k): float(v) for k, v in thresholds.items()})
+        cut = frame["target"].map({str(k): float(v) for k, v in thresholds.items()}).fillna(
+            DEFAULT_THRESHOLD)
         wrong = (frame["prob"].to_numpy(np.float64) >= cut.to_numpy(np.float64)) != (
             frame["label"].to_numpy(np.float64) > 0.5)
         wide = frame.assign(wrong=wrong.astype(float)).pivot_table(
@@ -330,6 +335,8 @@ def worst_cell(features: pd.DataFrame, err: np.ndarray, disc: np.ndarray,
                columns: Sequence[str]) -> dict[str, str] | None:
     """The combination of ``columns``' values with the highest mean discovery-half error
     among those with at least ``min_support`` discovery-half samples (None if none has)."""
+    if not disc.any():
+        return None
     cells = features.loc[disc, list(columns)].astype(str).agg("\x1f".join, axis=1)
     stats = pd.Series(err[disc], index=cells.index).groupby(cells.to_numpy()).agg(
         ["mean", "count"])
@@ -530,9 +537,20 @@ def example_ids(found: pd.DataFrame | None, features: pd.DataFrame | None,
     return {k: list(dict.fromkeys(v)) for k, v in out.items()}
 
 
+#: a predicate's start in a slice name: ``label=`` or ``<source>.<key>=``
+_PREDICATE = re.compile(r"^(label|[A-Za-z_]+\.[^=]+)=")
+
+
 def parse_slice(name: str) -> dict[str, str]:
-    """The predicates of a slice name written by :func:`slice_name`."""
-    return dict(part.split("=", 1) for part in name.split(" & "))
+    """The predicates of a slice name written by :func:`slice_name` (a value that itself
+    holds ``" & "``, e.g. ``meta.scanner=GE & Philips``, stays whole)."""
+    parts: list[str] = []
+    for piece in name.split(" & "):
+        if parts and not _PREDICATE.match(piece):
+            parts[-1] += " & " + piece
+        else:
+            parts.append(piece)
+    return dict(part.split("=", 1) for part in parts)
 
 
 #: slice sources that name a slice in advance (a single such predicate is no discovery)

@@ -26,6 +26,7 @@ from medfail.analysis.discovery import (
     DISCOVER,
     EXAMPLES_PER_SLICE,
     MAX_SLICES_SHOWN,
+    error_column,
     members,
     parse_slice,
 )
@@ -528,8 +529,11 @@ def _examples(run_dir: Path) -> dict[str, np.ndarray]:
         return {}
 
 
-def _confirm_members(features: pd.DataFrame | None, name: str) -> pd.DataFrame:
-    """The confirm-half rows of ``discovery_features`` inside slice ``name``, worst first."""
+def _confirm_members(features: pd.DataFrame | None, name: str,
+                     target: str | None = None) -> pd.DataFrame:
+    """The confirm-half rows of ``discovery_features`` inside slice ``name``, worst first by
+    ``target``'s error (``error.<target>``; the mean ``error`` when absent), which becomes the
+    ``error`` column."""
     if features is None or features.empty or not {"half", "error"} <= set(features.columns):
         return pd.DataFrame()
     table = features.assign(id=features["id"].astype(str)).set_index("id")
@@ -541,6 +545,9 @@ def _confirm_members(features: pd.DataFrame | None, name: str) -> pd.DataFrame:
     if inside is None:
         return pd.DataFrame()
     rows = table[inside & (table["half"] == CONFIRM).to_numpy()]
+    col = error_column(str(target)) if target is not None else "error"
+    if col in rows:
+        rows = rows.assign(error=rows[col])
     return rows.sort_values("error", ascending=False)
 
 
@@ -613,8 +620,8 @@ def _discovery_section(tables: RunTables, run_dir: Path, figdir: Path,
     out["confirmed"] = [_candidate_row(r) for r in confirmed.head(MAIN_CONFIRMED).itertuples()]
     out["n_confirmed"] = len(confirmed)
     rows = []
-    for k, name in enumerate(confirmed["slice"].head(MAX_SLICES_SHOWN), start=1):
-        inside = _confirm_members(features, str(name))
+    for k, r in enumerate(confirmed.head(MAX_SLICES_SHOWN).itertuples(), start=1):
+        inside = _confirm_members(features, str(r.slice), getattr(r, "target", None))
         items = [(thumbs[f"{TEST_SPLIT}__{i}"], f"{i} ({e:.2f})")
                  for i, e in zip(inside.index, inside["error"], strict=True)
                  if f"{TEST_SPLIT}__{i}" in thumbs][:EXAMPLES_PER_SLICE]
