@@ -3,7 +3,6 @@ metadata column) and flipped calibration labels, both recorded in planted.json (
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from medfail.data.phantoms import (
     write_phantom_splits,
 )
 from medfail.seeding import derive_seed
+from tests.test_phantoms import _digest
 
 SPLITS = ("train", "calibration", "test", "shift")
 TINY = PhantomConfig(size=64, n_train=60, n_calibration=60, n_test=24, n_shift=8)
@@ -128,15 +128,6 @@ def test_flips_are_applied_as_recorded(written: dict[str, Path]) -> None:
         other = "nodule" if f["target"] == "cavity" else "cavity"
         assert plain.loc[f["id"], other] == 0
     assert {f["true_label"] for f in flips} == {0, 1}
-
-
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(root).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def test_same_config_same_bytes(written: dict[str, Path], tmp_path: Path) -> None:
