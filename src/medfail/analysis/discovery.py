@@ -522,19 +522,37 @@ def example_ids(found: pd.DataFrame | None, features: pd.DataFrame | None,
     :data:`EXAMPLES_PER_SLICE` highest-error confirm-half members (test split); and the
     :data:`LABEL_ISSUES_SHOWN` top-ranked label-issue candidates (their ``split``)."""
     out: dict[str, list[str]] = {}
-    if found is not None and features is not None and len(found):
-        table = features.set_index("id")
+    if found is not None and len(found):
         conf = found[found["confirmed"].astype(bool)].sort_values("gap", ascending=False)
         for r in conf.head(MAX_SLICES_SHOWN).itertuples():
-            inside = members(table, parse_slice(str(r.slice))) & (table["half"] == CONFIRM)
-            col = error_column(str(r.target))
-            worst = table[inside].sort_values(col if col in table else "error",
-                                              ascending=False).index[:EXAMPLES_PER_SLICE]
-            out.setdefault("test", []).extend(str(i) for i in worst)
+            worst = confirm_members(features, str(r.slice), str(r.target)).index
+            out.setdefault("test", []).extend(str(i) for i in worst[:EXAMPLES_PER_SLICE])
     if issues is not None and len(issues):
         for r in issues.sort_values("rank").head(LABEL_ISSUES_SHOWN).itertuples():
             out.setdefault(str(r.split), []).append(str(r.id))
     return {k: list(dict.fromkeys(v)) for k, v in out.items()}
+
+
+def confirm_members(features: pd.DataFrame | None, name: str,
+                    target: str | None = None) -> pd.DataFrame:
+    """The confirm-half rows of ``discovery_features.parquet`` (indexed by id) inside slice
+    ``name``, worst first by ``target``'s error (``error.<target>``; the mean ``error`` when
+    absent), which becomes the ``error`` column; empty when the table lacks the slice's
+    columns (an older run directory)."""
+    if features is None or features.empty or not {"half", "error"} <= set(features.columns):
+        return pd.DataFrame()
+    table = features.assign(id=features["id"].astype(str)).set_index("id")
+    try:
+        preds = parse_slice(name)
+    except ValueError:  # not a name slice_name writes
+        return pd.DataFrame()
+    if not set(preds) <= set(table.columns):
+        return pd.DataFrame()
+    rows = table[members(table, preds) & (table["half"] == CONFIRM).to_numpy()]
+    col = error_column(str(target)) if target is not None else "error"
+    if col in rows:
+        rows = rows.assign(error=rows[col])
+    return rows.sort_values("error", ascending=False)
 
 
 #: a predicate's start in a slice name: ``label=`` or ``<source>.<key>=``

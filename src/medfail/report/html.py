@@ -26,9 +26,7 @@ from medfail.analysis.discovery import (
     DISCOVER,
     EXAMPLES_PER_SLICE,
     MAX_SLICES_SHOWN,
-    error_column,
-    members,
-    parse_slice,
+    confirm_members,
 )
 from medfail.analysis.ranking import (
     breaking_sentence,
@@ -529,28 +527,6 @@ def _examples(run_dir: Path) -> dict[str, np.ndarray]:
         return {}
 
 
-def _confirm_members(features: pd.DataFrame | None, name: str,
-                     target: str | None = None) -> pd.DataFrame:
-    """The confirm-half rows of ``discovery_features`` inside slice ``name``, worst first by
-    ``target``'s error (``error.<target>``; the mean ``error`` when absent), which becomes the
-    ``error`` column."""
-    if features is None or features.empty or not {"half", "error"} <= set(features.columns):
-        return pd.DataFrame()
-    table = features.assign(id=features["id"].astype(str)).set_index("id")
-    try:
-        preds = parse_slice(name)
-        inside = members(table, preds) if set(preds) <= set(table.columns) else None
-    except ValueError:
-        inside = None
-    if inside is None:
-        return pd.DataFrame()
-    rows = table[inside & (table["half"] == CONFIRM).to_numpy()]
-    col = error_column(str(target)) if target is not None else "error"
-    if col in rows:
-        rows = rows.assign(error=rows[col])
-    return rows.sort_values("error", ascending=False)
-
-
 def _candidate_row(r: Any) -> dict[str, Any]:
     ci = fmt_ci(r.ci_low, r.ci_high, r.gap)
     described = isinstance(r.description, str) and r.description
@@ -621,7 +597,7 @@ def _discovery_section(tables: RunTables, run_dir: Path, figdir: Path,
     out["n_confirmed"] = len(confirmed)
     rows = []
     for k, r in enumerate(confirmed.head(MAX_SLICES_SHOWN).itertuples(), start=1):
-        inside = _confirm_members(features, str(r.slice), getattr(r, "target", None))
+        inside = confirm_members(features, str(r.slice), getattr(r, "target", None))
         items = [(thumbs[f"{TEST_SPLIT}__{i}"], f"{i} ({e:.2f})")
                  for i, e in zip(inside.index, inside["error"], strict=True)
                  if f"{TEST_SPLIT}__{i}" in thumbs][:EXAMPLES_PER_SLICE]
@@ -637,7 +613,7 @@ def _discovery_section(tables: RunTables, run_dir: Path, figdir: Path,
     highlight, label = None, ""
     if features is not None and len(confirmed):
         top = str(confirmed["slice"].iloc[0])
-        ids = set(_confirm_members(features, top).index)
+        ids = set(confirm_members(features, top).index)
         highlight = features["id"].astype(str).isin(ids).to_numpy()
         label = f"confirm half of {top}" if len(top) <= 40 else "confirm half of the top slice"
     short = ("error: misclassified targets (share)" if task == "classification"
